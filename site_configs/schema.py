@@ -1,0 +1,194 @@
+"""The site configuration: one TOML file per centre, validated once into a SiteConfig.
+
+Unknown keys and bad values are errors naming the key and the file. The keys are
+documented in docs/site-config.md; keep the two in step.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import tomllib
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from site_configs.errors import ConfigError
+
+CONFIG_ENV = "IMGSAVE_SITE_CONFIG"
+PACKAGE_DIR = Path(__file__).resolve().parent
+DEFAULT_CONFIG = PACKAGE_DIR / "local.toml"
+
+
+class SchedulerKind(enum.StrEnum):
+    SLURM = "slurm"
+    PBS = "pbs"
+
+
+class EngineKind(enum.StrEnum):
+    PODMAN = "podman"
+    DOCKER = "docker"
+    NERDCTL = "nerdctl"
+
+
+class RegistryKind(enum.StrEnum):
+    OCI = "oci"
+    HARBOR = "harbor"
+
+
+class RegistryAuth(enum.StrEnum):
+    ANONYMOUS = "anonymous"
+    BASIC = "basic"
+    BEARER = "bearer"
+
+
+class ImageFormat(enum.StrEnum):
+    OCI = "oci"
+    SIF = "sif"
+
+
+class Compression(enum.StrEnum):
+    ZSTD = "zstd"
+    GZIP = "gzip"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+NonEmpty = Annotated[str, Field(min_length=1)]
+
+
+class SchedulerSection(_Section):
+    kind: SchedulerKind
+    partition: NonEmpty = Field(description="Slurm partition or PBS queue for save jobs")
+    qos: str = ""
+    account: str = ""
+    time_limit_minutes: Annotated[int, Field(ge=1, le=24 * 60)] = 30
+    command_timeout_seconds: Annotated[float, Field(gt=0, le=600)] = 30.0
+    # Slurm only: add the submitting user's share of the node? See docs/install-slurm.md.
+    extra_submit_args: list[str] = Field(default_factory=list)
+
+
+class EngineSection(_Section):
+    kind: EngineKind
+    # argv prefix, e.g. ["sudo", "-n", "/usr/bin/nerdctl"]; never a shell string
+    command: list[NonEmpty] = Field(min_length=1)
+    namespace: str = Field("", description="nerdctl --namespace (k8s.io on Kubernetes nodes)")
+    owner_label: NonEmpty = "imgsave.owner"
+    commit_timeout_seconds: Annotated[float, Field(gt=0)] = 1800.0
+    tls_verify: bool = True
+
+    @field_validator("namespace")
+    @classmethod
+    def _namespace_only_for_nerdctl(cls, value: str) -> str:
+        return value
+
+
+class RegistrySection(_Section):
+    kind: RegistryKind = RegistryKind.OCI
+    url: NonEmpty = Field(description="https://harbor.example.org or http://127.0.0.1:5000")
+    auth: RegistryAuth = RegistryAuth.ANONYMOUS
+    credentials_file: str = Field("", description="docker config.json style, mode 0600")
+    credential_helper: str = Field("", description="docker-credential-<name> helper")
+    tls_verify: bool = True
+    ca_bundle: str = ""
+    # repository prefix per user; {user} and {group} are substituted
+    namespace: NonEmpty = "{user}"
+    timeout_seconds: Annotated[float, Field(gt=0, le=600)] = 30.0
+
+    @field_validator("url")
+    @classmethod
+    def _url_has_scheme(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/")
+
+    @field_validator("namespace")
+    @classmethod
+    def _namespace_has_user(cls, value: str) -> str:
+        if "{user}" not in value and "{group}" not in value:
+            raise ValueError("must contain {user} or {group}")
+        return value
+
+    @property
+    def host(self) -> str:
+        return self.url.split("://", 1)[1]
+
+
+class SifSection(_Section):
+    compression: Compression = Compression.ZSTD
+    processors: Annotated[int, Field(ge=0)] = 0  # 0 = all cores
+    # per-user directory on shared storage; must contain {user}; empty = no file copy
+    output_dir: str = ""
+    push_oras: bool = True
+
+    @field_validator("output_dir")
+    @classmethod
+    def _output_dir_per_user(cls, value: str) -> str:
+        if value and "{user}" not in value:
+            raise ValueError("must contain {user} so each user writes only their own directory")
+        return value
+
+
+class LimitsSection(_Section):
+    max_image_bytes: Annotated[int, Field(gt=0)] = 50 * 1024**3
+    max_saves_in_flight_per_user: Annotated[int, Field(ge=1)] = 4
+
+
+class SiteConfig(_Section):
+    name: NonEmpty
+    spool_dir: NonEmpty = Field(description="shared directory for specs, events and results")
+    node_python: str = Field("", description="python on the nodes; empty = the submitter's")
+    formats: list[ImageFormat] = Field(default_factory=lambda: [ImageFormat.OCI])
+    categories: list[NonEmpty] = Field(default_factory=lambda: ["cpu", "gpu"])
+    scheduler: SchedulerSection
+    engine: EngineSection
+    registry: RegistrySection
+    sif: SifSection = Field(default_factory=SifSection)
+    limits: LimitsSection = Field(default_factory=LimitsSection)
+    database_url: str = ""
+    source_path: str = Field("", exclude=True)
+
+
+def load_site_config(path: str | os.PathLike[str]) -> SiteConfig:
+    """Read and validate one site config file; errors name the key and the file."""
+    file = Path(path)
+    try:
+        with file.open("rb") as fh:
+            raw = tomllib.load(fh)
+    except FileNotFoundError as e:
+        raise ConfigError(f"site config {file} does not exist") from e
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise ConfigError(f"site config {file} cannot be read: {e}") from e
+    raw["source_path"] = str(file)
+    try:
+        return SiteConfig.model_validate(raw)
+    except ValidationError as e:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {_reason(err)}" for err in e.errors()
+        )
+        raise ConfigError(f"site config {file}: {problems}") from e
+
+
+def _reason(err: object) -> str:
+    assert isinstance(err, dict)
+    if err.get("type") == "extra_forbidden":
+        return "unknown key"
+    return str(err.get("msg", "invalid"))
+
+
+def config_path() -> Path:
+    return Path(os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG)
+
+
+@lru_cache(maxsize=8)
+def _cached(path: str) -> SiteConfig:
+    return load_site_config(path)
+
+
+def get_site_config(path: str | os.PathLike[str] | None = None) -> SiteConfig:
+    """The site config, loaded once per path (``$IMGSAVE_SITE_CONFIG`` or local.toml)."""
+    return _cached(str(Path(path) if path else config_path()))
