@@ -1,0 +1,270 @@
+#!/usr/bin/env bash
+# The local cluster imgsave's demo and tests run against, on one Debian 12 machine, as root:
+# munge, MariaDB, slurmdbd, slurmctld, two slurmd nodes (n1, n2) each with node-local
+# container storage in its own mount namespace, and a registry on 127.0.0.1:5000.
+#
+#   scripts/cluster.sh install   apt packages, users, config files (idempotent)
+#   scripts/cluster.sh up        install, then start every service that is not running
+#   scripts/cluster.sh down      stop everything this script started
+#   scripts/cluster.sh status    what runs, sinfo, the registry
+#   scripts/cluster.sh node-exec NODE CMD...   run CMD inside NODE's mount namespace
+#   scripts/cluster.sh session NODE USER NAME  start USER's session container NAME on NODE
+#
+# Everything binds to 127.0.0.1. See docs/local-cluster.md.
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+TEMPLATES="$HERE/../site_configs/local"
+STATE=/var/lib/imgsave-cluster
+RUN=/run/imgsave-cluster
+LOGS=/var/log/imgsave-cluster
+NODES=(n1 n2)
+BASE_IMAGE=localhost/imgsave-base:latest
+REGISTRY_ADDR=127.0.0.1:5000
+PACKAGES=(slurm-wlm slurmdbd munge mariadb-server podman runc docker-registry siftool
+          squashfs-tools busybox-static zstd apache2-utils procps iproute2 util-linux
+          python3-venv curl chromium)
+
+say() { printf '[cluster] %s\n' "$*" >&2; }
+
+wait_for() {  # wait_for SECONDS DESCRIPTION CMD...
+    local limit=$1 what=$2; shift 2
+    local i
+    for ((i = 0; i < limit * 10; i++)); do
+        if "$@" >/dev/null 2>&1; then return 0; fi
+        sleep 0.1
+    done
+    say "timed out after ${limit}s waiting for $what"
+    return 1
+}
+
+running() { pgrep -x "$1" >/dev/null 2>&1; }
+
+install_packages() {
+    local missing=()
+    for p in "${PACKAGES[@]}"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+    done
+    if ((${#missing[@]})); then
+        say "installing ${missing[*]}"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -q >/dev/null
+        apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
+    fi
+    # The Debian packages enable systemd units we do not use; nothing to undo without systemd.
+}
+
+install_users() {
+    local u
+    for u in alice bob; do
+        id "$u" >/dev/null 2>&1 || useradd --create-home --shell /bin/bash "$u"
+    done
+}
+
+install_configs() {
+    mkdir -p "$STATE"/{slurmctld,registry,mysql-run} "$RUN" "$LOGS" /etc/slurm \
+             /var/spool/imgsave /var/lib/imgsave /etc/containers
+    chmod 1777 /var/spool/imgsave
+    local n
+    for n in "${NODES[@]}"; do
+        mkdir -p "$STATE/nodes/$n"/{containers,run-containers,run-libpod,spool}
+    done
+    local cpus mem
+    cpus=$(nproc)
+    mem=$(($(awk '/MemTotal/ {print $2}' /proc/meminfo) / 1024 / 2))
+    sed -e "s|@HOST@|$(hostname)|g" -e "s|@STATE@|$STATE|g" -e "s|@RUN@|$RUN|g" \
+        -e "s|@LOGS@|$LOGS|g" -e "s|@CPUS@|$cpus|g" -e "s|@USERCPUS@|$((cpus > 1 ? cpus - 1 : 1))|g" \
+        -e "s|@MEM@|$mem|g" "$TEMPLATES/slurm.conf.in" >/etc/slurm/slurm.conf
+    sed -e "s|@RUN@|$RUN|g" -e "s|@LOGS@|$LOGS|g" "$TEMPLATES/slurmdbd.conf.in" >/etc/slurm/slurmdbd.conf
+    chmod 600 /etc/slurm/slurmdbd.conf
+    install -m 644 "$TEMPLATES/containers.conf" /etc/containers/containers.conf
+    sed -e "s|@STATE@|$STATE|g" -e "s|@ADDR@|$REGISTRY_ADDR|g" \
+        "$TEMPLATES/registry.yml.in" >"$STATE/registry.yml"
+}
+
+start_munge() {
+    [ -s /etc/munge/munge.key ] || mungekey -c -k /etc/munge/munge.key
+    chown munge:munge /etc/munge/munge.key && chmod 400 /etc/munge/munge.key
+    mkdir -p /run/munge && chown munge:munge /run/munge
+    if ! running munged; then
+        say "starting munged"
+        runuser -u munge -- munged
+    fi
+    wait_for 10 munge munge -n
+}
+
+start_mariadb() {
+    mkdir -p /run/mysqld && chown mysql:mysql /run/mysqld
+    if ! running mariadbd; then
+        say "starting mariadbd"
+        [ -d /var/lib/mysql/mysql ] || mariadb-install-db --user=mysql >/dev/null
+        setsid -f mariadbd --user=mysql --bind-address=127.0.0.1 \
+            --innodb-buffer-pool-size=128M >"$LOGS/mariadb.log" 2>&1
+    fi
+    wait_for 30 mariadb mariadb -e 'select 1'
+    mariadb -e "CREATE DATABASE IF NOT EXISTS slurm_acct_db;
+                CREATE USER IF NOT EXISTS 'slurm'@'localhost';
+                GRANT ALL ON slurm_acct_db.* TO 'slurm'@'localhost';"
+}
+
+start_slurmdbd() {
+    if ! running slurmdbd; then
+        say "starting slurmdbd"
+        slurmdbd
+    fi
+    wait_for 30 slurmdbd sacctmgr -n list cluster
+    if ! sacctmgr -n -P list cluster format=cluster | grep -qx imgsave-local; then
+        sacctmgr -i add cluster imgsave-local >/dev/null
+    fi
+    local u
+    sacctmgr -n -P list account imgsave | grep -q imgsave ||
+        sacctmgr -i add account imgsave Description=imgsave Organization=local >/dev/null
+    for u in root alice bob; do
+        sacctmgr -n -P list user "$u" | grep -q . ||
+            sacctmgr -i add user "$u" Account=imgsave >/dev/null
+    done
+}
+
+start_slurmctld() {
+    if ! running slurmctld; then
+        say "starting slurmctld"
+        slurmctld
+    fi
+    wait_for 30 slurmctld scontrol ping
+}
+
+node_pid() { cat "$RUN/slurmd-$1.pid" 2>/dev/null; }
+
+node_running() {
+    local pid
+    pid=$(node_pid "$1") && [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null
+}
+
+start_node() {
+    local n=$1 d="$STATE/nodes/$1"
+    if node_running "$n"; then return 0; fi
+    say "starting slurmd $n (own mount namespace, node-local container storage)"
+    # Each node sees its own /var/lib/containers, /run/containers and /run/libpod, so a
+    # container started "on n1" really is invisible to a job on n2.
+    unshare -m --propagation private -- /bin/bash -c '
+        set -e
+        mkdir -p /var/lib/containers /run/containers /run/libpod
+        mount --bind "$1/containers" /var/lib/containers
+        mount --bind "$1/run-containers" /run/containers
+        mount --bind "$1/run-libpod" /run/libpod
+        exec slurmd -N "$2"' node-ns "$d" "$n"
+    wait_for 20 "slurmd $n" node_running "$n"
+}
+
+node_exec() {  # node_exec NODE CMD...
+    local n=$1; shift
+    local pid
+    pid=$(node_pid "$n") || { say "node $n is not running"; return 1; }
+    nsenter -t "$pid" -m -- "$@"
+}
+
+build_base_image() {  # the offline base image: busybox-static rootfs -> podman import
+    local n=$1
+    if node_exec "$n" podman image exists "$BASE_IMAGE"; then return 0; fi
+    say "importing $BASE_IMAGE on $n"
+    local root
+    root=$(mktemp -d)
+    mkdir -p "$root"/{bin,etc,root,tmp,opt,home/jovyan}
+    cp /bin/busybox "$root/bin/busybox"
+    local app
+    for app in sh ls cat echo sleep mkdir rm cp mv dd head tail wc ln chmod chown id \
+               touch find grep sed tar gzip env true false sync stat du df sha256sum; do
+        ln -sf busybox "$root/bin/$app"
+    done
+    printf 'root:x:0:0:root:/root:/bin/sh\njovyan:x:1000:100::/home/jovyan:/bin/sh\n' >"$root/etc/passwd"
+    printf 'root:x:0:\nusers:x:100:\n' >"$root/etc/group"
+    printf 'imgsave base image (busybox)\n' >"$root/etc/imgsave-base"
+    tar --numeric-owner -C "$root" -c . | node_exec "$n" podman import \
+        --change 'CMD ["/bin/sh"]' --change 'ENV PATH=/bin' - "$BASE_IMAGE" >/dev/null
+    rm -rf "$root"
+}
+
+start_nodes() {
+    local n
+    for n in "${NODES[@]}"; do start_node "$n"; done
+    for n in "${NODES[@]}"; do build_base_image "$n"; done
+    for n in "${NODES[@]}"; do
+        scontrol update NodeName="$n" State=RESUME >/dev/null 2>&1 || true
+    done
+    wait_for 30 "nodes idle" nodes_idle
+}
+
+nodes_idle() {
+    local states
+    states=$(sinfo -h -N -p imgsave -o '%N %t' | awk '{print $2}' | sort -u)
+    ! grep -qvE '^(idle|mix|alloc)$' <<<"$states"
+}
+
+start_registry() {
+    if ! curl -fsS "http://$REGISTRY_ADDR/v2/" >/dev/null 2>&1; then
+        say "starting registry on $REGISTRY_ADDR"
+        setsid -f docker-registry serve "$STATE/registry.yml" >"$LOGS/registry.log" 2>&1
+    fi
+    wait_for 20 registry curl -fsS "http://$REGISTRY_ADDR/v2/"
+}
+
+session() {  # session NODE USER NAME [extra podman run args...]
+    local n=$1 user=$2 name=$3; shift 3
+    node_exec "$n" podman run -d --name "$name" --label "imgsave.owner=$user" \
+        --network none "$@" "$BASE_IMAGE" sleep infinity
+}
+
+cmd_up() {
+    install_packages
+    install_users
+    install_configs
+    start_munge
+    start_mariadb
+    start_slurmdbd
+    start_slurmctld
+    start_nodes
+    start_registry
+    say "up: $(sinfo -h -o '%P %D %t' | tr '\n' ' ')"
+}
+
+cmd_down() {
+    local n pid
+    for n in "${NODES[@]}"; do
+        if node_running "$n"; then
+            node_exec "$n" podman rm -af -t 0 >/dev/null 2>&1 || true
+            pid=$(node_pid "$n"); kill "$pid" 2>/dev/null || true
+        fi
+    done
+    pkill -x slurmctld || true
+    pkill -x slurmdbd || true
+    pkill -f "docker-registry serve $STATE/registry.yml" || true
+    pkill -x mariadbd || true
+    pkill -x munged || true
+    say "down"
+}
+
+cmd_status() {
+    local p n
+    for p in munged mariadbd slurmdbd slurmctld; do
+        if running "$p"; then echo "$p: running"; else echo "$p: stopped"; fi
+    done
+    for n in "${NODES[@]}"; do
+        if node_running "$n"; then echo "slurmd $n: running (pid $(node_pid "$n"))"; else echo "slurmd $n: stopped"; fi
+    done
+    if curl -fsS "http://$REGISTRY_ADDR/v2/" >/dev/null 2>&1; then
+        echo "registry $REGISTRY_ADDR: running"
+    else
+        echo "registry $REGISTRY_ADDR: stopped"
+    fi
+    sinfo 2>/dev/null || true
+}
+
+case "${1:-}" in
+    install) install_packages; install_users; install_configs ;;
+    up) cmd_up ;;
+    down) cmd_down ;;
+    status) cmd_status ;;
+    node-exec) shift; node_exec "$@" ;;
+    session) shift; session "$@" ;;
+    *) sed -n '2,14p' "$0"; exit 2 ;;
+esac
