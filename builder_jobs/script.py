@@ -1,0 +1,56 @@
+"""Render the scheduler-neutral batch script that runs one save on its node.
+
+The script only runs the node-side entry point on the spec; the scheduler's options
+(node pinning, partition/queue, limits, job name, metadata) travel on the
+``sbatch``/``qsub`` argv built by ``scheduler_glue``. Every value that reaches the
+script goes through the ``shell_quote`` filter, and a variable missing from the
+render call is an error (StrictUndefined), never an empty string.
+"""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+
+import jinja2
+
+from site_configs.errors import InvalidRequest
+
+TEMPLATE_DIR = Path(__file__).resolve().parent / "templates"
+SAVE_JOB_TEMPLATE = "save_job.sh.j2"
+
+
+def make_environment(template_dir: Path = TEMPLATE_DIR) -> jinja2.Environment:
+    """A Jinja environment for shell scripts: StrictUndefined, ``shell_quote`` filter."""
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(template_dir)),
+        undefined=jinja2.StrictUndefined,
+        autoescape=False,  # noqa: S701 - renders shell, not HTML; values are shell-quoted
+        keep_trailing_newline=True,
+    )
+    env.filters["shell_quote"] = _shell_quote
+    return env
+
+
+def _shell_quote(value: object) -> str:
+    return shlex.quote(str(value))
+
+
+def render_job_script(spec_path: Path, python: str, request_id: str) -> str:
+    """The text of the batch script that runs ``python -m builder_jobs.node_save SPEC``.
+
+    ``request_id`` appears in a comment, so it must be our own alphanumeric id (as
+    :func:`builder_jobs.spec.spool_dir_for` requires); ``python`` and ``spec_path``
+    (absolute) may hold any characters and are shell-quoted. Raises
+    :class:`InvalidRequest` for a bad id, python or relative spec path, and
+    :class:`jinja2.UndefinedError` if the template asks for a variable not passed.
+    """
+    if not request_id.isalnum() or not request_id.isascii():
+        raise InvalidRequest(f"bad request id {request_id!r}")
+    if not python or python.startswith("-"):
+        raise InvalidRequest(f"bad python interpreter for the node {python!r}")
+    if not spec_path.is_absolute():
+        # absolute also means it cannot start with "-" and be read as an option
+        raise InvalidRequest(f"the spec path must be absolute, not {str(spec_path)!r}")
+    template = make_environment().get_template(SAVE_JOB_TEMPLATE)
+    return template.render(spec_path=str(spec_path), python=python, request_id=request_id)
