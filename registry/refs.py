@@ -128,6 +128,11 @@ def _split_digest(text: str) -> tuple[str, str]:
         raise InvalidRequest(f"image reference {text!r} has more than one '@'")
     if not rest:
         raise InvalidRequest(f"image reference {text!r} has a digest but no name")
+    _check_digest(digest, text)
+    return rest, digest
+
+
+def _check_digest(digest: str, text: str) -> None:
     algorithm = digest.split(":", 1)[0]
     pattern = _DIGESTS.get(algorithm)
     if pattern is None:
@@ -141,7 +146,6 @@ def _split_digest(text: str) -> tuple[str, str]:
             f"digest {digest!r} is invalid: expected '{algorithm}:' followed by {size} "
             f"lowercase hex digits (in {text!r})"
         )
-    return rest, digest
 
 
 def _split_tag(rest: str, text: str) -> tuple[str, str]:
@@ -153,12 +157,16 @@ def _split_tag(rest: str, text: str) -> tuple[str, str]:
     name, tag = rest[:colon], rest[colon + 1 :]
     if not tag:
         raise InvalidRequest(f"image reference {text!r} ends with ':' but has no tag")
-    if not _TAG.fullmatch(tag):
-        why = "longer than 128 characters" if len(tag) > 128 else _TAG_RULE
-        raise InvalidRequest(f"tag {tag!r} is invalid: {why} (in {text!r})")
+    _check_tag(tag, text)
     if not name:
         raise InvalidRequest(f"image reference {text!r} has a tag but no name")
     return name, tag
+
+
+def _check_tag(tag: str, text: str) -> None:
+    if not _TAG.fullmatch(tag):
+        why = "longer than 128 characters" if len(tag) > 128 else _TAG_RULE
+        raise InvalidRequest(f"tag {tag!r} is invalid: {why} (in {text!r})")
 
 
 def _split_host(rest: str) -> tuple[str | None, str]:
@@ -203,6 +211,26 @@ def _check_repository(repository: str, text: str) -> None:
         raise InvalidRequest(
             f"repository {repository!r} is invalid: part {component!r}: {why} (in {text!r})"
         )
+
+
+def check_repository(repository: str) -> str:
+    """Return ``repository`` ("alice/x") if it is a valid repository path, else raise."""
+    _check_repository(repository, repository)
+    return repository
+
+
+def check_digest(digest: str) -> str:
+    """Return ``digest`` if it is ``sha256:<64 hex>`` or ``sha512:<128 hex>``, else raise."""
+    _check_digest(digest, digest)
+    return digest
+
+
+def check_reference(reference: str) -> str:
+    """Return ``reference`` if it is a valid tag or digest (what follows /manifests/)."""
+    if ":" in reference:
+        return check_digest(reference)
+    _check_tag(reference, reference)
+    return reference
 
 
 def check_unix_name(value: str, what: str = "user name") -> str:

@@ -6,6 +6,9 @@ import pytest
 
 from registry.refs import (
     ImageRef,
+    check_digest,
+    check_reference,
+    check_repository,
     check_unix_name,
     host_of,
     parse_reference,
@@ -233,3 +236,31 @@ def test_site_host_must_be_valid() -> None:
 @pytest.mark.parametrize("name", ["alice", "_svc", "a.b-c_d", "u1", "a" * 32])
 def test_unix_names_accepted(name: str) -> None:
     assert check_unix_name(name) == name
+
+
+@pytest.mark.parametrize("value", ["v1", "latest", D256, D512])
+def test_check_reference_accepts(value: str) -> None:
+    assert check_reference(value) == value
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("v1/x", "tag 'v1/x' is invalid"),
+        ("", "tag '' is invalid"),
+        ("sha256:zz", "digest 'sha256:zz' is invalid"),
+        ("md5:" + "a" * 32, "algorithm must be"),
+    ],
+)
+def test_check_reference_rejects(value: str, message: str) -> None:
+    with pytest.raises(InvalidRequest, match=message):
+        check_reference(value)
+
+
+def test_check_repository_and_digest() -> None:
+    assert check_repository("alice/x") == "alice/x"
+    assert check_digest(D256) == D256
+    with pytest.raises(InvalidRequest, match="part '..'"):
+        check_repository("alice/../x")
+    with pytest.raises(InvalidRequest, match="digest 'v1' is invalid"):
+        check_digest("v1")

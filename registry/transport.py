@@ -1,0 +1,272 @@
+"""HTTP to one registry: auth (anonymous, basic, bearer token), errors users can act on.
+
+:class:`RegistryTransport` sends a request, answers a 401 challenge once (basic
+credentials, or a token fetched from the challenge's realm and cached per scope), and
+turns failures into imgsave's errors: unreachable → retryable :class:`RegistryError`,
+401/403 → :class:`PermissionDenied` with the registry's own message. The API methods
+live in :mod:`registry.oci`.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import os
+import re
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import urljoin, urlsplit
+
+import requests
+
+from registry.auth import Credentials
+from registry.tokens import Challenge, TokenCache, parse_challenge
+from site_configs.errors import ConfigError, NotFound, PermissionDenied, RegistryError
+
+log = logging.getLogger(__name__)
+
+# Short reasons for the usual network failures, instead of urllib3's nested repr.
+_REASONS = (
+    "Connection refused",
+    "Name or service not known",
+    "Temporary failure in name resolution",
+    "No route to host",
+    "Network is unreachable",
+    "Connection reset by peer",
+    "Read timed out",
+    "timed out",
+)
+
+
+class RegistryTransport:
+    """One registry's base URL, credentials, TLS setting and auth state."""
+
+    def __init__(
+        self,
+        base_url: str,
+        credentials: Credentials | None = None,
+        *,
+        verify: bool | str = True,
+        timeout: float = 30.0,
+        session: requests.Session | None = None,
+    ) -> None:
+        if not base_url.startswith(("http://", "https://")):
+            raise ConfigError(f"registry URL {base_url!r} must start with http:// or https://")
+        if isinstance(verify, str) and not os.path.isfile(verify):
+            raise ConfigError(f"registry CA bundle {verify} does not exist or is not a file")
+        self.base_url = base_url.rstrip("/")
+        self.credentials = credentials
+        self.timeout = timeout
+        self.session = session or requests.Session()
+        self.session.verify = verify
+        self._netloc = urlsplit(self.base_url).netloc
+        self._scheme = ""  # "basic" or "bearer" once the registry has challenged us
+        self._tokens = TokenCache()
+
+    def url(self, path: str) -> str:
+        """Absolute URL for an API path ("/v2/...") or a Location header (maybe relative)."""
+        return urljoin(self.base_url + "/", path)
+
+    def close(self) -> None:
+        self.session.close()
+
+    # --- sending ------------------------------------------------------------------
+
+    def send(
+        self,
+        method: str,
+        path: str,
+        *,
+        scope: str,
+        headers: Mapping[str, str] | None = None,
+        data: bytes | None = None,
+        params: Mapping[str, str] | None = None,
+    ) -> requests.Response:
+        """Send one request; on 401 answer the challenge once and resend.
+
+        ``scope`` is the token scope this request needs (e.g.
+        ``repository:alice/x:pull,push``); a challenge's own scope wins over it.
+        Bodies are bytes so a retry can resend them.
+        """
+        url = self.url(path)
+        sent = dict(headers or {})
+        same_origin = urlsplit(url).netloc == self._netloc
+        auth = self._known_auth(scope) if same_origin else None
+        if auth:
+            sent["Authorization"] = auth
+        response = self._raw(method, url, sent, data, params)
+        if response.status_code != 401 or not same_origin:
+            return response
+        challenge = parse_challenge(response.headers.get("WWW-Authenticate", ""))
+        answer = self._answer(challenge, scope, response)
+        if answer == auth:
+            raise self.error(response, f"{method} {urlsplit(url).path}")
+        sent["Authorization"] = answer
+        response = self._raw(method, url, sent, data, params)
+        if response.status_code == 401:
+            raise self.error(response, f"{method} {urlsplit(url).path}")
+        return response
+
+    def _raw(
+        self,
+        method: str,
+        url: str,
+        headers: Mapping[str, str],
+        data: bytes | None,
+        params: Mapping[str, str] | None,
+    ) -> requests.Response:
+        try:
+            return self.session.request(
+                method,
+                url,
+                headers=dict(headers),
+                data=data,
+                params=params,
+                timeout=self.timeout,
+            )
+        except requests.exceptions.SSLError as e:
+            raise RegistryError(
+                f"TLS verification of the registry at {self.base_url} failed: {_reason(e)}; "
+                "if the site uses its own CA, set registry.ca_bundle to its certificate file",
+                retryable=False,
+            ) from e
+        except (requests.ConnectionError, requests.Timeout) as e:
+            raise RegistryError(
+                f"registry at {self.base_url} is unreachable: {_reason(e)}", retryable=True
+            ) from e
+
+    # --- auth -------------------------------------------------------------------------
+
+    def _known_auth(self, scope: str) -> str | None:
+        if self._scheme == "basic" and self.credentials:
+            return _basic_header(self.credentials)
+        if self._scheme == "bearer":
+            token = self._tokens.get(scope)
+            return f"Bearer {token}" if token else None
+        return None
+
+    def _answer(
+        self, challenge: Challenge | None, scope: str, response: requests.Response
+    ) -> str:
+        if challenge is None:
+            raise self.error(response, "authenticate")
+        if challenge.scheme == "basic":
+            if not self.credentials:
+                raise PermissionDenied(
+                    f"registry at {self.base_url} needs a user name and password; set "
+                    "registry.credentials_file or registry.credential_helper"
+                )
+            self._scheme = "basic"
+            return _basic_header(self.credentials)
+        if challenge.scheme == "bearer" and challenge.realm:
+            self._scheme = "bearer"
+            wanted = challenge.scope or scope
+            token = self._fetch_token(challenge, wanted)
+            self._tokens.put(list({scope, wanted}), *token)
+            return f"Bearer {token[0]}"
+        raise RegistryError(
+            f"registry at {self.base_url} asks for {challenge.scheme!r} auth, which imgsave "
+            "does not support (only basic and bearer)"
+        )
+
+    def _fetch_token(self, challenge: Challenge, scope: str) -> tuple[str, float | None]:
+        realm = challenge.realm
+        if not realm.startswith(("http://", "https://")):
+            raise RegistryError(f"registry at {self.base_url} gave a bad token realm {realm!r}")
+        if self.credentials and self.base_url.startswith("https:") and realm.startswith("http:"):
+            raise RegistryError(
+                f"registry at {self.base_url} sends credentials to a plain-http token "
+                f"server ({realm}); refusing"
+            )
+        params: list[tuple[str, str]] = []
+        if challenge.service:
+            params.append(("service", challenge.service))
+        params += [("scope", s) for s in scope.split()]
+        auth = (
+            (self.credentials.username, self.credentials.password) if self.credentials else None
+        )
+        try:
+            response = self.session.get(realm, params=params, auth=auth, timeout=self.timeout)
+        except requests.exceptions.SSLError as e:
+            raise RegistryError(
+                f"TLS verification of token server {realm} failed: {_reason(e)}"
+            ) from e
+        except (requests.ConnectionError, requests.Timeout) as e:
+            raise RegistryError(
+                f"token server {realm} of the registry at {self.base_url} is unreachable: "
+                f"{_reason(e)}",
+                retryable=True,
+            ) from e
+        if response.status_code in (401, 403):
+            who = f"user {self.credentials.username!r}" if self.credentials else "anonymous"
+            raise PermissionDenied(
+                f"token server {realm} refused {who} for {scope or 'the registry'}: "
+                f"{error_message(response)}"
+            )
+        if response.status_code != 200:
+            raise self.error(response, f"get a token from {realm}")
+        try:
+            body: Any = response.json()
+            token = body.get("token") or body.get("access_token")
+        except (ValueError, AttributeError):
+            token = None
+        if not isinstance(token, str) or not token:
+            raise RegistryError(f"token server {realm} answered without a token")
+        expires = body.get("expires_in")
+        return token, float(expires) if isinstance(expires, int | float) else None
+
+    # --- errors -------------------------------------------------------------------------
+
+    def error(self, response: requests.Response, what: str) -> Exception:
+        """The imgsave error for a failed response to ``what`` (e.g. "list tags of x")."""
+        status = response.status_code
+        where = f"registry at {self.base_url}"
+        message = error_message(response)
+        if status in (401, 403):
+            return PermissionDenied(f"{where} denied {what}: {message}")
+        if status == 404:
+            return NotFound(f"{what}: not found in {where}: {message}")
+        retryable = status == 429 or status >= 500
+        return RegistryError(f"{where} failed to {what}: {message}", retryable=retryable)
+
+    def check(self, response: requests.Response, what: str, *ok: int) -> requests.Response:
+        """Return ``response`` if its status is one of ``ok``, else raise :meth:`error`."""
+        if response.status_code in ok:
+            return response
+        raise self.error(response, what)
+
+
+def error_message(response: requests.Response) -> str:
+    """The registry's own words: ``CODE: message`` for each OCI error, else the status."""
+    try:
+        body = response.json()
+        errors = body.get("errors") if isinstance(body, dict) else None
+    except ValueError:
+        errors = None
+    if isinstance(errors, list) and errors:
+        parts = []
+        for item in errors:
+            if isinstance(item, dict):
+                code, text = item.get("code", ""), item.get("message", "")
+                parts.append(f"{code}: {text}" if code and text else str(code or text))
+        if parts:
+            return f"HTTP {response.status_code} " + "; ".join(parts)
+    text = response.text.strip()[:200] if response.text else ""
+    reason = f"HTTP {response.status_code} {response.reason or ''}".strip()
+    return f"{reason}: {text}" if text and not text.startswith("<") else reason
+
+
+def _basic_header(credentials: Credentials) -> str:
+    pair = f"{credentials.username}:{credentials.password}".encode()
+    return "Basic " + base64.b64encode(pair).decode()
+
+
+def _reason(error: Exception) -> str:
+    text = str(error)
+    for reason in _REASONS:
+        if reason.lower() in text.lower():
+            return reason
+    match = re.search(r"certificate verify failed[^(')]*", text)
+    if match:
+        return match.group(0).strip()
+    return text
