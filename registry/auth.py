@@ -81,7 +81,7 @@ def credentials_from_file(path: Path, host: str) -> Credentials:
     config = _read_private_json(path)
     auths = config.get("auths") if isinstance(config, dict) else None
     if not isinstance(auths, dict):
-        raise ConfigError(f"credentials file {path} has no \"auths\" object (docker config.json)")
+        raise ConfigError(f'credentials file {path} has no "auths" object (docker config.json)')
     wanted = host_of(host).lower()
     for key, entry in auths.items():
         if _entry_host(str(key)) == wanted:
@@ -108,9 +108,7 @@ def credentials_from_helper(
         )
     program = f"docker-credential-{name}"
     try:
-        result = runner(
-            [program, "get"], timeout=HELPER_TIMEOUT_SECONDS, input_text=host_of(host)
-        )
+        result = runner([program, "get"], timeout=HELPER_TIMEOUT_SECONDS, input_text=host_of(host))
     except CommandFailed as e:
         # The helper's failure output is an error text ("credentials not found"), not a
         # secret, so it may be shown.
@@ -189,13 +187,13 @@ def _entry_credentials(entry: object, path: Path, key: str) -> Credentials:
             decoded = base64.b64decode(str(entry["auth"]), validate=True).decode()
         except (binascii.Error, UnicodeDecodeError):
             raise ConfigError(
-                f"credentials file {path}: entry {key!r} has an \"auth\" that is not "
+                f'credentials file {path}: entry {key!r} has an "auth" that is not '
                 "base64 of user:password"
             ) from None
         username, sep, password = decoded.partition(":")
         if not sep or not username:
             raise ConfigError(
-                f"credentials file {path}: entry {key!r} has an \"auth\" that does not "
+                f'credentials file {path}: entry {key!r} has an "auth" that does not '
                 "decode to user:password"
             )
         return Credentials(username, password)
@@ -203,6 +201,6 @@ def _entry_credentials(entry: object, path: Path, key: str) -> Credentials:
     if isinstance(plain_user, str) and isinstance(plain_password, str) and plain_user:
         return Credentials(plain_user, plain_password)
     raise ConfigError(
-        f"credentials file {path}: entry {key!r} needs \"auth\" (base64 of user:password) "
-        "or \"username\" and \"password\""
+        f'credentials file {path}: entry {key!r} needs "auth" (base64 of user:password) '
+        'or "username" and "password"'
     )

@@ -168,9 +168,7 @@ class RegistryClient(RegistryTransport):
         verify_digest(response.content, digest, f"blob {repository}@{digest}")
         return response.content
 
-    def push_blob(
-        self, repository: str, data: bytes | Iterable[bytes], digest: str
-    ) -> bool:
+    def push_blob(self, repository: str, data: bytes | Iterable[bytes], digest: str) -> bool:
         """Upload a blob unless the registry has it; True if bytes were sent.
 
         ``bytes`` go in one POST + PUT (monolithic); an iterable of chunks goes as
@@ -235,9 +233,7 @@ class RegistryClient(RegistryTransport):
         check_reference(reference)
         digest = sha256_digest(manifest)
         if ":" in reference and reference != digest:
-            raise InvalidRequest(
-                f"manifest digest is {digest}, but it is pushed as {reference!r}"
-            )
+            raise InvalidRequest(f"manifest digest is {digest}, but it is pushed as {reference!r}")
         response = self.send(
             "PUT",
             f"/v2/{repository}/manifests/{reference}",

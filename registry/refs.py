@@ -312,8 +312,7 @@ def target_for_user(
         )
     if not ref.tag:
         raise InvalidRequest(
-            f"image {name_tag!r} has no tag; give one explicitly, "
-            f"e.g. {ref.repository + ':v1'!r}"
+            f"image {name_tag!r} has no tag; give one explicitly, e.g. {ref.repository + ':v1'!r}"
         )
     repository = ref.repository
     if not repository.startswith(namespace + "/"):

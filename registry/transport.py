@@ -57,6 +57,7 @@ class RegistryTransport:
         self.base_url = base_url.rstrip("/")
         self.credentials = credentials
         self.timeout = timeout
+        self.verify = verify
         self.session = session or requests.Session()
         self.session.verify = verify
         self._netloc = urlsplit(self.base_url).netloc
@@ -123,6 +124,9 @@ class RegistryTransport:
                 data=data,
                 params=params,
                 timeout=self.timeout,
+                # Per request: requests lets REQUESTS_CA_BUNDLE/CURL_CA_BUNDLE override
+                # session.verify (psf/requests#3829), which would undo a site's ca_bundle.
+                verify=self.verify,
             )
         except requests.exceptions.SSLError as e:
             raise RegistryError(
@@ -145,9 +149,7 @@ class RegistryTransport:
             return f"Bearer {token}" if token else None
         return None
 
-    def _answer(
-        self, challenge: Challenge | None, scope: str, response: requests.Response
-    ) -> str:
+    def _answer(self, challenge: Challenge | None, scope: str, response: requests.Response) -> str:
         if challenge is None:
             raise self.error(response, "authenticate")
         if challenge.scheme == "basic":
@@ -182,11 +184,11 @@ class RegistryTransport:
         if challenge.service:
             params.append(("service", challenge.service))
         params += [("scope", s) for s in scope.split()]
-        auth = (
-            (self.credentials.username, self.credentials.password) if self.credentials else None
-        )
+        auth = (self.credentials.username, self.credentials.password) if self.credentials else None
         try:
-            response = self.session.get(realm, params=params, auth=auth, timeout=self.timeout)
+            response = self.session.get(
+                realm, params=params, auth=auth, timeout=self.timeout, verify=self.verify
+            )
         except requests.exceptions.SSLError as e:
             raise RegistryError(
                 f"TLS verification of token server {realm} failed: {_reason(e)}"

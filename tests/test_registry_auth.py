@@ -181,7 +181,7 @@ def test_helper_name_validated(name: str) -> None:
 
 
 def _section(**kwargs: object) -> RegistrySection:
-    return RegistrySection(url=f"http://{HOST}", **kwargs)  # type: ignore[arg-type]
+    return RegistrySection.model_validate({"url": f"http://{HOST}", **kwargs})
 
 
 def test_load_anonymous_is_none() -> None:

@@ -65,8 +65,7 @@ def make_image(
         "mediaType": media_type,
         "config": {"mediaType": OCI_CONFIG, "digest": sha256_digest(config), "size": len(config)},
         "layers": [
-            {"mediaType": OCI_LAYER_GZIP, "digest": sha256_digest(b), "size": len(b)}
-            for b in blobs
+            {"mediaType": OCI_LAYER_GZIP, "digest": sha256_digest(b), "size": len(b)} for b in blobs
         ],
     }
     if annotated:
@@ -283,7 +282,9 @@ def test_names_are_validated_before_any_request() -> None:
 
 
 def test_from_section(registry: RunningRegistry) -> None:
-    section = RegistrySection(url=registry.url, tls_verify=False, timeout_seconds=7)
+    section = RegistrySection.model_validate(
+        {"url": registry.url, "tls_verify": False, "timeout_seconds": 7}
+    )
     with RegistryClient.from_section(section) as client:
         assert client.timeout == 7 and client.session.verify is False
         client.ping()

@@ -172,9 +172,7 @@ def test_target_for_user_accepts_url_as_host() -> None:
         ("sif/bob/x:v1", "alice", "sif/{user}", "outside your namespace 'sif/alice/'"),
     ],
 )
-def test_target_for_user_other_namespace(
-    name_tag: str, user: str, rule: str, message: str
-) -> None:
+def test_target_for_user_other_namespace(name_tag: str, user: str, rule: str, message: str) -> None:
     with pytest.raises(PermissionDenied) as err:
         target_for_user(name_tag, user, rule, SITE)
     assert message in err.value.message
@@ -221,9 +219,7 @@ def test_target_for_user_invalid(name_tag: str, user: str, message: str) -> None
         ("Proj/{user}", "", InvalidRequest, "must be lowercase"),
     ],
 )
-def test_namespace_rule_errors(
-    rule: str, group: str, error: type[Exception], message: str
-) -> None:
+def test_namespace_rule_errors(rule: str, group: str, error: type[Exception], message: str) -> None:
     with pytest.raises(error, match=message.replace("{", r"\{").replace("}", r"\}")):
         user_namespace("alice", rule, group)
 
