@@ -105,8 +105,18 @@ class RegistryTransport:
         sent["Authorization"] = answer
         response = self._raw(method, url, sent, data, params)
         if response.status_code == 401:
+            again = parse_challenge(response.headers.get("WWW-Authenticate", ""))
+            if again and again.error == "insufficient_scope":
+                raise PermissionDenied(
+                    f"registry at {self.base_url} denied {method} {urlsplit(url).path}: "
+                    f"the token server did not grant {again.scope or scope!r} to "
+                    f"{self._who()} (insufficient_scope)"
+                )
             raise self.error(response, f"{method} {urlsplit(url).path}")
         return response
+
+    def _who(self) -> str:
+        return f"user {self.credentials.username!r}" if self.credentials else "anonymous"
 
     def _raw(
         self,
@@ -200,9 +210,8 @@ class RegistryTransport:
                 retryable=True,
             ) from e
         if response.status_code in (401, 403):
-            who = f"user {self.credentials.username!r}" if self.credentials else "anonymous"
             raise PermissionDenied(
-                f"token server {realm} refused {who} for {scope or 'the registry'}: "
+                f"token server {realm} refused {self._who()} for {scope or 'the registry'}: "
                 f"{error_message(response)}"
             )
         if response.status_code != 200:

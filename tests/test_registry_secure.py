@@ -180,8 +180,10 @@ def test_token_auth_cross_namespace_read_only(
         push_image(alice, "alice/shared", "v1", make_image("shared"))
     with RegistryClient(registry.url, Credentials("bob", USERS["bob"])) as bob:
         assert bob.list_tags("alice/shared") == ["v1"]  # pull is granted
-        with pytest.raises(PermissionDenied):
+        with pytest.raises(PermissionDenied) as err:
             bob.push_blob("alice/shared", b"intruder", sha256_digest(b"intruder"))
+        assert "did not grant" in err.value.message
+        assert "user 'bob' (insufficient_scope)" in err.value.message
         with pytest.raises(PermissionDenied):
             bob.delete_tag_or_digest("alice/shared", "v1")
 
