@@ -1,0 +1,117 @@
+"""Pure helpers of the PBS backend: argv builders, submit checks, the metadata file.
+
+Every command is an argv list for :func:`site_configs.runner.run_command`; nothing here
+runs one. Job-name and queue-name rules are OpenPBS's (``ck_job_name.c``,
+``pbs_ifl.h``): a job name has at most 236 characters from ``[A-Za-z0-9_+-]``, the first
+a letter; a queue name at most 15.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+from scheduler_glue.base import BatchJob
+from scheduler_glue.metadata import decode_metadata, encode_metadata
+from site_configs.errors import InvalidRequest
+
+MAX_JOB_NAME = 236  # PBS_MAXJOBNAME in OpenPBS pbs_ifl.h
+METADATA_FILE = "metadata"
+NAME_CHARS = re.compile(r"[^A-Za-z0-9_+-]")  # OpenPBS ck_job_name.c: alnum, - _ +
+_HOST = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_QUEUE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,14}$")  # PBS_MAXQUEUENAME = 15
+
+
+def pbs_job_name(name: str) -> str:
+    """``name`` in PBS's job-name alphabet: other characters become ``-``.
+
+    qsub -N wants at most 236 characters from ``[A-Za-z0-9_+-]``, the first one a
+    letter; a name starting otherwise gets a ``j`` in front.
+    """
+    cleaned = NAME_CHARS.sub("-", name) or "imgsave"
+    if not cleaned[0].isalpha():
+        cleaned = "j" + cleaned
+    return cleaned[:MAX_JOB_NAME]
+
+
+def walltime(minutes: int) -> str:
+    """``HH:MM:SS`` for ``-l walltime`` (hours may exceed 99)."""
+    return f"{minutes // 60:02d}:{minutes % 60:02d}:00"
+
+
+def qsub_argv(job: BatchJob) -> list[str]:
+    """The qsub command that submits ``job`` pinned to ``job.node``."""
+    argv = ["qsub"]
+    if job.partition:
+        argv += ["-q", job.partition]
+    if job.account:
+        argv += ["-A", job.account]
+    argv += [
+        "-N", pbs_job_name(job.name),
+        "-l", f"select=1:host={job.node}:ncpus={job.cpus}",
+        "-l", f"walltime={walltime(job.time_limit_minutes)}",
+        "-j", "oe",
+        "-o", str(job.output_path),
+        str(job.script),
+    ]  # fmt: skip
+    return argv
+
+
+def qstat_argv(job_ids: Iterable[str], *, history: bool) -> list[str]:
+    """One qstat for many ids (all jobs when ``job_ids`` is empty)."""
+    return ["qstat", "-fx" if history else "-f", "-F", "json", *job_ids]
+
+
+def qdel_argv(job_id: str) -> list[str]:
+    return ["qdel", job_id]
+
+
+def pbsnodes_argv(node: str) -> list[str]:
+    return ["pbsnodes", "-F", "json", node]
+
+
+def tracejob_argv(job_id: str, days: int) -> list[str]:
+    """tracejob reads only the last day of logs unless told ``-n DAYS``."""
+    return ["tracejob", "-n", str(max(1, days)), job_id]
+
+
+def check_job(job: BatchJob) -> None:
+    """Refuse a job PBS would mis-parse or accept and never run (InvalidRequest)."""
+    if not _HOST.match(job.node):
+        raise InvalidRequest(f"node name {job.node!r} is not a valid PBS host name")
+    if job.partition and not _QUEUE.match(job.partition):
+        raise InvalidRequest(f"queue name {job.partition!r} is not a valid PBS queue name")
+    script = str(job.script)
+    if not job.script.is_absolute() or re.search(r"\s", script):
+        raise InvalidRequest(
+            f"job script {script!r} must be an absolute path without whitespace "
+            "(PBS keeps it unquoted in Submit_arguments)"
+        )
+    if ":" in str(job.output_path) or not job.output_path.is_absolute():
+        raise InvalidRequest(
+            f"output path {str(job.output_path)!r} must be absolute and contain no ':' "
+            "(qsub -o reads HOST:PATH)"
+        )
+    if job.cpus < 0 or job.time_limit_minutes < 1:
+        raise InvalidRequest("a PBS job needs cpus >= 0 and a time limit of >= 1 minute")
+
+
+def write_metadata_file(script: Path, metadata: Mapping[str, str]) -> Path:
+    """Write ``<script dir>/metadata`` atomically; return its path."""
+    path = script.parent / METADATA_FILE
+    tmp = path.with_name(f".{METADATA_FILE}.{os.getpid()}.tmp")
+    tmp.write_text(encode_metadata(metadata) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def read_metadata_file(script: Path | None) -> dict[str, str]:
+    """Metadata stored beside ``script``; ``{}`` when there is none or it is unreadable."""
+    if script is None:
+        return {}
+    try:
+        return decode_metadata((script.parent / METADATA_FILE).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError):
+        return {}
