@@ -165,8 +165,8 @@ def parse_qstat_json(stdout: str, stderr: str, returncode: int) -> QstatAnswer:
 
     qstat loops over its ids, prints one error line per bad id and exits with the last
     error, yet still prints valid JSON with the good ones (unknown job: 153, finished
-    job without ``-x``: 35). Any other stderr line, a non-zero exit without a per-job
-    error, or stdout that is not JSON means qstat itself failed: SchedulerError.
+    job without ``-x``: 35). A non-zero exit with any other stderr line or with no
+    per-job error, or stdout that is not JSON, means qstat itself failed: SchedulerError.
     """
     unknown: set[str] = set()
     finished: set[str] = set()
@@ -181,9 +181,11 @@ def parse_qstat_json(stdout: str, stderr: str, returncode: int) -> QstatAnswer:
             finished.add(match.group(1))
         else:
             other.append(line)
-    if other or (returncode != 0 and not unknown and not finished):
+    if returncode != 0 and (other or not (unknown or finished)):
         detail = other[-1] if other else f"exit {returncode} without a message"
         raise SchedulerError(f"qstat failed: {detail}", retryable=True)
+    for line in other:
+        log.warning("qstat said (exit 0): %s", line)
     try:
         # strict=False: a job's Variable_List may hold control characters (a tab)
         document = json.loads(stdout, strict=False)

@@ -222,6 +222,12 @@ def test_server_down_with_header_only_json_is_a_failure() -> None:
         parse_qstat_json(header, "qstat: cannot connect to server vm (errno=15010)\n", 1)
 
 
+def test_stderr_note_with_exit_0_keeps_the_answer() -> None:
+    cap = pbs_capture("03_qstat_fx_F_json_finished")
+    answer = parse_qstat_json(cap.stdout, "qstat: some warning\n", 0)
+    assert set(answer.jobs) == {"0.vm"}
+
+
 def test_non_json_stdout_is_a_failure() -> None:
     with pytest.raises(SchedulerError, match="no JSON"):
         parse_qstat_json("Job id  Name\n----\n", "", 0)
