@@ -19,7 +19,7 @@ from site_configs.runner import DEFAULT_TIMEOUT_SECONDS, CommandResult
 
 FIXTURES = Path(__file__).parent / "fixtures"
 _CAPTURE = re.compile(
-    r"\A# command: (?P<command>.*)\n(?:#.*\n)*?# ---- stdout ----\n(?P<stdout>.*?)"
+    r"\A# command: (?P<command>[^\n]*)\n(?:#[^\n]*\n)*?# ---- stdout ----\n(?P<stdout>.*?)"
     r"# ---- stderr ----\n(?P<stderr>.*?)# ---- exit code: (?P<code>-?\d+) ----\n?\Z",
     re.S,
 )
