@@ -17,6 +17,10 @@ Commands (OpenPBS 23.06 behaviour, see ``tests/fixtures/pbs``):
   ``accounting_log_dir`` is set) and then ``tracejob -n DAYS ID``.
 - cancel: ``qdel ID``; node_of_job: ``qstat -f -F json ID``.
 
+``BatchJob.qos`` has no PBS counterpart and is ignored; PBS Pro's qsub has no
+working-directory option either, so ``BatchJob.workdir`` is ignored too (a PBS job starts
+in the owner's home; the rendered script changes directory itself).
+
 Request metadata. PBS has no free-text job field that survives into history and the
 accounting log, and ``-v`` cannot carry arbitrary text (see above). So:
 
