@@ -1,0 +1,339 @@
+"""The node-side entry point of a save: ``python -m builder_jobs.node_save SPEC_PATH``.
+
+Run by the batch job on the node that hosts the container. Stages, each recorded in
+``events.jsonl`` beside the spec: LOCATING (find the container, check its owner label,
+check the target and that the registry answers), COMMITTING (engine commit to a local
+tag unique to the request), PUSHING (engine push, then OCI annotations), SIF stages if
+asked (see :mod:`builder_jobs.sif`), CLEANING (always: remove the local tag), then
+DONE or FAILED. ``result.json`` holds the outcome. Exit status 0 on success; otherwise
+1 with the reason as one line on stderr (2 when the spec itself cannot be read).
+"""
+
+from __future__ import annotations
+
+import argparse
+import grp
+import logging
+import os
+import pwd
+import signal
+import sys
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from builder_jobs import sif
+from builder_jobs.annotations import SaveProvenance
+from builder_jobs.engines import (
+    ContainerInfo,
+    Engine,
+    engine_for,
+    parse_container_inspect,
+    parse_repo_digest,
+    temporary_image,
+)
+from builder_jobs.events import (
+    EventLog,
+    FailureKind,
+    ProgressEvent,
+    SaveResult,
+    Stage,
+    write_result,
+)
+from builder_jobs.failures import SaveFailed, engine_failure, registry_failure
+from builder_jobs.oci_save import PushedImage, RegistryTarget
+from builder_jobs.spec import EVENTS_FILE, RESULT_FILE, SaveSpec
+from registry.auth import load_credentials
+from registry.oci import RegistryClient
+from registry.refs import ImageRef, target_for_user
+from site_configs.errors import CommandFailed, ImgsaveError
+from site_configs.runner import Runner, run_command
+from site_configs.schema import ImageFormat, SiteConfig, load_site_config
+
+log = logging.getLogger("builder_jobs.node_save")
+
+COMMIT_METHOD = "engine-commit"
+INSPECT_TIMEOUT_SECONDS = 60.0
+
+
+@dataclass
+class SaveRun:
+    """One save on this node: its inputs, its event log and its stage clock."""
+
+    spec: SaveSpec
+    site: SiteConfig
+    spool: Path
+    runner: Runner = run_command
+    env: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.events = EventLog(self.spool / EVENTS_FILE)
+        self.engine: Engine = engine_for(self.site.engine)
+        self.temp_image = temporary_image(self.spec.request_id)
+        self.local_images: list[str] = []
+
+    @property
+    def node(self) -> str:
+        """The node name as the scheduler knows it (``$SLURMD_NODENAME``) or the spec's."""
+        return self.env.get("SLURMD_NODENAME") or self.spec.node
+
+    @property
+    def job_id(self) -> str:
+        return self.env.get("SLURM_JOB_ID") or self.env.get("PBS_JOBID") or ""
+
+    def emit(
+        self,
+        stage: Stage,
+        message: str = "",
+        bytes_done: int | None = None,
+        bytes_total: int | None = None,
+    ) -> None:
+        event = ProgressEvent(
+            stage, message=message, bytes_done=bytes_done, bytes_total=bytes_total
+        )
+        self.events.emit(event)
+
+    @contextmanager
+    def stage(self, stage: Stage, message: str = "") -> Iterator[None]:
+        """Emit ``stage`` and add the time spent in it to :attr:`seconds`."""
+        self.emit(stage, message)
+        start = time.monotonic()
+        try:
+            yield
+        finally:
+            key = stage.value
+            self.seconds[key] = round(self.seconds.get(key, 0.0) + time.monotonic() - start, 3)
+
+    def run(self, argv: Sequence[str], timeout: float) -> str:
+        """Run an engine command; its failure is an ENGINE failure unless caught."""
+        try:
+            return self.runner(argv, timeout=timeout).stdout
+        except CommandFailed as e:
+            raise engine_failure(e) from e
+
+
+def locate(run: SaveRun) -> ContainerInfo:
+    """Find the container on this node and check that it belongs to the spec's user."""
+    spec, label = run.spec, run.site.engine.owner_label
+    try:
+        out = run.runner(
+            run.engine.inspect_container(spec.container), timeout=INSPECT_TIMEOUT_SECONDS
+        )
+    except CommandFailed as e:
+        if "no such container" in (e.stderr + e.stdout).lower():
+            raise SaveFailed(
+                FailureKind.CONTAINER_NOT_FOUND,
+                f"container {spec.container} not found on {run.node}",
+            ) from e
+        raise engine_failure(e) from e
+    info = parse_container_inspect(out.stdout, run.site.engine.kind)
+    if info.labels.get(label) != spec.user:
+        # Never say whose it is: only that it lacks the requesting user's label.
+        raise SaveFailed(
+            FailureKind.NOT_OWNER,
+            f"container {spec.container} on {run.node} is not labelled {label}={spec.user}; "
+            "only your own containers can be saved",
+        )
+    return info
+
+
+def resolve_target(run: SaveRun) -> ImageRef:
+    """The spec's target, re-checked on the node: site registry, user's namespace, a tag."""
+    section = run.site.registry
+    try:
+        ref = target_for_user(
+            run.spec.target,
+            run.spec.user,
+            section.namespace,
+            section.host,
+            _group_of(run.spec.user),
+        )
+    except ImgsaveError as e:
+        raise SaveFailed(FailureKind.INVALID, f"target {run.spec.target}: {e}") from e
+    return ref
+
+
+def _group_of(user: str) -> str:
+    try:
+        return grp.getgrgid(pwd.getpwnam(user).pw_gid).gr_name
+    except KeyError:
+        return ""  # unknown here: a namespace rule with {group} then refuses the target
+
+
+def base_digest(run: SaveRun, info: ContainerInfo) -> str:
+    """The base image's manifest digest, if the engine knows one ("" otherwise)."""
+    if info.image_digest:
+        return info.image_digest
+    image = info.image_id or info.image
+    if not image:
+        return ""
+    try:
+        out = run.runner(run.engine.inspect_image(image), timeout=INSPECT_TIMEOUT_SECONDS)
+        return parse_repo_digest(out.stdout) or ""
+    except ImgsaveError:
+        return ""  # an annotation, not worth failing the save for
+
+
+def commit(run: SaveRun, info: ContainerInfo) -> None:
+    """Commit the container (by id: the one whose owner was checked) to the temp tag."""
+    run.local_images = [run.temp_image]
+    run.run(
+        run.engine.commit(info.id, run.temp_image, clear_labels=[run.site.engine.owner_label]),
+        run.site.engine.commit_timeout_seconds,
+    )
+
+
+def push(run: SaveRun, target: RegistryTarget, info: ContainerInfo) -> PushedImage:
+    """Engine push to the tag, then annotations; on any failure, roll the tag back."""
+    engine, ref = run.engine, str(target.ref)
+    authfile = run.site.registry.credentials_file
+    run.local_images = engine.local_names_after_push(run.temp_image, ref)
+    try:
+        for argv in engine.push(run.temp_image, ref, authfile=authfile):
+            try:
+                run.runner(argv, timeout=run.site.engine.commit_timeout_seconds)
+            except CommandFailed as e:
+                pushing = argv[len(engine.base)] == "push"
+                raise (registry_failure(e, ref) if pushing else engine_failure(e)) from e
+        provenance = SaveProvenance(
+            created=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            node=run.node,
+            job_id=run.job_id,
+            owner=run.spec.user,
+            category=run.spec.category,
+            request_id=run.spec.request_id,
+            base_name=info.image,
+            base_digest=base_digest(run, info),
+        )
+        try:
+            return target.annotate(provenance.annotations())
+        except ImgsaveError as e:
+            raise registry_failure(e, ref) from e
+    except BaseException:
+        target.rollback()
+        raise
+
+
+def cleanup(run: SaveRun) -> str:
+    """Remove the local temporary names; returns a warning ("" if all went)."""
+    if not run.local_images:
+        return ""
+    result = run.runner(
+        run.engine.rmi(run.local_images), timeout=INSPECT_TIMEOUT_SECONDS, check=False
+    )
+    text = (result.stderr + result.stdout).lower()
+    if result.returncode != 0 and "image not known" not in text and "no such image" not in text:
+        return f"could not remove {', '.join(run.local_images)}: {result.stderr.strip()[-200:]}"
+    return ""
+
+
+def save(run: SaveRun) -> SaveResult:
+    """Every stage of one save; always cleans up; returns the result (never raises)."""
+    want_oci = ImageFormat.OCI in run.spec.formats
+    pushed: PushedImage | None = None
+    sif_out = sif.SifOutput()
+    warning = ""
+    try:
+        with run.stage(Stage.LOCATING, f"looking for {run.spec.container} on {run.node}"):
+            info = locate(run)
+            ref = resolve_target(run)
+            client = RegistryClient.from_section(
+                run.site.registry, load_credentials(run.site.registry)
+            )
+            target = RegistryTarget(client, ref)
+            if want_oci:
+                try:
+                    target.snapshot()
+                except ImgsaveError as e:
+                    raise registry_failure(e, str(ref)) from e
+        if want_oci:
+            with run.stage(Stage.COMMITTING, f"committing {info.name}"):
+                commit(run, info)
+            with run.stage(Stage.PUSHING, f"pushing {ref}"):
+                pushed = push(run, target, info)
+            size = pushed.image_bytes
+            run.emit(Stage.PUSHING, f"pushed {ref}@{pushed.digest}", size, size)
+        if ImageFormat.SIF in run.spec.formats:
+            sif_out = sif.save_sif(run, info, client, ref)
+    except BaseException as e:
+        failure = e if isinstance(e, SaveFailed) else _unexpected(e)
+        with run.stage(Stage.CLEANING, "removing local temporary images"):
+            warning = cleanup(run)
+        message = failure.message + (f" (also: {warning})" if warning else "")
+        run.emit(Stage.FAILED, message)
+        return SaveResult(
+            ok=False,
+            reference=run.spec.target,
+            seconds=dict(run.seconds),
+            failure=failure.kind,
+            error=message,
+        )
+    with run.stage(Stage.CLEANING, "removing local temporary images"):
+        warning = cleanup(run)
+    run.emit(Stage.DONE, warning or "saved")
+    return SaveResult(
+        ok=True,
+        reference=str(ref) if pushed else sif_out.reference,
+        digest=pushed.digest if pushed else "",
+        size_bytes=pushed.new_bytes if pushed else sif_out.size_bytes,
+        image_bytes=pushed.image_bytes if pushed else sif_out.size_bytes,
+        sif_path=sif_out.path,
+        sif_digest=sif_out.digest,
+        commit_method=COMMIT_METHOD if pushed else sif.SIF_METHOD,
+        seconds=dict(run.seconds),
+    )
+
+
+def _unexpected(error: BaseException) -> SaveFailed:
+    if isinstance(error, ImgsaveError):
+        return SaveFailed(FailureKind.INTERNAL, error.message, retryable=error.retryable)
+    log.exception("unexpected error")
+    return SaveFailed(FailureKind.INTERNAL, f"internal error: {type(error).__name__}: {error}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Load the spec and site config, run the save, write ``result.json``."""
+    parser = argparse.ArgumentParser(prog="python -m builder_jobs.node_save")
+    parser.add_argument("spec_path", type=Path, help="the save's spec.json in the spool")
+    args = parser.parse_args(argv)
+    logging.basicConfig(stream=sys.stdout, level=logging.INFO, format="%(levelname)s %(message)s")
+    spec_path: Path = args.spec_path.resolve()
+    spool = spec_path.parent
+    try:
+        spec = SaveSpec.from_json(spec_path.read_text())
+        site = load_site_config(spec.site_config)
+        run = SaveRun(spec=spec, site=site, spool=spool)
+    except (OSError, ImgsaveError) as e:
+        message = f"cannot start the save from {spec_path}: {e}"
+        if spool.is_dir():
+            EventLog(spool / EVENTS_FILE).emit(ProgressEvent(Stage.FAILED, message=message))
+            write_result(
+                spool / RESULT_FILE,
+                SaveResult(ok=False, failure=FailureKind.INVALID, error=message),
+            )
+        print(_one_line(message), file=sys.stderr)
+        return 2
+    signal.signal(signal.SIGTERM, _cancelled)  # scancel/qdel: clean up, then fail
+    result = save(run)
+    write_result(spool / RESULT_FILE, result)
+    if not result.ok:
+        print(_one_line(result.error), file=sys.stderr)
+        return 1
+    print(f"saved {result.reference} {result.digest}".strip())
+    return 0
+
+
+def _cancelled(signum: int, frame: object) -> None:
+    raise SaveFailed(FailureKind.INTERNAL, f"the save job was cancelled (signal {signum})")
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+if __name__ == "__main__":
+    sys.exit(main())
