@@ -60,6 +60,7 @@ def run_command(
             args,
             capture_output=True,
             text=True,
+            errors="replace",  # a stray non-UTF-8 byte must not hide the output
             timeout=timeout,
             input=input_text,
             env=dict(env) if env is not None else None,
