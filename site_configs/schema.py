@@ -7,6 +7,7 @@ documented in docs/site-config.md; keep the two in step.
 from __future__ import annotations
 
 import enum
+import ipaddress
 import os
 import tomllib
 from functools import lru_cache
@@ -138,6 +139,28 @@ class LimitsSection(_Section):
     max_saves_in_flight_per_user: Annotated[int, Field(ge=1)] = 4
 
 
+class ApiSection(_Section):
+    """The REST API and portal (``imgsave serve``); see docs/api.md."""
+
+    # Addresses/networks of reverse proxies whose Remote-User header is trusted.
+    trusted_proxies: list[NonEmpty] = Field(default_factory=list)
+    admins: list[NonEmpty] = Field(default_factory=list)
+    max_body_bytes: Annotated[int, Field(ge=1024, le=16 * 1024**2)] = 65536
+    token_ttl_days: Annotated[int, Field(ge=1, le=3650)] = 90
+    # How GET /sessions finds users' running containers: "none" or "local-podman".
+    session_locator: NonEmpty = "none"
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxies_are_addresses(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError as e:
+                raise ValueError(f"{entry!r} is not an IP address or network") from e
+        return value
+
+
 class SiteConfig(_Section):
     name: NonEmpty
     spool_dir: NonEmpty = Field(description="shared directory for specs, events and results")
@@ -149,6 +172,7 @@ class SiteConfig(_Section):
     registry: RegistrySection
     sif: SifSection = Field(default_factory=SifSection)
     limits: LimitsSection = Field(default_factory=LimitsSection)
+    api: ApiSection = Field(default_factory=ApiSection)
     database_url: str = ""
     source_path: str = Field("", exclude=True)
 
