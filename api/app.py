@@ -1,0 +1,179 @@
+"""The Flask application: the REST API under ``/api/v1`` and the web portal at ``/``.
+
+``create_app(test_config)`` follows the Flask tutorial's factory. Every error leaves
+as ``{"error": {"code", "message", "retryable"}}`` with its HTTP status; a failure
+nobody anticipated is logged with its traceback and still answers in that shape.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+from collections.abc import Callable, Mapping
+from datetime import timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from flask import Flask, Response, request
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
+
+from api import (
+    routes_images,
+    routes_meta,
+    routes_portal,
+    routes_reports,
+    routes_saves,
+    routes_sessions,
+)
+from api.auth import Unauthorized
+from api.db import Database, database_url, instance_dir
+from api.sessions import make_locator
+from api.state import EXTENSION, ApiError, ApiState, error_response
+from site_configs.errors import (
+    CommandFailed,
+    ConfigError,
+    ImgsaveError,
+    InvalidRequest,
+    NotFound,
+    PermissionDenied,
+    RegistryError,
+    SchedulerError,
+)
+from site_configs.schema import SiteConfig, get_site_config
+
+if TYPE_CHECKING:
+    from api.context import Site
+
+log = logging.getLogger(__name__)
+
+SECRET_FILE = "secret_key"
+SECRET_ENV = "IMGSAVE_SECRET_KEY"
+
+
+def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
+    """Build the app.
+
+    ``test_config`` may set ``SITE_CONFIG`` (a :class:`SiteConfig` or a path),
+    ``SITE_FACTORY`` (config → site services), ``LOCATOR``, ``DATABASE_URL``,
+    ``INSTANCE_DIR`` and any Flask setting such as ``SECRET_KEY``.
+    """
+    overrides = dict(test_config or {})
+    instance = Path(overrides.pop("INSTANCE_DIR", None) or instance_dir())
+    app = Flask(__name__, instance_path=str(instance.resolve()))
+    config = _site_config(overrides.pop("SITE_CONFIG", None))
+    factory: Callable[[SiteConfig], Site] = overrides.pop("SITE_FACTORY", None) or _real_site
+    locator = overrides.pop("LOCATOR", None) or make_locator(config)
+    db = Database(overrides.pop("DATABASE_URL", None) or database_url(config, instance))
+    app.config.update(
+        MAX_CONTENT_LENGTH=config.api.max_body_bytes,
+        PERMANENT_SESSION_LIFETIME=timedelta(hours=12),
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        SESSION_COOKIE_NAME="imgsave_session",
+        JSON_SORT_KEYS=False,
+    )
+    app.config.from_prefixed_env()  # FLASK_SESSION_COOKIE_SECURE=true behind HTTPS, ...
+    app.config.update(overrides)
+    if not app.config.get("SECRET_KEY"):
+        app.config["SECRET_KEY"] = os.environ.get(SECRET_ENV) or _secret_key(instance)
+    app.extensions[EXTENSION] = ApiState(config, db, locator, factory)
+    for module in (routes_saves, routes_images, routes_sessions, routes_reports,
+                   routes_meta, routes_portal):
+        app.register_blueprint(module.bp)
+    _register_errors(app)
+    app.after_request(_security_headers)
+    return app
+
+
+def _site_config(value: SiteConfig | str | None) -> SiteConfig:
+    if isinstance(value, SiteConfig):
+        return value
+    return get_site_config(value)
+
+
+def _real_site(config: SiteConfig) -> Site:
+    from api.context import Site  # the scheduler and registry are built on first use
+
+    return Site(config)
+
+
+def _secret_key(instance: Path) -> str:
+    """The cookie-signing key, made once and kept (mode 0600) so restarts keep sessions."""
+    path = instance / SECRET_FILE
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        pass
+    instance.mkdir(parents=True, exist_ok=True, mode=0o700)
+    key = secrets.token_urlsafe(48)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return path.read_text().strip()  # another worker made it first
+    with os.fdopen(fd, "w") as fh:
+        fh.write(key)
+    return key
+
+
+_STATUS: list[tuple[type[ImgsaveError], int, str]] = [
+    (InvalidRequest, 400, "invalid_request"),
+    (Unauthorized, 401, "unauthorized"),
+    (PermissionDenied, 403, "permission_denied"),
+    (NotFound, 404, "not_found"),
+    (CommandFailed, 502, "command_failed"),
+    (ConfigError, 500, "config_error"),
+]
+
+
+def status_of(error: ImgsaveError) -> tuple[int, str]:
+    """HTTP status and error code for an imgsave error."""
+    if isinstance(error, ApiError):
+        return error.status, error.code
+    if isinstance(error, SchedulerError | RegistryError):
+        what = "scheduler" if isinstance(error, SchedulerError) else "registry"
+        return (503, f"{what}_unavailable") if error.retryable else (502, f"{what}_error")
+    for kind, status, code in _STATUS:
+        if isinstance(error, kind):
+            return status, code
+    return 500, "internal"
+
+
+def _register_errors(app: Flask) -> None:
+    @app.errorhandler(ImgsaveError)
+    def _imgsave_error(error: ImgsaveError) -> Response:
+        status, code = status_of(error)
+        if status >= 500:
+            log.warning("%s %s: %s", request.method, request.path, error.message)
+        response = error_response(status, code, error.message, error.retryable)
+        if status == 401:
+            response.headers["WWW-Authenticate"] = 'Bearer realm="imgsave"'
+        return response
+
+    @app.errorhandler(HTTPException)
+    def _http_error(error: HTTPException) -> Response | HTTPException:
+        if not request.path.startswith("/api/") and request.path != "/healthz":
+            return error  # the portal's pages keep werkzeug's HTML errors
+        code = (error.name or "error").lower().replace(" ", "_")
+        response = error_response(error.code or 500, code, error.description or code)
+        if isinstance(error, MethodNotAllowed) and error.valid_methods:
+            response.headers["Allow"] = ", ".join(error.valid_methods)
+        return response
+
+    @app.errorhandler(Exception)
+    def _unexpected(error: Exception) -> Response:
+        log.exception("unexpected error on %s %s", request.method, request.path)
+        return error_response(500, "internal", f"internal error ({type(error).__name__}); "
+                              "the server log has the details")
+
+
+def _security_headers(response: Response) -> Response:
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    response.headers.setdefault("Referrer-Policy", "no-referrer")
+    response.headers.setdefault(
+        "Content-Security-Policy",
+        "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'",
+    )
+    if request.path.startswith("/api/"):
+        response.headers.setdefault("Cache-Control", "no-store")
+    return response

@@ -1,0 +1,184 @@
+"""Who is asking: a bearer token, a trusted proxy's ``Remote-User``, or a portal cookie.
+
+- ``Authorization: Bearer <token>``: tokens come from ``imgsave token create USER``;
+  only their SHA-256 is stored (a token is 256 random bits, so a plain hash is enough:
+  there is nothing to guess that a slow hash would protect).
+- ``Remote-User: <name>`` from the site's reverse proxy, believed only when the
+  connection comes from an address in ``[api].trusted_proxies``; from anywhere else the
+  request is refused and logged, as a forged identity would be.
+- The portal's signed session cookie, set after either of the above; a request that
+  changes something must also carry the session's ``X-CSRF-Token``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import logging
+import secrets
+from dataclasses import dataclass
+from datetime import timedelta
+
+from flask import Request, session
+from sqlalchemy import select, update
+
+from api.db import ApiToken, Database, utcnow
+from registry.refs import check_unix_name
+from site_configs.errors import ImgsaveError, InvalidRequest
+from site_configs.schema import ApiSection
+
+log = logging.getLogger(__name__)
+
+TOKEN_PREFIX = "isv_"
+PROXY_USER_HEADER = "Remote-User"
+CSRF_HEADER = "X-CSRF-Token"
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+class Unauthorized(ImgsaveError):
+    """No identity, or one that cannot be believed (→ 401)."""
+
+
+@dataclass(frozen=True)
+class Principal:
+    """The authenticated user of one request."""
+
+    user: str
+    admin: bool
+    via: str  # "token", "proxy" or "cookie"
+    token_id: int | None = None
+
+
+def hash_token(token: str) -> str:
+    """The stored form of a token."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def issue_token(
+    db: Database, user: str, *, admin: bool, ttl_days: int, label: str = ""
+) -> tuple[ApiToken, str]:
+    """Store a new token for ``user``; return its row and the token (shown once)."""
+    check_unix_name(user)
+    token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    now = utcnow()
+    row = ApiToken(
+        user=user, token_hash=hash_token(token), admin=admin, label=label[:200],
+        created=now, expires=now + timedelta(days=ttl_days), revoked=None,
+    )
+    with db.session() as s:
+        s.add(row)
+    return row, token
+
+
+def find_token(db: Database, token: str) -> ApiToken | None:
+    """The usable (not expired, not revoked) token row for ``token``, or None."""
+    if not token.startswith(TOKEN_PREFIX) or len(token) > 100:
+        return None
+    with db.session() as s:
+        row = s.scalars(select(ApiToken).where(ApiToken.token_hash == hash_token(token))).first()
+    return row if row is not None and row.usable() else None
+
+
+def token_usable(db: Database, token_id: int) -> bool:
+    """Whether the token a portal session was opened with is still usable."""
+    with db.session() as s:
+        row = s.get(ApiToken, token_id)
+    return row is not None and row.usable()
+
+
+def revoke_tokens(db: Database, *, token_id: int | None = None, user: str | None = None) -> int:
+    """Revoke one token by id, or every token of a user; return how many."""
+    if token_id is None and user is None:
+        raise InvalidRequest("name a token id or a user")
+    query = update(ApiToken).where(ApiToken.revoked.is_(None))
+    query = query.where(ApiToken.id == token_id) if token_id is not None else query
+    query = query.where(ApiToken.user == user) if user is not None else query
+    with db.session() as s:
+        return s.execute(query.values(revoked=utcnow())).rowcount  # type: ignore[attr-defined]
+
+
+def list_tokens(db: Database, user: str | None = None) -> list[ApiToken]:
+    """Every token (of ``user``), newest first; hashes only, never the tokens."""
+    query = select(ApiToken).order_by(ApiToken.id.desc())
+    if user is not None:
+        query = query.where(ApiToken.user == user)
+    with db.session() as s:
+        return list(s.scalars(query))
+
+
+def from_trusted_proxy(remote_addr: str | None, settings: ApiSection) -> bool:
+    """Whether the connection comes from one of ``trusted_proxies``."""
+    if not remote_addr or not settings.trusted_proxies:
+        return False
+    try:
+        address = ipaddress.ip_address(remote_addr)
+    except ValueError:
+        return False
+    return any(address in ipaddress.ip_network(p, strict=False) for p in settings.trusted_proxies)
+
+
+def authenticate(request: Request, db: Database, settings: ApiSection) -> Principal:
+    """The request's principal; raises :class:`Unauthorized` (401) when there is none."""
+    header = request.headers.get("Authorization")
+    if header is not None:
+        return _bearer(header, db, settings)
+    proxy_user = request.headers.get(PROXY_USER_HEADER)
+    if proxy_user is not None:
+        return _proxy(proxy_user, request, settings)
+    return _cookie(request, db, settings)
+
+
+def _bearer(header: str, db: Database, settings: ApiSection) -> Principal:
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized("use 'Authorization: Bearer <token>'")
+    row = find_token(db, token.strip())
+    if row is None:
+        raise Unauthorized("the token is unknown, expired or revoked")
+    return Principal(row.user, row.admin or row.user in settings.admins, "token", row.id)
+
+
+def _proxy(user: str, request: Request, settings: ApiSection) -> Principal:
+    if not from_trusted_proxy(request.remote_addr, settings):
+        log.warning("refused %s header %r from untrusted address %s",
+                    PROXY_USER_HEADER, user[:64], request.remote_addr)
+        raise Unauthorized(f"{PROXY_USER_HEADER} is accepted only from the site's proxy")
+    try:
+        check_unix_name(user)
+    except InvalidRequest as e:
+        raise Unauthorized(f"the proxy sent an invalid user name: {e.message}") from e
+    return Principal(user, user in settings.admins, "proxy")
+
+
+def _cookie(request: Request, db: Database, settings: ApiSection) -> Principal:
+    user = session.get("user")
+    if not isinstance(user, str) or not user:
+        raise Unauthorized("log in, or send 'Authorization: Bearer <token>'")
+    token_id = session.get("token_id")
+    if session.get("via") == "proxy":
+        if not from_trusted_proxy(request.remote_addr, settings):
+            raise Unauthorized("this session was opened through the site's proxy")
+    elif not isinstance(token_id, int) or not token_usable(db, token_id):
+        session.clear()
+        raise Unauthorized("the token this session was opened with is expired or revoked")
+    if request.method not in SAFE_METHODS:
+        sent = request.headers.get(CSRF_HEADER, "")
+        expected = session.get("csrf", "")
+        if not sent or not isinstance(expected, str) or not hmac.compare_digest(sent, expected):
+            raise Unauthorized(f"missing or wrong {CSRF_HEADER} header for this session")
+    admin = bool(session.get("admin")) or user in settings.admins
+    return Principal(user, admin, "cookie", token_id if isinstance(token_id, int) else None)
+
+
+def open_session(principal: Principal) -> str:
+    """Start a portal session for ``principal``; return its CSRF token."""
+    session.clear()
+    session.permanent = True
+    session["user"] = principal.user
+    session["admin"] = principal.admin
+    session["via"] = "proxy" if principal.via == "proxy" else "token"
+    if principal.token_id is not None:
+        session["token_id"] = principal.token_id
+    session["csrf"] = secrets.token_urlsafe(32)
+    return str(session["csrf"])

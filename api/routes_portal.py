@@ -1,0 +1,68 @@
+"""The web portal: one page per user, plus token login and logout.
+
+The page is rendered by Jinja with the user's name, the site's formats and categories,
+and a CSRF token; ``static/portal.js`` then fills it from the same REST API that
+scripts use, with the session cookie this module sets.
+"""
+
+from __future__ import annotations
+
+import hmac
+
+from flask import Blueprint, Response, redirect, render_template, request, session, url_for
+from werkzeug.wrappers import Response as BaseResponse
+
+from api.auth import PROXY_USER_HEADER, Principal, Unauthorized, find_token, open_session
+from api.state import principal, state
+from registry.refs import host_of
+
+bp = Blueprint("portal", __name__, template_folder="templates", static_folder="static",
+               static_url_path="/static")
+
+
+@bp.get("/")
+def index() -> str | tuple[str, int]:
+    """The portal page, or the login form when nobody is logged in."""
+    try:
+        caller = principal()
+    except Unauthorized as e:
+        forged = request.headers.get(PROXY_USER_HEADER) is not None
+        message = e.message if forged or "Authorization" in request.headers else ""
+        return render_template("login.html", error=message), (401 if message else 200)
+    csrf = session.get("csrf")
+    if session.get("user") != caller.user or not isinstance(csrf, str) or not csrf:
+        csrf = open_session(caller)
+    config = state().config
+    return render_template(
+        "index.html",
+        user=caller.user,
+        admin=caller.admin,
+        csrf=csrf,
+        formats=[f.value for f in config.formats],
+        categories=list(config.categories),
+        registry=host_of(config.registry.url),
+        site_name=config.name,
+    )
+
+
+@bp.post("/login")
+def login() -> BaseResponse | tuple[str, int]:
+    """Open a portal session with an API token typed into the login form."""
+    token = request.form.get("token", "").strip()
+    row = find_token(state().db, token) if token else None
+    if row is None:
+        return render_template("login.html", error="That token is unknown, expired or "
+                               "revoked."), 401
+    admin = row.admin or row.user in state().config.api.admins
+    open_session(Principal(row.user, admin, "token", row.id))
+    return redirect(url_for("portal.index"), code=303)
+
+
+@bp.post("/logout")
+def logout() -> Response | BaseResponse:
+    """End the portal session (the form carries the session's CSRF token)."""
+    sent = request.form.get("csrf", "")
+    expected = session.get("csrf", "")
+    if isinstance(expected, str) and expected and hmac.compare_digest(sent, expected):
+        session.clear()
+    return redirect(url_for("portal.index"), code=303)

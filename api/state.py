@@ -1,0 +1,113 @@
+"""What every route needs: the app's shared state, the caller, the JSON body, errors.
+
+Routes import from here, never from :mod:`api.app`, so blueprints stay small and the
+factory stays the only place that wires things together.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from flask import Response, current_app, g, jsonify, request
+
+from api.auth import Principal, authenticate
+from api.db import Database
+from api.sessions import SessionLocator
+from site_configs.errors import ImgsaveError, InvalidRequest, PermissionDenied
+from site_configs.schema import SiteConfig
+
+if TYPE_CHECKING:
+    from api.context import Site
+
+EXTENSION = "imgsave"
+
+
+class ApiError(ImgsaveError):
+    """An HTTP-level error with its own status and code (413, 415, 422, 409, ...)."""
+
+    def __init__(self, status: int, code: str, message: str, *, retryable: bool = False) -> None:
+        super().__init__(message, retryable=retryable)
+        self.status = status
+        self.code = code
+
+
+@dataclass
+class ApiState:
+    """The site, the database and the session locator of one app."""
+
+    config: SiteConfig
+    db: Database
+    locator: SessionLocator
+    site_factory: Callable[[SiteConfig], Site]
+    _site: Site | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def site(self) -> Site:
+        """The site's services, built once (on the first request that needs them)."""
+        with self._lock:
+            if self._site is None:
+                self._site = self.site_factory(self.config)
+            return self._site
+
+
+def state() -> ApiState:
+    """The state of the app serving this request."""
+    value = current_app.extensions[EXTENSION]
+    assert isinstance(value, ApiState)
+    return value
+
+
+def principal() -> Principal:
+    """The authenticated caller (authenticating on first use in a request)."""
+    found = g.get("principal")
+    if found is None:
+        st = state()
+        found = authenticate(request, st.db, st.config.api)
+        g.principal = found
+    assert isinstance(found, Principal)
+    return found
+
+
+def require_admin() -> Principal:
+    """The caller, who must be an admin (403 otherwise)."""
+    caller = principal()
+    if not caller.admin:
+        raise PermissionDenied("this needs an imgsave admin")
+    return caller
+
+
+def json_body() -> dict[str, Any]:
+    """The request's JSON object; 415 for another content type, 400 when malformed."""
+    if not request.is_json:
+        raise ApiError(415, "unsupported_media_type",
+                       "send a JSON object with 'Content-Type: application/json'")
+    raw = request.get_data(cache=True)  # over max_body_bytes: 413 from werkzeug
+    try:
+        body = json.loads(raw)
+    except (ValueError, RecursionError) as e:
+        raise ApiError(400, "malformed_json", f"the body is not valid JSON: {e}") from e
+    if not isinstance(body, dict):
+        raise ApiError(400, "malformed_json", "the body must be a JSON object")
+    return body
+
+
+def flag(name: str) -> bool:
+    """A boolean query parameter: 1/true/yes, 0/false/no or absent."""
+    value = request.args.get(name, "").strip().lower()
+    if value in ("", "0", "false", "no"):
+        return False
+    if value in ("1", "true", "yes"):
+        return True
+    raise InvalidRequest(f"query parameter {name}={value!r} must be true or false")
+
+
+def error_response(status: int, code: str, message: str, retryable: bool = False) -> Response:
+    """The one error body every endpoint returns."""
+    response = jsonify({"error": {"code": code, "message": message, "retryable": retryable}})
+    response.status_code = status
+    return response
