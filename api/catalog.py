@@ -1,0 +1,87 @@
+"""A user's images in the registry: list and delete, only ever inside their namespace."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from registry.oci import RegistryClient
+from registry.refs import ImageRef, host_of, target_for_user, user_namespace
+from site_configs.errors import NotFound
+from site_configs.schema import SiteConfig
+
+SIF_CONFIG_MEDIA_TYPE = "application/vnd.sylabs.sif.config.v1+json"
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    repository: str
+    tag: str
+    digest: str
+    size_bytes: int
+    created: str
+    format: str
+    category: str
+    reference: str
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "repository": self.repository,
+            "tag": self.tag,
+            "digest": self.digest,
+            "size_bytes": self.size_bytes,
+            "created": self.created,
+            "format": self.format,
+            "category": self.category,
+            "reference": self.reference,
+        }
+
+
+class ImageCatalog:
+    """The images a user owns: every repository under their namespace."""
+
+    def __init__(self, config: SiteConfig, client: RegistryClient) -> None:
+        self.config = config
+        self.client = client
+        self.host = host_of(config.registry.url)
+
+    def namespace(self, user: str) -> str:
+        return user_namespace(user, self.config.registry.namespace)
+
+    def list(self, user: str) -> list[ImageInfo]:
+        prefix = self.namespace(user) + "/"
+        images: list[ImageInfo] = []
+        for repository in self.client.list_repositories(prefix):
+            if not repository.startswith(prefix):
+                continue
+            for tag in sorted(self.client.list_tags(repository)):
+                info = self.client.manifest(repository, tag)
+                if info is None:
+                    continue  # deleted between the listing and now
+                annotations = info.annotations or {}
+                is_sif = info.config_media_type == SIF_CONFIG_MEDIA_TYPE
+                images.append(
+                    ImageInfo(
+                        repository=repository,
+                        tag=tag,
+                        digest=info.digest,
+                        size_bytes=info.total_size,
+                        created=info.created or "",
+                        format="sif" if is_sif else "oci",
+                        category=annotations.get("io.imgsave.category", ""),
+                        reference=f"{self.host}/{repository}:{tag}",
+                    )
+                )
+        return images
+
+    def resolve(self, user: str, name_tag: str) -> ImageRef:
+        """The user's image ``name_tag``; refuses names outside their namespace."""
+        return target_for_user(name_tag, user, self.config.registry.namespace, self.host)
+
+    def delete(self, user: str, name_tag: str) -> str:
+        """Delete the user's image by tag (the manifest it points to); return its digest."""
+        ref = self.resolve(user, name_tag)
+        info = self.client.manifest(ref.repository, ref.tag)
+        if info is None:
+            raise NotFound(f"image {ref.name} does not exist")
+        self.client.delete_manifest(ref.repository, info.digest)
+        return info.digest

@@ -1,0 +1,156 @@
+"""One save's status: the scheduler's record joined with the spool's events and result."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from builder_jobs.events import EventLog, ProgressEvent, SaveResult, Stage, read_result
+from builder_jobs.spec import EVENTS_FILE, RESULT_FILE, SaveSpec
+from scheduler_glue.base import JobRecord
+from scheduler_glue.states import JobState
+
+# Where each stage starts and ends on the progress bar, in percent.
+_STAGE_SPAN: dict[Stage, tuple[int, int]] = {
+    Stage.QUEUED: (0, 0),
+    Stage.LOCATING: (2, 5),
+    Stage.COMMITTING: (5, 50),
+    Stage.EXPORTING: (5, 35),
+    Stage.SQUASHING: (35, 60),
+    Stage.PUSHING: (60, 95),
+    Stage.CLEANING: (95, 99),
+    Stage.DONE: (100, 100),
+    Stage.FAILED: (100, 100),
+}
+
+_FINAL_REASONS: dict[JobState, str] = {
+    JobState.CANCELLED: "the save job was cancelled",
+    JobState.TIMEOUT: "the save job reached its time limit",
+    JobState.NODE_FAIL: "the node failed while the save job ran",
+    JobState.OUT_OF_MEMORY: "the save job ran out of memory",
+}
+
+
+@dataclass(frozen=True)
+class SaveStatus:
+    job_id: str
+    request_id: str
+    user: str
+    container: str
+    target: str
+    formats: tuple[str, ...]
+    category: str
+    node: str
+    state: JobState
+    stage: Stage
+    percent: int
+    bytes_done: int | None
+    bytes_total: int | None
+    submit_time: datetime | None
+    start_time: datetime | None
+    end_time: datetime | None
+    digest: str
+    size_bytes: int
+    reason: str
+    result: SaveResult | None
+
+    @property
+    def finished(self) -> bool:
+        return self.state.final
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "job_id": self.job_id,
+            "request_id": self.request_id,
+            "user": self.user,
+            "container": self.container,
+            "target": self.target,
+            "formats": list(self.formats),
+            "category": self.category,
+            "node": self.node,
+            "state": self.state.label,
+            "final": self.state.final,
+            "stage": self.stage.value,
+            "percent": self.percent,
+            "bytes_done": self.bytes_done,
+            "bytes_total": self.bytes_total,
+            "submit_time": _iso(self.submit_time),
+            "start_time": _iso(self.start_time),
+            "end_time": _iso(self.end_time),
+            "digest": self.digest,
+            "size_bytes": self.size_bytes,
+            "sif_path": self.result.sif_path if self.result else "",
+            "commit_method": self.result.commit_method if self.result else "",
+            "seconds": dict(self.result.seconds) if self.result else {},
+            "reason": self.reason,
+        }
+
+
+def build_status(
+    job_id: str, spec: SaveSpec, record: JobRecord | None, workdir: Path
+) -> SaveStatus:
+    """Join what the scheduler says with what the node wrote."""
+    events = EventLog(workdir / EVENTS_FILE).read()
+    last = events[-1] if events else ProgressEvent(Stage.QUEUED)
+    result = read_result(workdir / RESULT_FILE)
+    state = record.state if record else JobState.UNKNOWN
+    if state is JobState.UNKNOWN and result is not None:
+        state = JobState.COMPLETED if result.ok else JobState.FAILED
+    stage, reason = _stage_and_reason(state, last, result, record)
+    return SaveStatus(
+        job_id=job_id,
+        request_id=spec.request_id,
+        user=spec.user,
+        container=spec.container,
+        target=spec.target,
+        formats=tuple(f.value for f in spec.formats),
+        category=spec.category,
+        node=(record.node if record and record.node else spec.node),
+        state=state,
+        stage=stage,
+        percent=_percent(stage, last),
+        bytes_done=last.bytes_done,
+        bytes_total=last.bytes_total,
+        submit_time=record.submit_time if record else None,
+        start_time=record.start_time if record else None,
+        end_time=record.end_time if record else None,
+        digest=result.digest if result else "",
+        size_bytes=result.size_bytes if result else 0,
+        reason=reason,
+        result=result,
+    )
+
+
+def _stage_and_reason(
+    state: JobState, last: ProgressEvent, result: SaveResult | None, record: JobRecord | None
+) -> tuple[Stage, str]:
+    if not state.final:
+        if state is JobState.PENDING:
+            return Stage.QUEUED, (record.reason if record else "")
+        return last.stage, ""
+    if state is JobState.COMPLETED and result is not None and result.ok:
+        return Stage.DONE, ""
+    if result is not None and not result.ok:
+        return Stage.FAILED, result.error
+    if state in _FINAL_REASONS:
+        return Stage.FAILED, _FINAL_REASONS[state]
+    if state is JobState.COMPLETED:
+        return Stage.FAILED, "the save job ended without writing a result"
+    exit_code = record.exit_code if record else None
+    return Stage.FAILED, (
+        f"the save job failed (exit code {exit_code}) before writing a result; "
+        "see job.out in the spool"
+    )
+
+
+def _percent(stage: Stage, last: ProgressEvent) -> int:
+    start, end = _STAGE_SPAN[stage]
+    if stage is not last.stage or not last.bytes_total:
+        return start
+    fraction = min(1.0, max(0.0, (last.bytes_done or 0) / last.bytes_total))
+    return int(start + (end - start) * fraction)
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None

@@ -1,0 +1,300 @@
+"""The service layer: a save request becomes a spec in the spool plus a pinned batch job.
+
+CLI, REST API and portal all go through :class:`SaveService`; it validates and
+authorises, resolves the node, writes the spec and job script, submits, and reads
+status back from the scheduler's accounting joined with the spool's events and result.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from api.progress import SaveStatus, build_status
+from builder_jobs.events import EventLog, ProgressEvent, Stage
+from builder_jobs.script import render_job_script
+from builder_jobs.spec import (
+    EVENTS_FILE,
+    OUTPUT_FILE,
+    SCRIPT_FILE,
+    SPEC_FILE,
+    SaveSpec,
+    spool_dir_for,
+)
+from registry.refs import ImageRef, check_unix_name, target_for_user
+from scheduler_glue.base import BatchJob, JobRecord, Scheduler
+from scheduler_glue.states import JobState
+from site_configs.errors import InvalidRequest, NotFound, PermissionDenied
+from site_configs.schema import ImageFormat, SiteConfig
+
+log = logging.getLogger(__name__)
+
+JOB_NAME_PREFIX = "imgsave"
+# Container names as podman, docker and nerdctl accept them.
+_CONTAINER_NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]{0,253}")
+_JOB_ID = re.compile(r"[0-9]+(?:\.[A-Za-z0-9_.-]+)?|[0-9]+\[[0-9]*\](?:\.[A-Za-z0-9_.-]+)?")
+BY_JOB_DIR = "by-job"
+RECENT_SECONDS = 600.0
+
+
+@dataclass(frozen=True)
+class SaveRequest:
+    """What a user asks for: save ``container`` as ``target`` (``name:tag``)."""
+
+    user: str
+    container: str
+    target: str
+    formats: tuple[ImageFormat, ...] = (ImageFormat.OCI,)
+    category: str = "cpu"
+    node: str = ""
+    job_id: str = ""  # a running job of the user's whose node hosts the container
+
+
+@dataclass(frozen=True)
+class SubmittedSave:
+    job_id: str
+    request_id: str
+    target: ImageRef
+    node: str
+
+
+class SaveService:
+    """Submit, follow and cancel saves for one site."""
+
+    def __init__(
+        self,
+        config: SiteConfig,
+        scheduler: Scheduler,
+        *,
+        registry_check: Callable[[], object] | None = None,
+        python: str = "",
+    ) -> None:
+        self.config = config
+        self.scheduler = scheduler
+        self.registry_check = registry_check
+        self.python = python or config.node_python or _default_python()
+        self.spool = Path(config.spool_dir)
+
+    # -- submit ---------------------------------------------------------------------
+    def validate(self, request: SaveRequest) -> tuple[ImageRef, tuple[ImageFormat, ...]]:
+        """Check a request without side effects; return its target and formats."""
+        check_unix_name(request.user)
+        if not _CONTAINER_NAME.fullmatch(request.container):
+            raise InvalidRequest(
+                f"container name {request.container!r} is invalid: use letters, digits, "
+                "'_', '.' and '-', starting with a letter or digit"
+            )
+        formats = tuple(dict.fromkeys(request.formats))
+        if not formats:
+            raise InvalidRequest("give at least one format (oci, sif)")
+        for fmt in formats:
+            if fmt not in self.config.formats:
+                allowed = ", ".join(f.value for f in self.config.formats)
+                raise InvalidRequest(f"format {fmt.value!r} is not offered here (use {allowed})")
+        if request.category not in self.config.categories:
+            allowed = ", ".join(self.config.categories)
+            raise InvalidRequest(f"category {request.category!r} is unknown (use {allowed})")
+        if bool(request.node) == bool(request.job_id):
+            raise InvalidRequest("give exactly one of --node NODE or --job JOBID")
+        target = target_for_user(
+            request.target, request.user, self.config.registry.namespace, self.config.registry.url
+        )
+        return target, formats
+
+    def resolve_node(self, request: SaveRequest, *, admin: bool = False) -> str:
+        """The node hosting the container: given, or where the user's job runs."""
+        if request.job_id:
+            if not _JOB_ID.fullmatch(request.job_id):
+                raise InvalidRequest(f"job id {request.job_id!r} is not a job id")
+            node, owner = self.scheduler.node_of_job(request.job_id)
+            if owner != request.user and not admin:
+                raise PermissionDenied(f"job {request.job_id} is not yours")
+            return node
+        if not self.scheduler.node_exists(request.node):
+            raise NotFound(f"node {request.node!r} is not a node of this cluster")
+        return request.node
+
+    def submit(self, request: SaveRequest, *, admin: bool = False) -> SubmittedSave:
+        """Validate, write the spec and job script to the spool, submit pinned to the node."""
+        target, formats = self.validate(request)
+        node = self.resolve_node(request, admin=admin)
+        if self.registry_check is not None:
+            self.registry_check()  # a registry that is down fails now, not in the job
+        request_id = uuid.uuid4().hex
+        workdir = spool_dir_for(self.spool, request_id)
+        spec = SaveSpec(
+            request_id=request_id,
+            user=request.user,
+            container=request.container,
+            target=str(target),
+            formats=formats,
+            category=request.category,
+            node=node,
+            site_config=self.config.source_path,
+            created=datetime.now(UTC).isoformat(timespec="seconds"),
+        )
+        workdir.mkdir(parents=True, mode=0o755)
+        (workdir / SPEC_FILE).write_text(spec.to_json())
+        script = workdir / SCRIPT_FILE
+        script.write_text(render_job_script(workdir / SPEC_FILE, self.python, request_id))
+        script.chmod(0o755)
+        EventLog(workdir / EVENTS_FILE).emit(ProgressEvent(Stage.QUEUED, message="submitting"))
+        job = BatchJob(
+            name=f"{JOB_NAME_PREFIX}-{request.user}",
+            script=script,
+            node=node,
+            output_path=workdir / OUTPUT_FILE,
+            metadata=_metadata(spec),
+            partition=self.config.scheduler.partition,
+            qos=self.config.scheduler.qos,
+            account=self.config.scheduler.account,
+            time_limit_minutes=self.config.scheduler.time_limit_minutes,
+            workdir=workdir,
+        )
+        try:
+            job_id = self.scheduler.submit(job)
+        except Exception:
+            _remove_tree(workdir)  # nothing half-made stays behind
+            raise
+        self._index_job(job_id, request_id)
+        log.info("submitted save %s as job %s on %s", request_id, job_id, node)
+        return SubmittedSave(job_id=job_id, request_id=request_id, target=target, node=node)
+
+    def _index_job(self, job_id: str, request_id: str) -> None:
+        index = self.spool / BY_JOB_DIR
+        index.mkdir(exist_ok=True, mode=0o755)
+        link = index / job_id
+        if not link.is_symlink():
+            link.symlink_to(Path("..") / request_id)
+
+    # -- status ---------------------------------------------------------------------
+    def spec_for_job(self, job_id: str) -> SaveSpec:
+        if not _JOB_ID.fullmatch(job_id):
+            raise InvalidRequest(f"job id {job_id!r} is not a job id")
+        path = self.spool / BY_JOB_DIR / job_id / SPEC_FILE
+        try:
+            return SaveSpec.from_json(path.read_text())
+        except FileNotFoundError as e:
+            raise NotFound(f"job {job_id} is not an imgsave save job") from e
+
+    def status(self, job_ids: Iterable[str], user: str, *, admin: bool = False) -> list[SaveStatus]:
+        """Status of the given saves (one batched scheduler query)."""
+        specs: dict[str, SaveSpec] = {}
+        for job_id in job_ids:
+            spec = self.spec_for_job(job_id)
+            if spec.user != user and not admin:
+                raise NotFound(f"job {job_id} is not an imgsave save job of yours")
+            specs[job_id] = spec
+        if not specs:
+            return []
+        since = min(_parse_time(s.created) for s in specs.values()) - timedelta(minutes=5)
+        records = self.scheduler.status(list(specs), since)
+        return [
+            self._status(job_id, spec, records.get(job_id)) for job_id, spec in specs.items()
+        ]
+
+    def _status(self, job_id: str, spec: SaveSpec, record: JobRecord | None) -> SaveStatus:
+        workdir = spool_dir_for(self.spool, spec.request_id)
+        return build_status(job_id, spec, record, workdir)
+
+    def queue(
+        self, user: str, *, since: datetime | None = None, admin: bool = False
+    ) -> list[SaveStatus]:
+        """The user's saves since ``since`` (default: 7 days), finished ones included."""
+        since = since or datetime.now(UTC) - timedelta(days=7)
+        records = self.scheduler.list_jobs(since, name_prefix=JOB_NAME_PREFIX)
+        statuses = []
+        for record in records:
+            owner = record.metadata.get("user", "")
+            if not owner or (owner != user and not admin):
+                continue
+            try:
+                spec = self.spec_for_job(record.job_id)
+            except NotFound:
+                continue  # spool purged: accounting alone still tells the state
+            statuses.append(self._status(record.job_id, spec, record))
+        # slurmdbd learns of a job a moment after sbatch returns: ask for the saves
+        # submitted in the last minutes that accounting does not list yet.
+        seen = {s.job_id for s in statuses}
+        recent = [j for j in self._recent_job_ids(RECENT_SECONDS) if j not in seen]
+        if recent:
+            statuses.extend(
+                s for s in self._statuses_for(recent, user, admin=admin) if s is not None
+            )
+        return sorted(statuses, key=lambda s: _job_sort_key(s.job_id))
+
+    def _recent_job_ids(self, seconds: float) -> list[str]:
+        index = self.spool / BY_JOB_DIR
+        cutoff = time.time() - seconds
+        try:
+            entries = list(os.scandir(index))
+        except FileNotFoundError:
+            return []
+        return [e.name for e in entries if e.stat(follow_symlinks=False).st_mtime >= cutoff]
+
+    def _statuses_for(
+        self, job_ids: list[str], user: str, *, admin: bool
+    ) -> list[SaveStatus | None]:
+        specs = {}
+        for job_id in job_ids:
+            try:
+                spec = self.spec_for_job(job_id)
+            except (NotFound, InvalidRequest):
+                continue
+            if spec.user == user or admin:
+                specs[job_id] = spec
+        if not specs:
+            return []
+        return list(self.status(list(specs), user, admin=admin))
+
+    def cancel(self, job_id: str, user: str, *, admin: bool = False) -> None:
+        spec = self.spec_for_job(job_id)
+        if spec.user != user and not admin:
+            raise NotFound(f"job {job_id} is not an imgsave save job of yours")
+        self.scheduler.cancel(job_id)
+
+
+def _metadata(spec: SaveSpec) -> dict[str, str]:
+    return {
+        "request_id": spec.request_id,
+        "user": spec.user,
+        "container": spec.container,
+        "target": spec.target,
+        "formats": ",".join(f.value for f in spec.formats),
+        "category": spec.category,
+    }
+
+
+def _job_sort_key(job_id: str) -> tuple[int, str]:
+    head = job_id.split(".", 1)[0].split("[", 1)[0]
+    return (int(head) if head.isdigit() else 0, job_id)
+
+
+def _parse_time(text: str) -> datetime:
+    value = datetime.fromisoformat(text)
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def _default_python() -> str:
+    import sys
+
+    return sys.executable
+
+
+def _remove_tree(path: Path) -> None:
+    for child in sorted(path.glob("*"), reverse=True):
+        child.unlink(missing_ok=True)
+    try:
+        os.rmdir(path)
+    except OSError:
+        log.warning("could not remove %s", path)
+
+
+__all__ = ["SaveRequest", "SaveService", "SaveStatus", "SubmittedSave", "JobState"]

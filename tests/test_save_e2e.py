@@ -1,0 +1,243 @@
+"""A save through the real local cluster: Slurm with accounting, podman on the node, the
+registry. Nothing here is faked (scripts/cluster.sh up starts every part)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from api.service import SaveRequest
+from builder_jobs.events import Stage
+from scheduler_glue.states import JobState
+from site_configs.errors import InvalidRequest, NotFound, PermissionDenied, RegistryError
+from tests.cluster_helpers import (
+    REGISTRY,
+    REGISTRY_LOG,
+    TOP,
+    node_exec,
+    registry_tags,
+    require_cluster,
+    session_container,
+    site,
+    unique,
+    wait_final,
+)
+
+pytestmark = pytest.mark.cluster
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _cluster() -> None:
+    require_cluster()
+
+
+def _add_file(node: str, container: str, path: str, text: str) -> None:
+    node_exec(node, "podman", "exec", container, "sh", "-c",
+              'mkdir -p "$(dirname "$1")" && printf %s "$2" > "$1"', "sh", path, text)
+
+
+def test_saved_image_runs_elsewhere_with_the_users_file() -> None:
+    s = site()
+    repo = unique("alice/e2e")
+    with session_container("n1", "alice") as name:
+        _add_file("n1", name, "/home/jovyan/added.txt", "from the session")
+        submitted = s.saves.submit(SaveRequest("alice", name, f"{repo}:v1", node="n1"))
+        status = wait_final(s, submitted.job_id, "alice")
+    assert status.state is JobState.COMPLETED, status.reason
+    assert status.stage is Stage.DONE and status.percent == 100
+    assert status.node == "n1"
+    assert status.digest.startswith("sha256:")
+    # Pulled back on the other node (its own storage: a real pull) and run.
+    run = node_exec("n2", "podman", "run", "--rm", "--network", "none", "--tls-verify=false",
+                    f"{REGISTRY}/{repo}:v1", "cat", "/home/jovyan/added.txt")
+    assert run.stdout == "from the session"
+    node_exec("n2", "podman", "rmi", "-f", f"{REGISTRY}/{repo}:v1", check=False)
+
+
+def _uploaded_digests(log_text: str, repository: str) -> list[str]:
+    # distribution's access log: "PUT /v2/<repo>/blobs/uploads/<uuid>?digest=sha256:..."
+    pattern = re.compile(
+        rf"PUT /v2/{re.escape(repository)}/blobs/uploads/[^ ?]+\?[^ ]*"
+        r"digest=(sha256(?::|%3A)[0-9a-f]{64})"
+    )
+    return [d.replace("%3A", ":") for d in pattern.findall(log_text)]
+
+
+def test_second_save_uploads_only_the_new_layer() -> None:
+    s = site()
+    repo = unique("alice/layers")
+    with session_container("n1", "alice") as name:
+        _add_file("n1", name, "/opt/one.txt", "1")
+        first = s.saves.submit(SaveRequest("alice", name, f"{repo}:v1", node="n1"))
+        assert wait_final(s, first.job_id, "alice").state is JobState.COMPLETED
+        offset = REGISTRY_LOG.stat().st_size
+        _add_file("n1", name, "/opt/two.txt", "2")
+        second = s.saves.submit(SaveRequest("alice", name, f"{repo}:v2", node="n1"))
+        assert wait_final(s, second.job_id, "alice").state is JobState.COMPLETED
+    with REGISTRY_LOG.open() as fh:
+        fh.seek(offset)
+        uploaded = set(_uploaded_digests(fh.read(), repo))
+    v2 = s.registry.manifest(repo, "v2")
+    assert v2 is not None
+    layers = [layer.digest for layer in v2.layers]
+    base_layer = layers[0]
+    assert base_layer not in uploaded, "the base layer was sent again"
+    assert layers[-1] in uploaded, "the new layer was not uploaded"
+    assert len(uploaded & set(layers)) == 1
+
+
+def test_pinned_to_the_wrong_node_fails_with_the_reason() -> None:
+    s = site()
+    repo = unique("alice/wrongnode")
+    with session_container("n1", "alice") as name:
+        submitted = s.saves.submit(SaveRequest("alice", name, f"{repo}:v1", node="n2"))
+        status = wait_final(s, submitted.job_id, "alice")
+    assert status.state is JobState.FAILED
+    assert status.stage is Stage.FAILED
+    assert f"container {name} not found on n2" in status.reason
+    assert registry_tags(repo) == []
+
+
+def test_another_users_container_is_refused_and_nothing_is_pushed() -> None:
+    s = site()
+    repo = unique("alice/stolen")
+    with session_container("n1", "bob", name=unique("jupyter-lab")) as name:
+        submitted = s.saves.submit(SaveRequest("alice", name, f"{repo}:v1", node="n1"))
+        status = wait_final(s, submitted.job_id, "alice")
+    assert status.state is JobState.FAILED
+    assert "alice" in status.reason or "owner" in status.reason
+    assert "bob" not in status.reason  # never reveal who owns it
+    assert registry_tags(repo) == []
+
+
+def test_status_comes_from_accounting_after_the_job_leaves_squeue() -> None:
+    s = site()
+    repo = unique("alice/acct")
+    with session_container("n2", "alice") as name:
+        submitted = s.saves.submit(SaveRequest("alice", name, f"{repo}:v1", node="n2"))
+        wait_final(s, submitted.job_id, "alice")
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        out = subprocess.run(["squeue", "-h", "-j", submitted.job_id], capture_output=True,
+                             text=True, check=False)
+        if submitted.job_id not in out.stdout:
+            break
+        time.sleep(2)
+    else:
+        pytest.fail("job never left squeue (MinJobAge)")
+    (status,) = s.saves.status([submitted.job_id], "alice")
+    assert status.state is JobState.COMPLETED
+    assert status.node == "n2"
+    assert status.end_time is not None and status.start_time is not None
+    queue = s.saves.queue("alice")
+    assert submitted.job_id in [q.job_id for q in queue]
+
+
+def _jobs_mentioning(text: str) -> list[str]:
+    """Job comments naming ``text``, live (squeue keeps finished jobs MinJobAge seconds)
+    and in accounting."""
+    live = subprocess.run(["squeue", "-h", "-a", "-t", "all", "-o", "%i %k"],
+                          capture_output=True, text=True, check=True).stdout
+    past = subprocess.run(["sacct", "-X", "-n", "-P", "-a", "-S", "now-1days", "-o",
+                           "JobID,Comment"], capture_output=True, text=True, check=True).stdout
+    return [line for line in (live + past).splitlines() if text in line]
+
+
+@pytest.mark.parametrize(
+    ("container", "target", "node", "error", "words"),
+    [
+        ("jupyter alice", "alice/x:v1", "n1", InvalidRequest, "container name"),
+        ("jupyter-alice", "alice/X:v1", "n1", InvalidRequest, "lowercase"),
+        ("jupyter-alice", "alice/x:v1!", "n1", InvalidRequest, "tag"),
+        ("jupyter-alice", "alice/x", "n1", InvalidRequest, "no tag"),
+        ("jupyter-alice", "bob/x:v1", "n1", PermissionDenied, "namespace"),
+        ("jupyter-alice", "alice/x:v1", "n9", NotFound, "n9"),
+    ],
+)
+def test_bad_requests_are_refused_before_anything_runs(
+    container: str, target: str, node: str, error: type[Exception], words: str
+) -> None:
+    s = site()
+    spool_before = set(Path(s.config.spool_dir).iterdir())
+    marker = unique("bad")
+    target = target.replace("/x", f"/{marker}")
+    with pytest.raises(error) as raised:
+        s.saves.submit(SaveRequest("alice", container, target, node=node))
+    assert words in str(raised.value)
+    assert set(Path(s.config.spool_dir).iterdir()) == spool_before
+    assert _jobs_mentioning(marker) == []
+
+
+def test_registry_down_is_refused_at_submit(tmp_path: Path) -> None:
+    config = (TOP / "site_configs" / "local.toml").read_text()
+    down = tmp_path / "down.toml"
+    down.write_text(config.replace("http://127.0.0.1:5000", "http://127.0.0.1:5999"))
+    from api.context import Site
+    from site_configs.schema import load_site_config
+
+    s = Site(load_site_config(down))
+    marker = unique("down")
+    with pytest.raises(RegistryError) as raised:
+        s.saves.submit(SaveRequest("alice", "jupyter-alice", f"alice/{marker}:v1", node="n1"))
+    assert "127.0.0.1:5999" in str(raised.value) and raised.value.retryable
+    assert _jobs_mentioning(marker) == []
+
+
+def test_cli_submit_status_queue_images_delete_cancel() -> None:
+    cli = [str(TOP / ".venv" / "bin" / "imgsave"), "--user", "alice"]
+    env = {**os.environ}
+    repo = unique("alice/cli")
+
+    def imgsave(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*cli, *args], capture_output=True, text=True, env=env,
+                              timeout=300, check=check)
+
+    with session_container("n1", "alice") as name:
+        out = imgsave("submit", name, f"{repo}:v1", "--node", "n1").stdout
+        match = re.fullmatch(r"Submitted image save job (\d+)\n", out)
+        assert match, out
+        job = match.group(1)
+        waited = imgsave("status", job, "--wait")
+        assert "COMPLETED" in waited.stdout and "100%" in waited.stderr
+        queue = imgsave("--json", "queue")
+        assert job in [row["job_id"] for row in json.loads(queue.stdout)]
+        listed = json.loads(imgsave("--json", "images").stdout)
+        assert f"{repo}:v1" in [f"{i['repository']}:{i['tag']}" for i in listed]
+        deleted = imgsave("delete", f"{repo}:v1")
+        assert deleted.stdout.startswith(f"Deleted {repo}:v1")
+        assert registry_tags(repo) == []
+        # a save that cannot start (its node's share is held) is cancelled cleanly
+        bad = imgsave("submit", name, "alice/x:v1", "--node", "n7", check=False)
+        assert bad.returncode == 1 and bad.stderr.startswith("imgsave: error: ")
+        other = imgsave("--user", "bob", "status", job, check=False)
+        assert other.returncode == 1 and "not an imgsave save job of yours" in other.stderr
+        assert imgsave("--user", "bob", "cancel", job, check=False).returncode == 1
+
+
+def test_cancel_a_queued_save() -> None:
+    s = site()
+    cpus = os.cpu_count() or 1
+    blocker = subprocess.run(
+        ["sbatch", "--parsable", "-p", "imgsave", "-w", "n2", "-c", str(cpus), "-o", "/dev/null",
+         "--wrap", "sleep 120"], capture_output=True, text=True, check=True,
+    ).stdout.strip()
+    try:
+        submitted = s.saves.submit(SaveRequest("alice", "jupyter-x", unique("alice/c") + ":v1",
+                                               node="n2"))
+        (pending,) = s.saves.status([submitted.job_id], "alice")
+        assert pending.state in (JobState.PENDING, JobState.UNKNOWN)
+        assert pending.stage is Stage.QUEUED
+        s.saves.cancel(submitted.job_id, "alice")
+        status = wait_final(s, submitted.job_id, "alice", timeout=60)
+        assert status.state is JobState.CANCELLED
+        assert status.reason == "the save job was cancelled"
+        with pytest.raises(NotFound):
+            s.saves.cancel(submitted.job_id, "bob")
+    finally:
+        subprocess.run(["scancel", blocker], check=False)
