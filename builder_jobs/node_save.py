@@ -75,6 +75,7 @@ class SaveRun:
         self.engine: Engine = engine_for(self.site.engine)
         self.temp_image = temporary_image(self.spec.request_id)
         self.local_images: list[str] = []
+        self.target_ref = ImageRef("", "")  # set once LOCATING has checked the spec's target
 
     @property
     def node(self) -> str:
@@ -188,34 +189,52 @@ def commit(run: SaveRun, info: ContainerInfo) -> None:
 
 
 def push(run: SaveRun, target: RegistryTarget, info: ContainerInfo) -> PushedImage:
-    """Engine push to the tag, then annotations; on any failure, roll the tag back."""
+    """Engine push to the tag, then annotations (the caller rolls back on failure)."""
     engine, ref = run.engine, str(target.ref)
     authfile = run.site.registry.credentials_file
     run.local_images = engine.local_names_after_push(run.temp_image, ref)
-    try:
-        for argv in engine.push(run.temp_image, ref, authfile=authfile):
-            try:
-                run.runner(argv, timeout=run.site.engine.commit_timeout_seconds)
-            except CommandFailed as e:
-                pushing = argv[len(engine.base)] == "push"
-                raise (registry_failure(e, ref) if pushing else engine_failure(e)) from e
-        provenance = SaveProvenance(
-            created=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            node=run.node,
-            job_id=run.job_id,
-            owner=run.spec.user,
-            category=run.spec.category,
-            request_id=run.spec.request_id,
-            base_name=info.image,
-            base_digest=base_digest(run, info),
-        )
+    target.began = True
+    for argv in engine.push(run.temp_image, ref, authfile=authfile):
         try:
-            return target.annotate(provenance.annotations())
+            run.runner(argv, timeout=run.site.engine.commit_timeout_seconds)
+        except CommandFailed as e:
+            pushing = argv[len(engine.base)] == "push"
+            raise (registry_failure(e, ref) if pushing else engine_failure(e)) from e
+    provenance = SaveProvenance(
+        created=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        node=run.node,
+        job_id=run.job_id,
+        owner=run.spec.user,
+        category=run.spec.category,
+        request_id=run.spec.request_id,
+        base_name=info.image,
+        base_digest=base_digest(run, info),
+    )
+    try:
+        return target.annotate(provenance.annotations())
+    except ImgsaveError as e:
+        raise registry_failure(e, ref) from e
+
+
+def open_targets(
+    run: SaveRun, ref: ImageRef, want_oci: bool, want_sif: bool
+) -> list[RegistryTarget]:
+    """The registry tags this save writes (OCI, ORAS), each snapshotted for rollback."""
+    try:
+        credentials = load_credentials(run.site.registry)
+    except ImgsaveError as e:
+        raise SaveFailed(FailureKind.INVALID, f"registry credentials: {e.message}") from e
+    client = RegistryClient.from_section(run.site.registry, credentials)
+    refs = [ref] if want_oci else []
+    if want_sif and run.site.sif.push_oras:
+        refs.append(sif.oras_ref(ref, alongside_oci=want_oci))
+    targets = [RegistryTarget(client, r) for r in refs]
+    for target in targets:
+        try:
+            target.snapshot()
         except ImgsaveError as e:
-            raise registry_failure(e, ref) from e
-    except BaseException:
-        target.rollback()
-        raise
+            raise registry_failure(e, str(target.ref)) from e
+    return targets
 
 
 def cleanup(run: SaveRun) -> str:
@@ -234,44 +253,31 @@ def cleanup(run: SaveRun) -> str:
 def save(run: SaveRun) -> SaveResult:
     """Every stage of one save; always cleans up; returns the result (never raises)."""
     want_oci = ImageFormat.OCI in run.spec.formats
+    want_sif = ImageFormat.SIF in run.spec.formats
     pushed: PushedImage | None = None
     sif_out = sif.SifOutput()
-    warning = ""
+    targets: list[RegistryTarget] = []
     try:
         with run.stage(Stage.LOCATING, f"looking for {run.spec.container} on {run.node}"):
             info = locate(run)
-            ref = resolve_target(run)
-            client = RegistryClient.from_section(
-                run.site.registry, load_credentials(run.site.registry)
-            )
-            target = RegistryTarget(client, ref)
-            if want_oci:
-                try:
-                    target.snapshot()
-                except ImgsaveError as e:
-                    raise registry_failure(e, str(ref)) from e
+            run.target_ref = ref = resolve_target(run)
+            targets = open_targets(run, ref, want_oci, want_sif)
         if want_oci:
             with run.stage(Stage.COMMITTING, f"committing {info.name}"):
                 commit(run, info)
             with run.stage(Stage.PUSHING, f"pushing {ref}"):
-                pushed = push(run, target, info)
+                pushed = push(run, targets[0], info)
             size = pushed.image_bytes
             run.emit(Stage.PUSHING, f"pushed {ref}@{pushed.digest}", size, size)
-        if ImageFormat.SIF in run.spec.formats:
-            sif_out = sif.save_sif(run, info, client, ref)
+        if want_sif:
+            oras = targets[-1] if run.site.sif.push_oras else None
+            sif_out = sif.save_sif(run, info, oras)
     except BaseException as e:
         failure = e if isinstance(e, SaveFailed) else _unexpected(e)
-        with run.stage(Stage.CLEANING, "removing local temporary images"):
-            warning = cleanup(run)
-        message = failure.message + (f" (also: {warning})" if warning else "")
-        run.emit(Stage.FAILED, message)
-        return SaveResult(
-            ok=False,
-            reference=run.spec.target,
-            seconds=dict(run.seconds),
-            failure=failure.kind,
-            error=message,
-        )
+        for target in targets:
+            if target.began:
+                target.rollback()  # a failed save leaves no tag it wrote
+        return _failed(run, failure)
     with run.stage(Stage.CLEANING, "removing local temporary images"):
         warning = cleanup(run)
     run.emit(Stage.DONE, warning or "saved")
@@ -285,6 +291,20 @@ def save(run: SaveRun) -> SaveResult:
         sif_digest=sif_out.digest,
         commit_method=COMMIT_METHOD if pushed else sif.SIF_METHOD,
         seconds=dict(run.seconds),
+    )
+
+
+def _failed(run: SaveRun, failure: SaveFailed) -> SaveResult:
+    with run.stage(Stage.CLEANING, "removing local temporary images"):
+        warning = cleanup(run)
+    message = failure.message + (f" (also: {warning})" if warning else "")
+    run.emit(Stage.FAILED, message)
+    return SaveResult(
+        ok=False,
+        reference=run.spec.target,
+        seconds=dict(run.seconds),
+        failure=failure.kind,
+        error=message,
     )
 
 

@@ -86,6 +86,7 @@ class RegistryTarget:
     client: RegistryClient
     ref: ImageRef
     previous: RawManifest | None = None
+    began: bool = False  # set when this save starts writing to the tag
     pushed_digests: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 

@@ -1,20 +1,53 @@
-"""SIF output of a save (not implemented yet: a SIF request fails cleanly)."""
+"""SIF output of a save: export the container, squash it, wrap it, store and/or push it.
+
+Without Apptainer (DESIGN.md): ``<engine> export`` → GNU ``tar -x`` into a private temp
+dir → ``mksquashfs DIR out.sqfs -comp zstd|gzip`` → ``siftool new`` + ``siftool add``
+(a primary system squashfs partition for this node's architecture). Where a
+``singularity`` binary exists, spython's ``Client.build`` builds the SIF from the same
+directory instead. The SIF goes to the user's directory (``sif.output_dir``) and/or to
+the registry as an ORAS artifact laid out exactly as ``apptainer push oras://`` does.
+
+Why extract with GNU tar rather than stream into ``mksquashfs -tar`` (which Debian's
+squashfs-tools 4.5.1 has): every command runs through ``run_command``, which cannot
+feed a file to stdin. GNU tar strips leading "/", skips members with "..", and defers
+symlinks that point outside the tree, so the archive cannot write outside the temp dir.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import platform
+import shutil
+import stat
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
-from builder_jobs.events import FailureKind
-from builder_jobs.failures import SaveFailed
+from builder_jobs.events import FailureKind, Stage
+from builder_jobs.failures import SaveFailed, registry_failure
+from registry.manifests import OCI_MANIFEST, sha256_digest
+from registry.refs import ImageRef, check_unix_name
+from site_configs.errors import ImgsaveError
+from site_configs.schema import Compression
 
 if TYPE_CHECKING:
     from builder_jobs.engines import ContainerInfo
     from builder_jobs.node_save import SaveRun
-    from registry.oci import RegistryClient
-    from registry.refs import ImageRef
+    from builder_jobs.oci_save import RegistryTarget
 
 SIF_METHOD = "export-squashfs"
+SIF_CONFIG_MEDIA_TYPE = "application/vnd.sylabs.sif.config.v1+json"
+SIF_LAYER_MEDIA_TYPE = "application/vnd.sylabs.sif.layer.v1.sif"
+TITLE_ANNOTATION = "org.opencontainers.image.title"
+EMPTY_CONFIG = b"{}"
+CHUNK_BYTES = 32 * 1024 * 1024
+# siftool --partarch codes (siftool add --help), by Python's platform.machine()
+PART_ARCH = {"i386": 1, "i686": 1, "x86_64": 2, "amd64": 2, "armv7l": 3, "aarch64": 4,
+             "arm64": 4, "ppc64": 5, "ppc64le": 6, "s390x": 11, "riscv64": 12}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -23,10 +56,206 @@ class SifOutput:
 
     path: str = ""
     reference: str = ""
-    digest: str = ""
+    digest: str = ""  # sha256 of the SIF file
     size_bytes: int = 0
 
 
-def save_sif(run: SaveRun, info: ContainerInfo, client: RegistryClient, ref: ImageRef) -> SifOutput:
-    """Export the container, squash it and wrap it in a SIF."""
-    raise SaveFailed(FailureKind.INVALID, "SIF output is not implemented yet on this node")
+def sif_file_name(ref: ImageRef) -> str:
+    """``alice/torch-env:v1`` → ``torch-env_v1.sif`` (also the ORAS title annotation)."""
+    return f"{ref.repository.rsplit('/', 1)[-1]}_{ref.tag}.sif"
+
+
+def oras_ref(ref: ImageRef, alongside_oci: bool) -> ImageRef:
+    """The ORAS tag: the target's own, or ``<tag>-sif`` when the OCI image takes the tag."""
+    if not alongside_oci:
+        return ref
+    tag = f"{ref.tag}-sif"
+    if len(tag) > 128:
+        raise SaveFailed(FailureKind.INVALID, f"tag {ref.tag!r} is too long to add '-sif'")
+    return ImageRef(ref.registry, ref.repository, tag)
+
+
+def oras_manifest(sif_digest: str, sif_size: int, title: str) -> bytes:
+    """The manifest ``apptainer push oras://`` writes, byte for byte.
+
+    Apptainer's ``internal/pkg/client/oras`` (``NewImageFromSIF``): config ``{}`` with
+    media type ``application/vnd.sylabs.sif.config.v1+json``, one layer (the whole SIF)
+    annotated with its file name; go-containerregistry serialises it with Go's
+    ``json.Marshal`` (compact, fields in struct order), reproduced here.
+    """
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": {
+            "mediaType": SIF_CONFIG_MEDIA_TYPE,
+            "size": len(EMPTY_CONFIG),
+            "digest": sha256_digest(EMPTY_CONFIG),
+        },
+        "layers": [
+            {
+                "mediaType": SIF_LAYER_MEDIA_TYPE,
+                "size": sif_size,
+                "digest": sif_digest,
+                "annotations": {TITLE_ANNOTATION: title},
+            }
+        ],
+    }
+    return json.dumps(manifest, separators=(",", ":")).encode()
+
+
+def extract_argv(tar_path: Path, dest: Path) -> list[str]:
+    """GNU tar, keeping modes and numeric owners (owners only when run as root)."""
+    return ["tar", "-x", "-p", "--numeric-owner", "-f", str(tar_path), "-C", str(dest)]
+
+
+def mksquashfs_argv(
+    rootfs: Path, out: Path, compression: Compression, processors: int
+) -> list[str]:
+    """``mksquashfs DIR out.sqfs -comp C -noappend [-processors N]`` (0 = all cores)."""
+    argv = ["mksquashfs", str(rootfs), str(out), "-comp", compression.value, "-noappend"]
+    if processors:
+        argv += ["-processors", str(processors)]
+    return [*argv, "-quiet", "-no-progress"]
+
+
+def siftool_argvs(sif: Path, squashfs: Path, machine: str | None = None) -> list[list[str]]:
+    """``siftool new`` then ``siftool add`` of a primary system squashfs partition."""
+    arch = PART_ARCH.get((machine or platform.machine()).lower())
+    if arch is None:
+        raise SaveFailed(FailureKind.INVALID, f"no SIF architecture code for {machine!r}")
+    return [
+        ["siftool", "new", str(sif)],
+        ["siftool", "add", "--datatype", "4", "--parttype", "2", "--partfs", "1",
+         "--partarch", str(arch), str(sif), str(squashfs)],
+    ]  # fmt: skip
+
+
+def sif_destination(output_dir_rule: str, user: str) -> Path:
+    """The user's SIF directory (created if absent), resolved: nothing may escape it."""
+    check_unix_name(user)
+    directory = Path(output_dir_rule.replace("{user}", user))
+    if not directory.is_absolute():
+        raise SaveFailed(FailureKind.INVALID, f"sif.output_dir {output_dir_rule!r} is relative")
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return directory.resolve(strict=True)
+
+
+def install_sif(sif: Path, directory: Path, name: str) -> Path:
+    """Copy ``sif`` to ``directory/name`` atomically, never through a symlink."""
+    final = directory / name
+    if final.resolve().parent != directory or Path(name).name != name:
+        raise SaveFailed(FailureKind.INVALID, f"SIF name {name!r} escapes {directory}")
+    if final.is_symlink():
+        raise SaveFailed(FailureKind.INVALID, f"{final} is a symlink; refusing to write it")
+    partial = directory / f".{name}.{os.getpid()}.partial"
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+    with open(sif, "rb") as src, os.fdopen(os.open(partial, flags, 0o644), "wb") as dst:
+        shutil.copyfileobj(src, dst, CHUNK_BYTES)
+    os.replace(partial, final)  # replaces a file or a link itself, never a link's target
+    return final
+
+
+def file_sha256(path: Path) -> str:
+    """``sha256:<hex>`` of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(CHUNK_BYTES), b""):
+            digest.update(chunk)
+    return f"sha256:{digest.hexdigest()}"
+
+
+def _chunks(path: Path) -> Iterator[bytes]:
+    with open(path, "rb") as fh:
+        yield from iter(lambda: fh.read(CHUNK_BYTES), b"")
+
+
+def push_oras(target: RegistryTarget, sif: Path, digest: str, title: str) -> str:
+    """Push the SIF as an ORAS artifact under ``target``'s tag; returns the manifest digest."""
+    client, repo = target.client, target.repository
+    target.began = True
+    client.push_blob(repo, EMPTY_CONFIG, sha256_digest(EMPTY_CONFIG))
+    client.push_blob(repo, _chunks(sif), digest)
+    manifest = oras_manifest(digest, sif.stat().st_size, title)
+    target.pushed_digests.append(sha256_digest(manifest))
+    return client.push_manifest(repo, target.ref.tag, manifest, OCI_MANIFEST)
+
+
+def build_sif(run: SaveRun, info: ContainerInfo, work: Path, name: str) -> Path:
+    """Export the container and turn its filesystem into ``work/name``."""
+    timeout = run.site.engine.commit_timeout_seconds
+    tar, rootfs, sif = work / "rootfs.tar", work / "rootfs", work / name
+    with run.stage(Stage.EXPORTING, f"exporting {info.name}"):
+        run.run(run.engine.export(info.id, str(tar)), timeout)
+        size = tar.stat().st_size
+        if size > run.site.limits.max_image_bytes:
+            raise SaveFailed(
+                FailureKind.SIZE_LIMIT,
+                f"container {info.name} holds {size} bytes, over this site's limit of "
+                f"{run.site.limits.max_image_bytes}",
+            )
+        rootfs.mkdir(mode=0o700)
+        run.run(extract_argv(tar, rootfs), timeout)
+        tar.unlink()
+    with run.stage(Stage.SQUASHING, f"building {name}"):
+        if shutil.which("singularity"):
+            return _build_with_spython(rootfs, sif)
+        squashfs = work / "rootfs.sqfs"
+        sif_cfg = run.site.sif
+        run.run(mksquashfs_argv(rootfs, squashfs, sif_cfg.compression, sif_cfg.processors), timeout)
+        for argv in siftool_argvs(sif, squashfs):
+            run.run(argv, timeout)
+    return sif
+
+
+def _build_with_spython(rootfs: Path, sif: Path) -> Path:
+    # Untested here: Apptainer/Singularity are not installable on the dev machines.
+    from spython.main import Client  # type: ignore[import-untyped]
+
+    built = Client.build(recipe=str(rootfs), image=str(sif), sudo=False, force=True, quiet=True)
+    if not built or not sif.is_file():
+        raise SaveFailed(FailureKind.ENGINE, f"singularity build of {sif.name} failed")
+    return sif
+
+
+def save_sif(run: SaveRun, info: ContainerInfo, target: RegistryTarget | None) -> SifOutput:
+    """Build the SIF, then copy it to the user's directory and/or push it with ORAS."""
+    sif_cfg, name = run.site.sif, sif_file_name(run.target_ref)
+    if not sif_cfg.output_dir and target is None:
+        raise SaveFailed(FailureKind.INVALID, "SIF requested, but sif.output_dir is empty and "
+                         "sif.push_oras is false: nowhere to put it")  # fmt: skip
+    work = Path(tempfile.mkdtemp(prefix=f"imgsave-sif-{run.spec.request_id}-"))
+    try:
+        sif = build_sif(run, info, work, name)
+        digest, size = file_sha256(sif), sif.stat().st_size
+        path = ""
+        if sif_cfg.output_dir:
+            try:
+                directory = sif_destination(sif_cfg.output_dir, run.spec.user)
+                path = str(install_sif(sif, directory, name))
+            except OSError as e:
+                raise SaveFailed(
+                    FailureKind.INTERNAL, f"cannot write the SIF to {sif_cfg.output_dir}: {e}"
+                ) from e
+        reference = ""
+        if target is not None:
+            with run.stage(Stage.PUSHING, f"pushing {target.ref} (ORAS)"):
+                try:
+                    push_oras(target, sif, digest, name)
+                except ImgsaveError as e:
+                    raise registry_failure(e, str(target.ref)) from e
+            reference = str(target.ref)
+        return SifOutput(path=path, reference=reference, digest=digest, size_bytes=size)
+    finally:
+        shutil.rmtree(work, onerror=_make_writable_and_retry)
+
+
+def _make_writable_and_retry(func: object, path: str, exc_info: object) -> None:
+    # An exported rootfs may hold read-only directories; a non-root job cannot remove
+    # their entries until it may write to them.
+    parent = os.path.dirname(path)
+    os.chmod(parent, os.stat(parent).st_mode | stat.S_IWUSR)
+    if os.path.isdir(path) and not os.path.islink(path):
+        os.chmod(path, os.stat(path).st_mode | stat.S_IWUSR | stat.S_IXUSR)
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        os.unlink(path)
