@@ -141,7 +141,11 @@ def usage_report(
     spool = site.config.spool_dir
     bytes_of: dict[str, int] = {}
     for record in records:
-        result = read_result(spool_dir_for(spool, record.metadata["request_id"]) / RESULT_FILE)
+        try:
+            workdir = spool_dir_for(spool, record.metadata["request_id"])
+        except InvalidRequest:
+            continue  # a job that only looks like a save (someone else's comment)
+        result = read_result(workdir / RESULT_FILE)
         if result is not None and result.ok:
             bytes_of[record.job_id] = result.size_bytes
     return aggregate(records, groupings, bytes_of)
