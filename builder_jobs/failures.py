@@ -20,9 +20,9 @@ def engine_failure(error: CommandFailed) -> SaveFailed:
 
 
 def registry_failure(error: ImgsaveError, reference: str) -> SaveFailed:
-    """Talking to the registry failed (down, refused, denied), during a push or an API call."""
+    """Talking to the registry about ``reference`` failed (down, refused, denied)."""
     return SaveFailed(
         FailureKind.REGISTRY,
-        f"registry: pushing {reference} failed: {error.message}",
+        f"registry: {reference}: {error.message}",
         retryable=error.retryable or isinstance(error, CommandFailed),
     )

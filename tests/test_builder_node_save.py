@@ -203,7 +203,7 @@ def test_refused_push_leaves_no_tag_and_no_temp_image(
     assert done.returncode == 1, done.stdout
     result = read_result(spec_path.parent / RESULT_FILE)
     assert result is not None and result.failure is FailureKind.REGISTRY
-    assert result.error.startswith(f"registry: pushing {builder_pull_only_registry.host}/{repo}:v1")
+    assert result.error.startswith(f"registry: {builder_pull_only_registry.host}/{repo}:v1: ")
     assert not _temp_image_exists(spec_path)
     assert _stages(spec_path) == [
         Stage.LOCATING, Stage.COMMITTING, Stage.PUSHING, Stage.CLEANING, Stage.FAILED,
