@@ -245,6 +245,15 @@ def parse_repo_digest(text: str) -> str | None:
     return str(digest) if digest else None
 
 
+def parse_image_size(text: str) -> int:
+    """The image's unpacked size in bytes (``Size`` of ``image inspect``), 0 if absent."""
+    obj = _single_object(text, "image inspect")
+    try:
+        return int(obj.get("Size") or 0)
+    except (TypeError, ValueError) as e:
+        raise InspectParseError(f"image inspect has a non-numeric Size: {e}") from e
+
+
 def _single_object(text: str, what: str) -> dict[str, Any]:
     try:
         data = json.loads(text)

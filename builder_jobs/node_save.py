@@ -32,6 +32,7 @@ from builder_jobs.engines import (
     Engine,
     engine_for,
     parse_container_inspect,
+    parse_image_size,
     parse_repo_digest,
     temporary_image,
 )
@@ -180,12 +181,22 @@ def base_digest(run: SaveRun, info: ContainerInfo) -> str:
 
 
 def commit(run: SaveRun, info: ContainerInfo) -> None:
-    """Commit the container (by id: the one whose owner was checked) to the temp tag."""
+    """Commit the container (by id: the one whose owner was checked) to the temp tag,
+    and refuse an image over the site's size limit before anything is pushed."""
     run.local_images = [run.temp_image]
     run.run(
         run.engine.commit(info.id, run.temp_image, clear_labels=[run.site.engine.owner_label]),
         run.site.engine.commit_timeout_seconds,
     )
+    size = parse_image_size(
+        run.run(run.engine.inspect_image(run.temp_image), INSPECT_TIMEOUT_SECONDS)
+    )
+    limit = run.site.limits.max_image_bytes
+    if size > limit:
+        raise SaveFailed(
+            FailureKind.SIZE_LIMIT,
+            f"the image of {info.name} is {size} bytes, over this site's limit of {limit}",
+        )
 
 
 def push(run: SaveRun, target: RegistryTarget, info: ContainerInfo) -> PushedImage:

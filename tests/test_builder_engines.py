@@ -20,6 +20,7 @@ from builder_jobs.engines import (
     Podman,
     engine_for,
     parse_container_inspect,
+    parse_image_size,
     parse_repo_digest,
     temporary_image,
 )
@@ -169,3 +170,8 @@ def test_parse_repo_digest() -> None:
 def test_parse_errors_are_clear(text: str) -> None:
     with pytest.raises(InspectParseError):
         parse_container_inspect(text, EngineKind.PODMAN)
+
+
+def test_parse_image_size_of_real_podman_output() -> None:
+    assert parse_image_size((GOLDEN / "podman_image_inspect.json").read_text()) > 1_000_000
+    assert parse_image_size("[{}]") == 0

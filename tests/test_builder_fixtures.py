@@ -113,7 +113,7 @@ def make_session_container(builder_base_image: str) -> Iterator[Callable[[str], 
         podman("rm", "-f", "-t", "0", name, check=False)
 
 
-def write_site_config(directory: Path, registry_url: str) -> Path:
+def write_site_config(directory: Path, registry_url: str, max_image_bytes: int = 0) -> Path:
     """A site config for the node: podman with this VM's flags, a plain-HTTP registry."""
     path = directory / "site.toml"
     command = ", ".join(json.dumps(a) for a in PODMAN)
@@ -143,6 +143,7 @@ processors = 1
 output_dir = {json.dumps(str(directory / "sif" / "{user}"))}
 push_oras = true
 """
+        + (f"\n[limits]\nmax_image_bytes = {max_image_bytes}\n" if max_image_bytes else "")
     )
     return path
 

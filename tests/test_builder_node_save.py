@@ -244,3 +244,26 @@ def test_unreadable_spec_exits_2(tmp_path: Path) -> None:
     assert "malformed save spec" in done.stderr
     result = read_result(spec_path.parent / RESULT_FILE)
     assert result is not None and result.failure is FailureKind.INVALID
+
+
+def test_image_over_the_size_limit_is_not_pushed(
+    builder_registry: RunningRegistry, make_session_container: MakeContainer, tmp_path: Path
+) -> None:
+    container = make_session_container("alice")
+    repo = _repo()
+    spec_path = write_spec(
+        tmp_path,
+        user="alice",
+        container=container,
+        target=f"{builder_registry.host}/{repo}:v1",
+        site_config=write_site_config(tmp_path, builder_registry.url, max_image_bytes=1000),
+    )
+
+    done = run_node_save(spec_path, NODE_ENV)
+
+    assert done.returncode == 1
+    result = read_result(spec_path.parent / RESULT_FILE)
+    assert result is not None and result.failure is FailureKind.SIZE_LIMIT
+    assert "over this site's limit of 1000" in result.error
+    assert not _temp_image_exists(spec_path)
+    assert registry_tags(builder_registry, repo) == []
