@@ -5,10 +5,12 @@
 (() => {
   const API = "/api/v1";
   const POLL_MS = 1000;
+  const RECENT_SAVES = 5;
   const csrf = document.querySelector('meta[name="csrf-token"]').content;
   const $ = (id) => document.getElementById(id);
   const saves = new Map(); // job_id -> status dict
   let polling = null;
+  let showAllSaves = false;
   let uid = 0;
 
   class ApiError extends Error {
@@ -91,6 +93,12 @@
     }
     if (!session) addManualFields(form);
     form.addEventListener("input", () => { form.dataset.key = ""; scheduleCheck(form, session); });
+    form.addEventListener("reset", () => {
+      clearTimeout(checks.get(form));
+      checkSeq.set(form, (checkSeq.get(form) || 0) + 1); // answers still on the way are stale
+      showErrors(form, {});
+      form.querySelector('[data-slot="preview"]').textContent = "NAME:TAG";
+    });
     form.addEventListener("submit", (event) => { event.preventDefault(); submitSave(form, session); });
     return form;
   }
@@ -121,7 +129,8 @@
     return body;
   }
 
-  const checks = new WeakMap();
+  const checks = new WeakMap(); // form -> pending timer
+  const checkSeq = new WeakMap(); // form -> number of the newest check
   function scheduleCheck(form, session) {
     clearTimeout(checks.get(form));
     checks.set(form, setTimeout(() => checkForm(form, session), 300));
@@ -130,12 +139,15 @@
   // Inline validation asks the server (POST /saves?dry_run=1): one set of rules.
   async function checkForm(form, session) {
     const body = requestBody(form, session);
+    const seq = (checkSeq.get(form) || 0) + 1;
+    checkSeq.set(form, seq);
+    const current = () => checkSeq.get(form) === seq;
     try {
       const result = await api("POST", "/saves?dry_run=1", body);
-      showErrors(form, result.errors || {});
+      if (current()) showErrors(form, result.errors || {});
       return result.valid;
     } catch (error) {
-      showErrors(form, { other: error.message });
+      if (current()) showErrors(form, { other: error.message });
       return false;
     }
   }
@@ -153,6 +165,7 @@
 
   async function submitSave(form, session) {
     const button = form.querySelector('button[type="submit"]');
+    clearTimeout(checks.get(form));
     if (!(await checkForm(form, session))) return;
     form.dataset.key = form.dataset.key || (crypto.randomUUID ? crypto.randomUUID() : `${Date.now()}-${Math.random()}`);
     button.disabled = true;
@@ -160,6 +173,7 @@
       const body = requestBody(form, session);
       const accepted = await api("POST", "/saves", body, { "Idempotency-Key": form.dataset.key });
       form.dataset.key = "";
+      form.reset();
       announce(`Save job ${accepted.job_id} submitted for ${accepted.target}`);
       await refreshSaves([accepted.job_id]);
     } catch (error) {
@@ -217,7 +231,15 @@
 
   function renderSaves() {
     const ordered = [...saves.values()].sort((a, b) => Number(b.job_id) - Number(a.job_id));
-    $("saves").replaceChildren(...ordered.map(saveItem));
+    // Every active save, and the newest finished ones unless the user asks for all.
+    const shown = showAllSaves ? ordered
+      : ordered.filter((s, i) => !s.final || i < RECENT_SAVES);
+    const items = shown.map(saveItem);
+    if (shown.length < ordered.length) {
+      items.push(el("li", { class: "more" }, el("button", { type: "button", class: "secondary",
+        text: `Show all ${ordered.length} saves`, onclick: () => { showAllSaves = true; renderSaves(); } })));
+    }
+    $("saves").replaceChildren(...items);
     setStatus("saves-status", ordered.length ? "" : "No saves in the last 7 days.");
     renderUsage();
     const active = ordered.some((s) => !s.final);

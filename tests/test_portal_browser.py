@@ -1,0 +1,146 @@
+"""The portal in a real browser against the real cluster.
+
+Debian's chromium, driven by Playwright, talks to the app served by waitress on
+127.0.0.1; the app submits to Slurm, the save runs with podman on node n1 and pushes to
+the local registry. The test logs in with a token, saves a running session from the
+page, watches the progress bar reach done, sees the image, copies its pull command and
+deletes it through the confirmation dialog. Screenshots of each state go to docs/img/.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from flask import Flask
+from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
+from waitress.server import create_server
+
+from api.app import create_app
+from tests.api_support import make_token
+from tests.cluster_helpers import TOP, registry_tags, require_cluster, session_container, unique
+
+pytestmark = pytest.mark.cluster
+
+SCREENSHOTS = TOP / "docs" / "img"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+SAVE_TIMEOUT_MS = 180_000
+# A user of its own, so the screenshots show this test's session and image only.
+USER = "dana"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def portal(tmp_path: Path) -> Iterator[tuple[str, Flask]]:
+    """The app from site_configs/local.toml under waitress, in a thread; its base URL."""
+    require_cluster()
+    app = create_app({"INSTANCE_DIR": str(tmp_path),
+                      "DATABASE_URL": f"sqlite:///{tmp_path / 'api.db'}"})
+    port = free_port()
+    server = create_server(app, host="127.0.0.1", port=port, threads=4)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{port}", app
+    finally:
+        server.close()
+        thread.join(timeout=10)
+
+
+@pytest.fixture
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+def shot(page: Page, name: str, part: Locator | None = None) -> None:
+    """A screenshot of the viewport, or of one part of the page, for docs/portal.md."""
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    path = str(SCREENSHOTS / f"{name}.png")
+    if part is None:
+        page.screenshot(path=path)
+    else:
+        part.screenshot(path=path)
+
+
+def test_save_a_session_from_the_portal(portal: tuple[str, Flask], browser: Browser) -> None:
+    base, app = portal
+    token = make_token(app, USER)
+    name = unique("portal")
+    context = browser.new_context(viewport={"width": 1200, "height": 900})
+    context.grant_permissions(["clipboard-read", "clipboard-write"], origin=base)
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    with session_container("n1", USER) as container:
+        page.goto(base + "/")
+        expect(page.get_by_label("API token")).to_be_visible()
+        shot(page, "portal-login")
+        page.get_by_label("API token").fill(token)
+        page.get_by_role("button", name="Log in").click()
+        expect(page.locator("#user-name")).to_have_text(USER)
+
+        session = page.locator(f'li.session[data-container="{container}"]')
+        expect(session).to_be_visible()
+        expect(session).to_contain_text("on node n1")
+        shot(page, "portal-sessions")
+        image_name = session.get_by_label("Image name")
+        image_name.fill("Bad Name")
+        expect(session.locator('[data-error="target"]')).to_contain_text("must not contain spaces")
+        expect(image_name).to_have_attribute("aria-invalid", "true")
+        shot(page, "portal-validation", session)
+        image_name.fill(name)
+        expect(session.locator('[data-error="target"]')).to_be_empty()
+        session.get_by_label("Tag").fill("v1")
+        session.get_by_label("Category").select_option("gpu")
+        session.get_by_role("button", name="Save").click()
+
+        item = page.locator("li.save", has_text=f"/{name}:v1")
+        expect(item).to_be_visible()
+        expect(item.locator("progress")).to_be_visible()
+        shot(page, "portal-progress", item)
+        expect(item).to_have_class("save state-done", timeout=SAVE_TIMEOUT_MS)
+        expect(item.locator("progress")).to_have_attribute("value", "100")
+
+    expect(session.locator(".field-error")).to_have_text(["", ""])  # the form was reset
+    row = page.locator(f'tr[data-image="{USER}/{name}:v1"]')
+    expect(row).to_be_visible()
+    expect(row).to_contain_text("gpu")
+    shot(page, "portal-done", page.locator("main"))
+    row.get_by_role("button", name="Copy").click()
+    expect(row.get_by_role("button", name="Copy")).to_have_text("Copied")
+    copied = page.evaluate("navigator.clipboard.readText()")
+    assert copied == f"podman pull 127.0.0.1:5000/{USER}/{name}:v1"
+
+    page.reload()  # the save and its full bar come back from GET /saves
+    item = page.locator("li.save", has_text=f"/{name}:v1")
+    expect(item.locator("progress")).to_have_attribute("value", "100")
+    expect(page.locator('[data-usage="succeeded"]')).not_to_have_text("0")
+
+    dialogs: list[str] = []
+
+    def accept(dialog: object) -> None:
+        dialogs.append(dialog.message)  # type: ignore[attr-defined]
+        dialog.accept()  # type: ignore[attr-defined]
+
+    page.once("dialog", accept)
+    row = page.locator(f'tr[data-image="{USER}/{name}:v1"]')
+    row.get_by_role("button", name="Delete").click()
+    expect(row).to_have_count(0)
+    assert dialogs and f"{USER}/{name}:v1" in dialogs[0]
+    assert registry_tags(f"{USER}/{name}") == []
+    assert errors == []
+    context.close()
