@@ -24,6 +24,7 @@ from scheduler_glue.slurm_parse import (
     SQUEUE_FORMAT,
     first_node,
     is_job_id,
+    is_partial_record,
     merge_live,
     parse_node_state,
     parse_sacct_rows,
@@ -187,7 +188,8 @@ class SlurmScheduler(Scheduler):
 
     def status(self, job_ids: Iterable[str], since: datetime) -> dict[str, JobRecord]:
         """Records for ``job_ids``: one sacct, then one squeue for ids that sacct lacks
-        (just submitted) or that are still live (sacct keeps no comment until the end)."""
+        (just submitted), that are still live (sacct keeps no comment until the end) or
+        whose accounting record is still partial."""
         ids = _check_ids(job_ids)
         if not ids:
             return {}
@@ -197,7 +199,7 @@ class SlurmScheduler(Scheduler):
         except (CommandFailed, ValueError) as e:
             log.warning("sacct failed, every job's state is UNKNOWN for now: %s", e)
             return {i: _unknown(i, f"sacct failed: {e}") for i in ids}
-        ask_live = [i for i in ids if i not in accounted or not accounted[i].state.final]
+        ask_live = [i for i in ids if i not in accounted or _incomplete(accounted[i])]
         live = self._live_records(ask_live) if ask_live else {}
         records = {}
         for job_id in ids:
@@ -305,6 +307,10 @@ def _check_ids(job_ids: Iterable[str]) -> list[str]:
     if bad:
         raise InvalidRequest(f"not Slurm job ids: {', '.join(map(repr, bad))}")
     return ids
+
+
+def _incomplete(record: JobRecord) -> bool:
+    return not record.state.final or is_partial_record(record)
 
 
 def _unknown(job_id: str, reason: str) -> JobRecord:

@@ -64,6 +64,7 @@ SQUEUE_FORMAT = "%i|%T|%N|%u|%j|%a|%P|%V|%S|%e|%r|%k"
 _SQUEUE_COLUMNS = SQUEUE_FORMAT.count("|") + 1
 _SACCT_COLUMNS = len(SACCT_FIELDS)
 
+PARTIAL_RECORD_NAME = "allocation"
 _NO_TIME = frozenset({"", "Unknown", "None", "N/A", "(null)"})
 _NO_TEXT = frozenset({"", "None", "None assigned", "(null)", "N/A"})
 _ID_CHARS = frozenset("0123456789_+")  # 123, array task 123_4, het component 123+1
@@ -264,6 +265,8 @@ def _sacct_record(cols: list[str], when: _TimeParser) -> JobRecord:
     exit_code, signal = parse_exit_code(exit_text)
     if not state.final or start_time is None:  # 0:0 while running means nothing yet
         exit_code = signal = None
+    if not partition and name == PARTIAL_RECORD_NAME:
+        name = ""  # a placeholder, see is_partial_record
     return JobRecord(
         job_id=job_id,
         state=state,
@@ -282,6 +285,16 @@ def _sacct_record(cols: list[str], when: _TimeParser) -> JobRecord:
         reason="" if reason in _NO_TEXT else reason,
         metadata=decode_metadata(comment),
     )
+
+
+def is_partial_record(record: JobRecord) -> bool:
+    """Whether slurmdbd has only part of this job yet (no partition, placeholder name).
+
+    For a few seconds after a short job ends (or is cancelled right after submission),
+    sacct can show it named ``allocation`` with no partition (45b_*, job 19); the full
+    record replaces it later. The name and partition then come from squeue.
+    """
+    return record.partition == ""
 
 
 def parse_squeue_rows(stdout: str, *, tz: tzinfo | None = None) -> list[JobRecord]:

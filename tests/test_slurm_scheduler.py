@@ -224,6 +224,26 @@ def test_status_takes_a_final_state_squeue_already_has() -> None:
     assert record.state is JobState.CANCELLED and record.end_time is not None
 
 
+def test_status_completes_a_partial_accounting_record_from_squeue() -> None:
+    # 45b: sacct had job 19 only partly (name "allocation", no partition) for a few
+    # seconds; 45: squeue still had it (its row for 19 only, as squeue -j 19 prints it)
+    ids = ["17", "18", "19"]
+    row_19 = [
+        line
+        for line in capture("45_squeue_status_cancelled_within_minjobage").stdout.splitlines()
+        if line.startswith("19|")
+    ]
+    slurm, runner = scheduler(
+        answer(sacct_status_argv(ids, SINCE), "45b_sacct_status_cancelled"),
+        Step(tuple(squeue_status_argv(["19"])), row_19[0] + "\n"),
+    )
+    records = slurm.status(ids, SINCE)
+    runner.assert_done()  # 17 and 18 are final and whole: squeue only for 19
+    assert records["19"].state is JobState.CANCELLED
+    assert (records["19"].name, records["19"].partition) == ("cap-live-new", "imgsave")
+    assert records["17"].name == "cap-live-held"
+
+
 def test_status_when_only_unknown_ids_remain() -> None:
     # sacct prints nothing for an id it lacks (41: 19 and 99999 are absent);
     # 42b: squeue exits 1 "Invalid job id specified" for an id it never had

@@ -1,0 +1,231 @@
+"""SlurmScheduler against the real local Slurm 22.05 cluster (``scripts/cluster.sh up``).
+
+Jobs are tiny shell scripts run as root; each test cancels what it leaves running.
+Partitions: ``batch`` (users, MaxCPUsPerNode = CPUs-1) and ``imgsave`` on n1, n2.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TypeVar
+
+import pytest
+
+from scheduler_glue.base import BatchJob, JobRecord
+from scheduler_glue.slurm import SlurmScheduler
+from scheduler_glue.states import JobState
+from site_configs.errors import CommandFailed, NotFound, SchedulerError
+from site_configs.runner import DEFAULT_TIMEOUT_SECONDS, CommandResult, run_command
+from tests.cluster_helpers import require_cluster
+
+pytestmark = pytest.mark.cluster
+T = TypeVar("T")
+
+
+class RecordingRunner:
+    """The real runner, keeping every argv it ran (to check what was, or was not, run)."""
+
+    def __init__(self, fail_on: str = "") -> None:
+        self.calls: list[tuple[str, ...]] = []
+        self.fail_on = fail_on  # a command name whose runs raise, as a down slurmdbd would
+
+    def __call__(
+        self,
+        argv: Sequence[str],
+        *,
+        timeout: float = DEFAULT_TIMEOUT_SECONDS,
+        check: bool = True,
+        input_text: str | None = None,
+    ) -> CommandResult:
+        args = tuple(str(a) for a in argv)
+        self.calls.append(args)
+        if args[0] == self.fail_on:
+            raise CommandFailed(list(args), 1, "", f"{args[0]}: error: injected failure")
+        return run_command(args, timeout=timeout, check=check, input_text=input_text)
+
+    def ran(self, command: str) -> int:
+        return sum(1 for call in self.calls if call[0] == command)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def cluster() -> None:
+    require_cluster()
+
+
+@pytest.fixture
+def runner() -> RecordingRunner:
+    return RecordingRunner()
+
+
+@pytest.fixture
+def slurm(runner: RecordingRunner) -> SlurmScheduler:
+    return SlurmScheduler(runner=runner, timeout=30)
+
+
+@pytest.fixture
+def to_cancel() -> Iterator[list[str]]:
+    """Job ids to scancel at the end of the test, whatever happened."""
+    ids: list[str] = []
+    yield ids
+    if ids:
+        run_command(["scancel", *ids], check=False)
+
+
+def script(tmp_path: Path, name: str, body: str) -> Path:
+    path = tmp_path / f"{name}.sh"
+    path.write_text(f'#!/bin/sh\necho "ran on $SLURMD_NODENAME"\n{body}\n')
+    path.chmod(0o755)
+    return path
+
+
+def job(
+    tmp_path: Path,
+    name: str,
+    body: str,
+    node: str,
+    *,
+    partition: str = "imgsave",
+    cpus: int = 1,
+    metadata: dict[str, str] | None = None,
+) -> BatchJob:
+    return BatchJob(
+        name=f"imgsave-test-{name}",
+        script=script(tmp_path, name, body),
+        node=node,
+        output_path=tmp_path / f"{name}.out",
+        metadata=metadata or {},
+        partition=partition,
+        time_limit_minutes=2,
+        cpus=cpus,
+        workdir=tmp_path,
+    )
+
+
+def wait_for(what: str, probe: Callable[[], T | None], timeout: float, every: float = 0.5) -> T:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = probe()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(every)
+
+
+def state_of(slurm: SlurmScheduler, job_id: str, since: datetime) -> JobRecord:
+    return slurm.status([job_id], since)[job_id]
+
+
+def wait_state(
+    slurm: SlurmScheduler, job_id: str, since: datetime, states: set[JobState], timeout: float
+) -> JobRecord:
+    def probe() -> JobRecord | None:
+        record = state_of(slurm, job_id, since)
+        return record if record.state in states else None
+
+    return wait_for(f"job {job_id} in {sorted(s.label for s in states)}", probe, timeout)
+
+
+def left_squeue(job_id: str) -> bool:
+    out = run_command(["squeue", "-h", "-t", "all", "-j", job_id], check=False)
+    return out.stdout.strip() == ""
+
+
+def node_cpus(node: str) -> int:
+    out = run_command(["sinfo", "-h", "-n", node, "-o", "%c"]).stdout.split()
+    return int(out[0])
+
+
+def test_pinned_job_completes_and_stays_in_accounting(
+    slurm: SlurmScheduler, runner: RecordingRunner, tmp_path: Path
+) -> None:
+    since = datetime.now(UTC)
+    metadata = {"user": "alice", "request_id": "r-test-1", "target": "alice/nb:v1 x|y"}
+    save = job(tmp_path, "complete", "sleep 1", "n2", metadata=metadata)
+    job_id = slurm.submit(save)
+    record = wait_state(slurm, job_id, since, {s for s in JobState if s.final}, 60)
+    assert record.state is JobState.COMPLETED, record
+    assert (record.node, record.exit_code, record.name) == ("n2", 0, save.name)
+    assert record.metadata == metadata  # through --comment and slurmdbd
+    assert record.start_time is not None and record.end_time is not None
+    assert record.start_time.tzinfo is not None
+    assert abs(record.start_time - datetime.now(UTC)) < timedelta(minutes=2)
+    assert (tmp_path / "complete.out").read_text().strip() == "ran on n2"
+
+    wait_for(f"job {job_id} to leave squeue (MinJobAge)", lambda: left_squeue(job_id), 120, 2)
+    squeues = runner.ran("squeue")
+    later = state_of(slurm, job_id, since)
+    assert runner.ran("squeue") == squeues  # a final sacct answer needs no squeue
+    assert later.state is JobState.COMPLETED and later.metadata == metadata
+    assert later.node == "n2" and later.end_time == record.end_time
+
+
+def test_cancel_a_running_job(slurm: SlurmScheduler, tmp_path: Path, to_cancel: list[str]) -> None:
+    since = datetime.now(UTC)
+    job_id = slurm.submit(job(tmp_path, "cancel", "sleep 60", "n1", metadata={"k": "v"}))
+    to_cancel.append(job_id)
+    running = wait_state(slurm, job_id, since, {JobState.RUNNING}, 30)
+    assert running.metadata == {"k": "v"}  # from squeue: sacct has no comment yet
+    assert slurm.node_of_job(job_id) == ("n1", "root")
+    slurm.cancel(job_id)
+    record = wait_state(slurm, job_id, since, {JobState.CANCELLED}, 60)
+    assert record.raw_state.startswith("CANCELLED")
+    with pytest.raises(NotFound):
+        slurm.node_of_job(job_id)
+
+
+def test_unknown_node_is_refused_before_sbatch(
+    slurm: SlurmScheduler, runner: RecordingRunner, tmp_path: Path
+) -> None:
+    with pytest.raises(NotFound, match=r"node n9 is not a node .*\(known: n1, n2\)"):
+        slurm.submit(job(tmp_path, "nonode", "true", "n9"))
+    assert runner.ran("sbatch") == 0
+
+
+def test_sbatch_failure_surfaces_stderr(slurm: SlurmScheduler, tmp_path: Path) -> None:
+    with pytest.raises(SchedulerError, match="invalid partition specified: nosuchpart"):
+        slurm.submit(job(tmp_path, "badpart", "true", "n1", partition="nosuchpart"))
+
+
+def test_failing_sacct_means_unknown(
+    slurm: SlurmScheduler, tmp_path: Path, to_cancel: list[str]
+) -> None:
+    since = datetime.now(UTC)
+    job_id = slurm.submit(job(tmp_path, "nosacct", "sleep 30", "n2"))
+    to_cancel.append(job_id)
+    broken = SlurmScheduler(runner=RecordingRunner(fail_on="sacct"))
+    record = state_of(broken, job_id, since)
+    assert record.state is JobState.UNKNOWN and "injected failure" in record.reason
+    assert not record.state.final
+
+
+def test_save_job_starts_beside_a_job_filling_the_user_partition(
+    slurm: SlurmScheduler, tmp_path: Path, to_cancel: list[str]
+) -> None:
+    """The busy-node requirement: n1's batch share is full, a save on n1 still starts."""
+    since = datetime.now(UTC)
+    user_share = max(node_cpus("n1") - 1, 1)  # batch's MaxCPUsPerNode
+    blocker = slurm.submit(
+        job(tmp_path, "blocker", "sleep 60", "n1", partition="batch", cpus=user_share)
+    )
+    to_cancel.append(blocker)
+    wait_state(slurm, blocker, since, {JobState.RUNNING}, 60)
+
+    # control: another batch job on n1 cannot start now
+    other = slurm.submit(job(tmp_path, "queued", "true", "n1", partition="batch"))
+    to_cancel.append(other)
+    submitted = time.monotonic()
+    save_id = slurm.submit(job(tmp_path, "save", "sleep 1", "n1"))
+    to_cancel.append(save_id)
+    started = wait_state(
+        slurm, save_id, since, {JobState.RUNNING, JobState.COMPLETING, JobState.COMPLETED}, 15
+    )
+    assert time.monotonic() - submitted < 10
+    assert started.node == "n1"
+    assert started.queue_wait_seconds is not None and started.queue_wait_seconds <= 5
+    assert state_of(slurm, other, since).state is JobState.PENDING
+    done = wait_state(slurm, save_id, since, {s for s in JobState if s.final}, 60)
+    assert done.state is JobState.COMPLETED
