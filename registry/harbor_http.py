@@ -173,6 +173,12 @@ class HarborApi:
             )
         if status == 404:
             return NotFound(f"{what}: not found in {where}: {message}")
+        if status in (301, 302, 307, 308):
+            return RegistryError(
+                f"{where} redirected {what} to {response.headers.get('Location', '?')}; set "
+                "registry.url to the address Harbor is served at (imgsave does not follow "
+                "redirects with credentials)"
+            )
         if status == 412:
             return RegistryError(
                 f"{where} refused to {what}: {message} (an immutable-tag rule or another "

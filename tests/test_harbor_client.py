@@ -354,3 +354,11 @@ def test_links_to_another_host_are_not_followed(harbor: RunningHarbor) -> None:
     with client(harbor) as harbor_client:
         with pytest.raises(RegistryError, match="another host"):
             harbor_client.api.request("GET", "http://198.51.100.7/api/v2.0/projects", "x")
+
+
+def test_redirect_is_reported_not_followed(harbor: RunningHarbor, state: HarborState) -> None:
+    state.fail_status = 301  # e.g. a proxy sending http:// to https://
+    with client(harbor) as harbor_client:
+        with pytest.raises(RegistryError, match="set registry.url") as caught:
+            harbor_client.project_exists("u-alice")
+    assert not caught.value.retryable
