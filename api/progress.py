@@ -57,7 +57,9 @@ class SaveStatus:
 
     @property
     def finished(self) -> bool:
-        return self.state.final
+        """The save is over: the job ended, or the image is pushed (the job may still be
+        removing its temporary local copy)."""
+        return self.state.final or self.stage is Stage.DONE
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -71,6 +73,7 @@ class SaveStatus:
             "node": self.node,
             "state": self.state.label,
             "final": self.state.final,
+            "finished": self.finished,
             "stage": self.stage.value,
             "percent": self.percent,
             "bytes_done": self.bytes_done,
@@ -125,6 +128,8 @@ def build_status(
 def _stage_and_reason(
     state: JobState, last: ProgressEvent, result: SaveResult | None, record: JobRecord | None
 ) -> tuple[Stage, str]:
+    if result is not None and result.ok and state not in _FINAL_REASONS:
+        return Stage.DONE, ""  # pushed; the job may still be cleaning up locally
     if not state.final:
         if state is JobState.PENDING:
             return Stage.QUEUED, (record.reason if record else "")

@@ -4,9 +4,10 @@ Run by the batch job on the node that hosts the container. Stages, each recorded
 ``events.jsonl`` beside the spec: LOCATING (find the container, check its owner label,
 check the target and that the registry answers), COMMITTING (engine commit to a local
 tag unique to the request), PUSHING (engine push, then OCI annotations), SIF stages if
-asked (see :mod:`builder_jobs.sif`), CLEANING (always: remove the local tag), then
-DONE or FAILED. ``result.json`` holds the outcome. Exit status 0 on success; otherwise
-1 with the reason as one line on stderr (2 when the spec itself cannot be read).
+asked (see :mod:`builder_jobs.sif`), then DONE (result written first, the local
+temporary tag removed after) or CLEANING and FAILED. ``result.json`` holds the outcome.
+Exit status 0 on success; otherwise 1 with the reason as one line on stderr (2 when
+the spec itself cannot be read).
 """
 
 from __future__ import annotations
@@ -289,10 +290,7 @@ def save(run: SaveRun) -> SaveResult:
             if target.began:
                 target.rollback()  # a failed save leaves no tag it wrote
         return _failed(run, failure)
-    with run.stage(Stage.CLEANING, "removing local temporary images"):
-        warning = cleanup(run)
-    run.emit(Stage.DONE, warning or "saved")
-    return SaveResult(
+    result = SaveResult(
         ok=True,
         reference=str(ref) if pushed else sif_out.reference,
         digest=pushed.digest if pushed else "",
@@ -303,6 +301,14 @@ def save(run: SaveRun) -> SaveResult:
         commit_method=COMMIT_METHOD if pushed else sif.SIF_METHOD,
         seconds=dict(run.seconds),
     )
+    # The image is in the registry and usable: say so before the local housekeeping
+    # (removing the temporary image can take seconds on a busy node).
+    write_result(run.spool / RESULT_FILE, result)
+    run.emit(Stage.DONE, "saved")
+    warning = cleanup(run)
+    if warning:
+        log.warning("%s", warning)
+    return result
 
 
 def _failed(run: SaveRun, failure: SaveFailed) -> SaveResult:

@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import platform
+import pwd
 import shutil
 import stat
 import tempfile
@@ -33,6 +35,8 @@ from registry.manifests import OCI_MANIFEST, sha256_digest
 from registry.refs import ImageRef, check_unix_name
 from site_configs.errors import ImgsaveError
 from site_configs.schema import Compression
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from builder_jobs.engines import ContainerInfo
@@ -137,10 +141,25 @@ def sif_destination(output_dir_rule: str, user: str) -> Path:
     if not directory.is_absolute():
         raise SaveFailed(FailureKind.INVALID, f"sif.output_dir {output_dir_rule!r} is relative")
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-    return directory.resolve(strict=True)
+    resolved = directory.resolve(strict=True)
+    hand_to_user(resolved, user)
+    return resolved
 
 
-def install_sif(sif: Path, directory: Path, name: str) -> Path:
+def hand_to_user(path: Path, user: str) -> None:
+    """In portal mode the job runs as a service account (root): the user's directory and
+    SIF file must still be the user's own. A no-op when the job already runs as the user."""
+    if os.geteuid() != 0:
+        return
+    try:
+        entry = pwd.getpwnam(user)
+    except KeyError:
+        log.warning("user %s is unknown on this node; %s stays owned by root", user, path)
+        return
+    os.chown(path, entry.pw_uid, entry.pw_gid, follow_symlinks=False)
+
+
+def install_sif(sif: Path, directory: Path, name: str, user: str = "") -> Path:
     """Copy ``sif`` to ``directory/name`` atomically, never through a symlink."""
     final = directory / name
     if final.resolve().parent != directory or Path(name).name != name:
@@ -151,6 +170,8 @@ def install_sif(sif: Path, directory: Path, name: str) -> Path:
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
     with open(sif, "rb") as src, os.fdopen(os.open(partial, flags, 0o644), "wb") as dst:
         shutil.copyfileobj(src, dst, CHUNK_BYTES)
+    if user:
+        hand_to_user(partial, user)
     os.replace(partial, final)  # replaces a file or a link itself, never a link's target
     return final
 
@@ -231,7 +252,7 @@ def save_sif(run: SaveRun, info: ContainerInfo, target: RegistryTarget | None) -
         if sif_cfg.output_dir:
             try:
                 directory = sif_destination(sif_cfg.output_dir, run.spec.user)
-                path = str(install_sif(sif, directory, name))
+                path = str(install_sif(sif, directory, name, run.spec.user))
             except OSError as e:
                 raise SaveFailed(
                     FailureKind.INTERNAL, f"cannot write the SIF to {sif_cfg.output_dir}: {e}"

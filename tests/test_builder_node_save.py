@@ -76,9 +76,9 @@ def test_save_push_pull_run(
     assert result.digest.startswith("sha256:")
     assert result.commit_method == "engine-commit"
     assert 0 < result.size_bytes < result.image_bytes
-    assert {"locating", "committing", "pushing", "cleaning"} <= set(result.seconds)
+    assert {"locating", "committing", "pushing"} <= set(result.seconds)
     assert _stages(spec_path) == [
-        Stage.LOCATING, Stage.COMMITTING, Stage.PUSHING, Stage.PUSHING, Stage.CLEANING, Stage.DONE,
+        Stage.LOCATING, Stage.COMMITTING, Stage.PUSHING, Stage.PUSHING, Stage.DONE,
     ]  # fmt: skip
     assert not _temp_image_exists(spec_path)
     assert registry_tags(builder_registry, repo) == ["v1"]

@@ -161,7 +161,7 @@ def test_sif_save_file_and_oras_push(
     assert result.sif_digest == _sha256(data) and result.size_bytes == len(data)
     stages = [e.stage for e in EventLog(spec_path.parent / EVENTS_FILE).read()]
     assert stages == [Stage.LOCATING, Stage.EXPORTING, Stage.SQUASHING, Stage.PUSHING,
-                      Stage.CLEANING, Stage.DONE]  # fmt: skip
+                      Stage.DONE]  # fmt: skip
 
     listing = subprocess.run(["siftool", "list", str(sif)], capture_output=True, text=True)
     assert "FS (Squashfs/*System/amd64)" in listing.stdout  # * = primary partition
@@ -237,3 +237,17 @@ def test_sif_failure_rolls_back_the_oci_tag(
     assert result is not None and result.failure is FailureKind.INTERNAL
     assert result.error.startswith("cannot write the SIF to "), result.error
     assert registry_tags(builder_registry, repo) == []
+
+
+def test_portal_mode_hands_the_sif_to_its_user(tmp_path: Path) -> None:
+    """The job runs as root (a portal's service account): alice still owns her SIF."""
+    import pwd
+
+    from builder_jobs.sif import sif_destination
+
+    alice = pwd.getpwnam("alice")  # created by scripts/cluster.sh
+    directory = sif_destination(str(tmp_path / "sif" / "{user}"), "alice")
+    sif = tmp_path / "built.sif"
+    sif.write_bytes(b"SIF")
+    final = install_sif(sif, directory, "x_v1.sif", "alice")
+    assert (directory.stat().st_uid, final.stat().st_uid) == (alice.pw_uid, alice.pw_uid)
