@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
+from registry.harbor import HarborClient
 from registry.oci import RegistryClient
 from registry.refs import ImageRef, host_of, target_for_user, user_namespace
 from site_configs.errors import NotFound
@@ -36,8 +38,17 @@ class ImageInfo:
         }
 
 
+class Catalog(Protocol):
+    """What the CLI, API and portal need from a registry: a user's images."""
+
+    def list(self, user: str) -> list[ImageInfo]: ...
+
+    def delete(self, user: str, name_tag: str) -> str: ...
+
+
 class ImageCatalog:
-    """The images a user owns: every repository under their namespace."""
+    """The images a user owns on a plain OCI registry: every repository under their
+    namespace, read through the distribution API."""
 
     def __init__(self, config: SiteConfig, client: RegistryClient) -> None:
         self.config = config
@@ -85,3 +96,25 @@ class ImageCatalog:
             raise NotFound(f"image {ref.name} does not exist")
         self.client.delete_manifest(ref.repository, info.digest)
         return info.digest
+
+
+class HarborCatalog:
+    """The images a user owns in their Harbor project, through Harbor's API v2.0
+    (sizes, push times and tags in one paged listing instead of a manifest per tag)."""
+
+    def __init__(self, config: SiteConfig, client: HarborClient) -> None:
+        self.config = config
+        self.client = client
+
+    def list(self, user: str) -> list[ImageInfo]:
+        try:
+            found = self.client.list_images(user)
+        except NotFound:
+            return []  # no project yet: the user has never saved
+        return [ImageInfo(**image.to_dict()) for image in found]  # type: ignore[arg-type]
+
+    def delete(self, user: str, name_tag: str) -> str:
+        ref = target_for_user(
+            name_tag, user, self.config.registry.namespace, host_of(self.config.registry.url)
+        )
+        return self.client.delete_image(user, ref.repository, ref.tag)

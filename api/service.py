@@ -73,7 +73,7 @@ class SaveService:
         config: SiteConfig,
         scheduler: Scheduler,
         *,
-        registry_check: Callable[[], object] | None = None,
+        registry_check: Callable[[str], object] | None = None,
         python: str = "",
     ) -> None:
         self.config = config
@@ -126,7 +126,7 @@ class SaveService:
         target, formats = self.validate(request)
         node = self.resolve_node(request, admin=admin)
         if self.registry_check is not None:
-            self.registry_check()  # a registry that is down fails now, not in the job
+            self.registry_check(request.user)  # a registry down or full fails now
         request_id = uuid.uuid4().hex
         workdir = spool_dir_for(self.spool, request_id)
         spec = SaveSpec(

@@ -134,6 +134,15 @@ class FakeHarbor:
         if self.state.fail_status:
             # what the nginx in front of Harbor answers while harbor-core is down
             return Answer(self.state.fail_status, "<html><h1>502 Bad Gateway</h1></html>")
+        if url.path == "/v2/" and method in ("GET", "HEAD"):
+            # The registry API's version check. Real Harbor answers 401 with a Bearer
+            # challenge and then accepts the robot's token; this fake accepts the robot's
+            # basic credentials directly (the OCI client handles both).
+            if robot is None:
+                error = {"code": "UNAUTHORIZED", "message": "unauthorized"}
+                return Answer(401, {"errors": [error]},
+                              {"WWW-Authenticate": 'Basic realm="harbor"'})
+            return Answer(200, {})
         if not url.path.startswith(API + "/"):
             raise _not_found(f"no route for {url.path}")
         parts = url.path[len(API) + 1 :].split("/")
