@@ -30,7 +30,12 @@ def _slurm(section: SchedulerSection, runner: Runner) -> Scheduler:
 def _pbs(section: SchedulerSection, runner: Runner) -> Scheduler:
     from scheduler_glue.pbs import PbsScheduler
 
-    return PbsScheduler(runner=runner, timeout=section.command_timeout_seconds)
+    return PbsScheduler(
+        runner=runner,
+        timeout=section.command_timeout_seconds,
+        server_history=section.pbs_job_history,
+        accounting_log_dir=section.pbs_accounting_log_dir or None,
+    )
 
 
 _BACKENDS: Mapping[str, Callable[[SchedulerSection, Runner], Scheduler]] = {

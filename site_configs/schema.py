@@ -71,6 +71,10 @@ class SchedulerSection(_Section):
     command_timeout_seconds: Annotated[float, Field(gt=0, le=600)] = 30.0
     # Slurm only: add the submitting user's share of the node? See docs/install-slurm.md.
     extra_submit_args: list[str] = Field(default_factory=list)
+    # PBS only: is job history on (qstat -x)? Where are the server's accounting logs
+    # (the fallback for finished jobs when history is off or purged)?
+    pbs_job_history: bool = True
+    pbs_accounting_log_dir: str = ""
 
 
 class EngineSection(_Section):

@@ -76,3 +76,14 @@ def test_bad_configs_name_the_key_and_file(tmp_path: Path, change: str, words: s
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="does not exist"):
         load_site_config(tmp_path / "nope.toml")
+
+
+def test_pbs_site_builds_a_pbs_scheduler_with_its_history_settings() -> None:
+    from scheduler_glue import make_scheduler
+    from scheduler_glue.pbs import PbsScheduler
+
+    config = load_site_config(CONFIGS / "pbs-sif-oras.toml")
+    scheduler = make_scheduler(config.scheduler)
+    assert isinstance(scheduler, PbsScheduler)
+    assert scheduler.server_history is True
+    assert str(scheduler.accounting_log_dir) == "/var/spool/pbs/server_priv/accounting"
