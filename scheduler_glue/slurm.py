@@ -276,9 +276,10 @@ class SlurmScheduler(Scheduler):
         return node, user
 
     def node_exists(self, node: str) -> bool:
-        """Whether ``node`` is in some partition (sinfo, cached; re-read on a miss)."""
-        if not node or node.startswith("-") or "," in node:
-            return False
+        """Whether ``node`` is in some partition (sinfo, cached; re-read on a miss).
+
+        Only names sinfo printed pass, so ``-a`` or ``n1,n2`` never reach sbatch.
+        """
         stale = time.monotonic() - self._nodes_read_at > NODE_CACHE_SECONDS
         if self._nodes is None or (node not in self._nodes and stale):
             try:

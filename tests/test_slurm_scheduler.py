@@ -106,15 +106,17 @@ def test_submit_refuses_an_unknown_node_before_sbatch() -> None:
 
 
 def test_unknown_node_rereads_the_node_list_when_stale(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(slurm_module, "NODE_CACHE_SECONDS", 0.0)
+    monkeypatch.setattr(slurm_module, "NODE_CACHE_SECONDS", 0.5)
     slurm, runner = scheduler(
         answer(sinfo_nodes_argv(), "31_sinfo_node_names"),
         Step(tuple(sinfo_nodes_argv()), "n1\nn2\nn3\n"),
     )
     assert slurm.node_exists("n1")
+    time.sleep(0.6)
     assert slurm.node_exists("n3")  # added to the cluster since
-    assert not slurm.node_exists("-a") and not slurm.node_exists("n1,n2")
     runner.assert_done()
+    monkeypatch.setattr(slurm_module, "NODE_CACHE_SECONDS", 3600.0)
+    assert not slurm.node_exists("-a") and not slurm.node_exists("n1,n2")  # fresh: no re-read
 
 
 @pytest.mark.parametrize(
