@@ -71,7 +71,6 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Lax",
         SESSION_COOKIE_NAME="imgsave_session",
-        JSON_SORT_KEYS=False,
     )
     app.config.from_prefixed_env()  # FLASK_SESSION_COOKIE_SECURE=true behind HTTPS, ...
     app.config.update(overrides)
