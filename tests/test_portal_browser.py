@@ -4,11 +4,13 @@ Debian's chromium, driven by Playwright, talks to the app served by waitress on
 127.0.0.1; the app submits to Slurm, the save runs with podman on node n1 and pushes to
 the local registry. The test logs in with a token, saves a running session from the
 page, watches the progress bar reach done, sees the image, copies its pull command and
-deletes it through the confirmation dialog. Screenshots of each state go to docs/img/.
+deletes it through the confirmation dialog. Screenshots of each state go to docs/img/
+with IMGSAVE_UPDATE_SCREENSHOTS=1.
 """
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 from collections.abc import Iterator
@@ -25,7 +27,9 @@ from tests.cluster_helpers import TOP, registry_tags, require_cluster, session_c
 
 pytestmark = pytest.mark.cluster
 
-SCREENSHOTS = TOP / "docs" / "img"
+# docs/img is rewritten only on request, so a test run leaves the work tree clean.
+SCREENSHOTS_ENV = "IMGSAVE_UPDATE_SCREENSHOTS"
+DOCS_IMG = TOP / "docs" / "img"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync"]
 SAVE_TIMEOUT_MS = 180_000
@@ -66,17 +70,25 @@ def browser() -> Iterator[Browser]:
             chromium.close()
 
 
-def shot(page: Page, name: str, part: Locator | None = None) -> None:
+@pytest.fixture
+def screenshots(tmp_path: Path) -> Path:
+    """docs/img with IMGSAVE_UPDATE_SCREENSHOTS=1, else a temporary directory."""
+    return DOCS_IMG if os.environ.get(SCREENSHOTS_ENV) == "1" else tmp_path
+
+
+def shot(page: Page, folder: Path, name: str, part: Locator | None = None) -> None:
     """A screenshot of the viewport, or of one part of the page, for docs/portal.md."""
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    path = str(SCREENSHOTS / f"{name}.png")
+    folder.mkdir(parents=True, exist_ok=True)
+    path = str(folder / f"{name}.png")
     if part is None:
         page.screenshot(path=path)
     else:
         part.screenshot(path=path)
 
 
-def test_save_a_session_from_the_portal(portal: tuple[str, Flask], browser: Browser) -> None:
+def test_save_a_session_from_the_portal(
+    portal: tuple[str, Flask], browser: Browser, screenshots: Path
+) -> None:
     base, app = portal
     token = make_token(app, USER)
     name = unique("portal")
@@ -88,7 +100,7 @@ def test_save_a_session_from_the_portal(portal: tuple[str, Flask], browser: Brow
     with session_container("n1", USER) as container:
         page.goto(base + "/")
         expect(page.get_by_label("API token")).to_be_visible()
-        shot(page, "portal-login")
+        shot(page, screenshots, "portal-login")
         page.get_by_label("API token").fill(token)
         page.get_by_role("button", name="Log in").click()
         expect(page.locator("#user-name")).to_have_text(USER)
@@ -96,12 +108,12 @@ def test_save_a_session_from_the_portal(portal: tuple[str, Flask], browser: Brow
         session = page.locator(f'li.session[data-container="{container}"]')
         expect(session).to_be_visible()
         expect(session).to_contain_text("on node n1")
-        shot(page, "portal-sessions")
+        shot(page, screenshots, "portal-sessions")
         image_name = session.get_by_label("Image name")
         image_name.fill("Bad Name")
         expect(session.locator('[data-error="target"]')).to_contain_text("must not contain spaces")
         expect(image_name).to_have_attribute("aria-invalid", "true")
-        shot(page, "portal-validation", session)
+        shot(page, screenshots, "portal-validation", session)
         image_name.fill(name)
         expect(session.locator('[data-error="target"]')).to_be_empty()
         session.get_by_label("Tag").fill("v1")
@@ -111,7 +123,7 @@ def test_save_a_session_from_the_portal(portal: tuple[str, Flask], browser: Brow
         item = page.locator("li.save", has_text=f"/{name}:v1")
         expect(item).to_be_visible()
         expect(item.locator("progress")).to_be_visible()
-        shot(page, "portal-progress", item)
+        shot(page, screenshots, "portal-progress", item)
         expect(item).to_have_class("save state-done", timeout=SAVE_TIMEOUT_MS)
         expect(item.locator("progress")).to_have_attribute("value", "100")
 
@@ -119,7 +131,7 @@ def test_save_a_session_from_the_portal(portal: tuple[str, Flask], browser: Brow
     row = page.locator(f'tr[data-image="{USER}/{name}:v1"]')
     expect(row).to_be_visible()
     expect(row).to_contain_text("gpu")
-    shot(page, "portal-done", page.locator("main"))
+    shot(page, screenshots, "portal-done", page.locator("main"))
     row.get_by_role("button", name="Copy").click()
     expect(row.get_by_role("button", name="Copy")).to_have_text("Copied")
     copied = page.evaluate("navigator.clipboard.readText()")
