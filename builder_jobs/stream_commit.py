@@ -1,0 +1,368 @@
+"""Save a container by reading its overlay upper dir once: the streaming commit.
+
+``podman commit && podman push`` reads the container's changes three times (diff into
+a local layer, read it back to compress, upload). The upper dir of the container's
+overlay mount *is* the diff, so this reads it once, pausing the container only for that
+read, and compresses, hashes and uploads in the same pass (:mod:`overlay_layer`,
+:mod:`layer_push`). The base image's layers are never sent again (:mod:`base_image`).
+The new image is the base image's config plus one layer and a history entry, pushed as
+an OCI manifest under the target tag: the tag changes only at the very end, so a
+failed streaming commit leaves it as it was.
+
+What differs from an engine commit: the config is the *base image's*, not the
+container's (no ``--env``/command/labels given at ``podman run`` travel; podman's
+commit copies those), and the new layer may be zstd (docker before 23.0 cannot pull
+zstd layers; podman, containerd, Harbor and distribution can).
+
+When the container cannot be read this way, :class:`StreamingUnavailable` says why and
+nothing has been paused or pushed: the caller runs the engine's commit instead.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from builder_jobs.base_image import BaseImage, ensure_base, parse_image_inspect
+from builder_jobs.engines import Engine
+from builder_jobs.events import ProgressEvent, Stage
+from builder_jobs.layer_push import PushedLayer, codec_for, push_layer
+from builder_jobs.overlay_layer import LayerStats, StreamingUnavailable, layer_entries, tar_chunks
+from registry.manifests import OCI_CONFIG, OCI_LAYER_GZIP, OCI_MANIFEST, Descriptor, sha256_digest
+from registry.oci import RegistryClient
+from registry.refs import ImageRef
+from site_configs.runner import Runner, run_command
+from site_configs.schema import EngineKind
+
+__all__ = ["StreamResult", "StreamingUnavailable", "stream_commit"]
+
+CREATED_BY = "imgsave streaming commit"
+MOUNTINFO = "/proc/self/mountinfo"
+PROGRESS_INTERVAL = 0.5  # seconds between progress events
+BASE_PUSH_TIMEOUT = 3600.0
+_DOCKER_LAYERS = {
+    "application/vnd.docker.image.rootfs.diff.tar.gzip": OCI_LAYER_GZIP,
+    "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip": (
+        "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip"
+    ),
+}
+
+
+@dataclass(frozen=True)
+class OverlayContainer:
+    """What a streaming commit needs from ``podman container inspect``."""
+
+    name: str
+    id: str
+    image_id: str
+    image_name: str
+    upper_dir: str
+    running: bool
+    paused: bool
+
+
+@dataclass(frozen=True)
+class StreamResult:
+    """A finished streaming commit. ``seconds`` has one entry per stage, and ``total``."""
+
+    reference: str  # registry/repository:tag
+    digest: str  # the manifest's digest
+    layer_digest: str
+    layer_size: int  # compressed bytes of the new layer (what was uploaded)
+    diff_id: str
+    tar_size: int  # uncompressed bytes of the new layer
+    image_bytes: int  # config + every layer: what a pull downloads
+    media_type: str  # of the new layer
+    pause_seconds: float
+    seconds: Mapping[str, float]
+    files: int = 0
+    changed_files: tuple[str, ...] = ()  # changed size while read (container not paused)
+    base_repository: str = ""  # where the base manifest was found
+    base_layers_present: int = 0  # already in the target repository
+    base_layers_mounted: int = 0  # mounted from ``base_repository``
+    base_pushed: bool = False  # the one-off engine push of the base ran
+    base_notes: tuple[str, ...] = ()
+    method: str = "streaming"
+
+
+def stream_commit(
+    container: str,
+    target: ImageRef,
+    client: RegistryClient,
+    engine: Engine,
+    *,
+    compression: str = "zstd",
+    level: int | None = None,
+    annotations: Mapping[str, str] | None = None,
+    events: Callable[[ProgressEvent], None] | None = None,
+    authfile: str = "",
+    runner: Runner = run_command,
+) -> StreamResult:
+    """Save ``container`` as ``target`` (which needs a tag) through ``client``.
+
+    ``engine`` runs inspect, pause/unpause and, once per base image that is not yet in
+    the registry, a push of that base (with ``authfile``). ``compression`` is "zstd" or
+    "gzip" at ``level`` (default 1). ``annotations`` go on the manifest. Raises
+    :class:`StreamingUnavailable` before touching anything when the container's storage
+    cannot be read directly (not overlay, rootless, metacopy, another engine); then
+    nothing was paused or pushed, except when the read itself finds a metacopy or
+    redirect xattr, after which the container runs again and the upload is cancelled.
+    """
+    if not target.tag:
+        raise ValueError(f"target {target} needs a tag")
+    emit = events or (lambda event: None)
+    started = time.monotonic()
+    seconds: dict[str, float] = {}
+    emit(ProgressEvent(Stage.LOCATING, message=f"streaming commit: inspecting {container}"))
+    info = _inspect(container, engine, runner)
+    image = parse_image_inspect(
+        runner(engine.inspect_image(info.image_id)).stdout, name=info.image_name
+    )
+    codec = codec_for(compression, level)
+    seconds["inspect"] = _lap(started)
+
+    def push_base(reference: str) -> None:
+        for argv in engine.push(info.image_id, reference, authfile=authfile):
+            runner(argv, timeout=BASE_PUSH_TIMEOUT)
+
+    mark = time.monotonic()
+    base = ensure_base(client, target.registry, target.repository, image, push_base)
+    seconds["base"] = _lap(mark)
+
+    mark = time.monotonic()
+    emit(ProgressEvent(Stage.COMMITTING, message="streaming commit: reading the container"))
+    pause = _Pause(engine, info, runner)
+    stats = LayerStats()
+    try:
+        layer = push_layer(
+            client,
+            target.repository,
+            _paused_read(pause, info.upper_dir, stats),
+            codec,
+            on_read_done=pause.resume,
+            progress=_throttled(emit, stats),
+        )
+    finally:
+        pause.resume()
+    seconds["pause"] = pause.seconds
+    seconds["read"] = layer.read_seconds
+    seconds["stream"] = _lap(mark)
+
+    mark = time.monotonic()
+    emit(ProgressEvent(Stage.PUSHING, message="streaming commit: config and manifest"))
+    digest, image_bytes = _push_image(client, target, base, layer, annotations or {})
+    seconds["manifest"] = _lap(mark)
+    seconds["total"] = _lap(started)
+    return StreamResult(
+        reference=str(target),
+        digest=digest,
+        layer_digest=layer.digest,
+        layer_size=layer.size,
+        diff_id=layer.diff_id,
+        tar_size=layer.tar_size,
+        image_bytes=image_bytes,
+        media_type=layer.media_type,
+        pause_seconds=pause.seconds,
+        seconds=seconds,
+        files=stats.files,
+        changed_files=tuple(stats.changed),
+        base_repository=base.repository,
+        base_layers_present=base.present,
+        base_layers_mounted=base.mounted,
+        base_pushed=base.engine_pushed,
+        base_notes=base.notes,
+    )
+
+
+# --- checks before anything is paused -------------------------------------------------
+
+
+def parse_overlay_container(text: str) -> OverlayContainer:
+    """``podman container inspect`` JSON → :class:`OverlayContainer`.
+
+    Raises :class:`StreamingUnavailable` when the storage driver is not overlay or the
+    upper dir is unknown.
+    """
+    try:
+        data = json.loads(text)
+        obj = data[0] if isinstance(data, list) else data
+        driver = obj.get("GraphDriver") or {}
+        state = obj.get("State") or {}
+        name, cid, image_id = str(obj["Name"]), str(obj["Id"]), str(obj["Image"])
+    except (ValueError, KeyError, IndexError, AttributeError, TypeError) as e:
+        raise StreamingUnavailable(f"container inspect printed unexpected JSON ({e})") from e
+    if driver.get("Name") != "overlay":
+        raise StreamingUnavailable(f"storage driver is {driver.get('Name')!r}, not overlay")
+    upper = str((driver.get("Data") or {}).get("UpperDir") or "")
+    if not upper:
+        raise StreamingUnavailable("the overlay driver reports no UpperDir for the container")
+    return OverlayContainer(
+        name=name.lstrip("/"),
+        id=cid,
+        image_id=image_id.removeprefix("sha256:"),
+        image_name=str(obj.get("ImageName") or ""),
+        upper_dir=upper,
+        running=bool(state.get("Running")),
+        paused=bool(state.get("Paused")) or state.get("Status") == "paused",
+    )
+
+
+def check_overlay_mount(upper_dir: str, mountinfo: str) -> None:
+    """Refuse mounts whose upper dir does not hold the whole diff in plain form.
+
+    ``mountinfo`` is ``/proc/self/mountinfo``. The container's mount must be the kernel's
+    overlay (not fuse-overlayfs) without ``metacopy=on`` (data left in lower layers),
+    ``redirect_dir=on`` (renamed directories point into lower layers) or ``userxattr``
+    (rootless: whiteouts in ``user.overlay.*``).
+    """
+    wanted = "upperdir=" + _mangle(upper_dir)
+    for line in mountinfo.splitlines():
+        head, sep, tail = line.partition(" - ")
+        fields = tail.split()
+        if not sep or len(fields) < 3:
+            continue
+        options = fields[2].split(",")
+        if wanted not in options:
+            continue
+        if fields[0] != "overlay":
+            raise StreamingUnavailable(f"the container is mounted by {fields[0]}, not overlay")
+        for option in ("metacopy=on", "redirect_dir=on", "userxattr"):
+            if option in options:
+                raise StreamingUnavailable(f"the overlay mount has {option}")
+        return
+    raise StreamingUnavailable(
+        "the container's overlay mount is not visible here (another mount namespace?)"
+    )
+
+
+def _inspect(container: str, engine: Engine, runner: Runner) -> OverlayContainer:
+    if engine.kind is not EngineKind.PODMAN:
+        raise StreamingUnavailable(f"implemented for podman only, the engine is {engine.kind}")
+    if os.geteuid() != 0:
+        raise StreamingUnavailable("needs root to read podman's storage (rootless podman?)")
+    info = parse_overlay_container(runner(engine.inspect_container(container)).stdout)
+    if not os.access(info.upper_dir, os.R_OK | os.X_OK):
+        raise StreamingUnavailable(f"cannot read the upper dir {info.upper_dir}")
+    if info.running or info.paused:
+        with open(MOUNTINFO, encoding="utf-8", errors="surrogateescape") as f:
+            check_overlay_mount(info.upper_dir, f.read())
+    return info
+
+
+def _mangle(path: str) -> str:
+    # The kernel escapes these in mountinfo as octal (fs/proc_namespace.c, mangle()).
+    for char in ("\\", " ", "\t", "\n"):
+        path = path.replace(char, f"\\{ord(char):03o}")
+    return path
+
+
+# --- pause, read, upload --------------------------------------------------------------
+
+
+class _Pause:
+    """Pauses the container on the first read and resumes it once (from either thread)."""
+
+    def __init__(self, engine: Engine, info: OverlayContainer, runner: Runner) -> None:
+        self._argv = [*engine.base, "pause", info.id]
+        self._unpause = [*engine.base, "unpause", info.id]
+        self._needed = info.running and not info.paused
+        self._lock = threading.Lock()
+        self._since: float | None = None
+        self._runner = runner
+        self.seconds = 0.0
+
+    def pause(self) -> None:
+        with self._lock:
+            if self._needed and self._since is None:
+                since = time.monotonic()  # counted from the command: an upper bound
+                self._runner(self._argv)
+                self._since = since
+
+    def resume(self) -> None:
+        """Unpause if paused; a failed unpause is raised and tried again on the next call."""
+        with self._lock:
+            self._needed = False  # a pause that never happened must not happen late
+            if self._since is not None:
+                self._runner(self._unpause)
+                self.seconds = time.monotonic() - self._since
+                self._since = None
+
+
+def _paused_read(pause: _Pause, upper_dir: str, stats: LayerStats) -> Iterator[bytes]:
+    pause.pause()
+    yield from tar_chunks(layer_entries(upper_dir), stats=stats)
+
+
+def _throttled(emit: Callable[[ProgressEvent], None], stats: LayerStats) -> Callable[[int], None]:
+    last = [time.monotonic()]
+
+    def progress(sent: int) -> None:
+        now = time.monotonic()
+        if now - last[0] >= PROGRESS_INTERVAL:
+            last[0] = now
+            read = stats.tar_bytes >> 20
+            emit(ProgressEvent(Stage.PUSHING, bytes_done=sent, message=f"read {read} MiB"))
+
+    return progress
+
+
+# --- the image: config and manifest ---------------------------------------------------
+
+
+def image_config(base: Mapping[str, Any], diff_id: str, created: str) -> dict[str, Any]:
+    """The base image's config with one more layer and a history entry for it."""
+    rootfs = dict(base.get("rootfs") or {})
+    history = list(base.get("history") or [])
+    config = dict(base)
+    config["created"] = created
+    config["rootfs"] = {"type": "layers", "diff_ids": [*(rootfs.get("diff_ids") or []), diff_id]}
+    config["history"] = [*history, {"created": created, "created_by": CREATED_BY}]
+    return config
+
+
+def image_manifest(
+    config: Descriptor, layers: Sequence[Descriptor], annotations: Mapping[str, str]
+) -> bytes:
+    """An OCI image manifest; docker layer media types become their OCI equivalents."""
+    body: dict[str, Any] = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": _descriptor(config),
+        "layers": [_descriptor(layer) for layer in layers],
+    }
+    if annotations:
+        body["annotations"] = dict(annotations)
+    return json.dumps(body, indent=2).encode()
+
+
+def _descriptor(d: Descriptor) -> dict[str, Any]:
+    media_type = _DOCKER_LAYERS.get(d.media_type, d.media_type)
+    return {"mediaType": media_type, "digest": d.digest, "size": d.size}
+
+
+def _push_image(
+    client: RegistryClient,
+    target: ImageRef,
+    base: BaseImage,
+    layer: PushedLayer,
+    annotations: Mapping[str, str],
+) -> tuple[str, int]:
+    created = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    config_bytes = json.dumps(image_config(base.config, layer.diff_id, created)).encode()
+    config = Descriptor(sha256_digest(config_bytes), len(config_bytes), OCI_CONFIG)
+    client.push_blob(target.repository, config_bytes, config.digest)
+    new = Descriptor(layer.digest, layer.size, layer.media_type)
+    layers = [*base.layers, new]
+    manifest = image_manifest(config, layers, annotations)
+    digest = client.push_manifest(target.repository, target.tag, manifest, OCI_MANIFEST)
+    return digest, config.size + sum(d.size for d in layers)
+
+
+def _lap(since: float) -> float:
+    return round(time.monotonic() - since, 3)
