@@ -60,7 +60,8 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     """
     overrides = dict(test_config or {})
     instance = Path(overrides.pop("INSTANCE_DIR", None) or instance_dir())
-    app = Flask(__name__, instance_path=str(instance.resolve()))
+    # The portal blueprint serves api/static; the app needs no static route of its own.
+    app = Flask(__name__, instance_path=str(instance.resolve()), static_folder=None)
     config = _site_config(overrides.pop("SITE_CONFIG", None))
     factory: Callable[[SiteConfig], Site] = overrides.pop("SITE_FACTORY", None) or _real_site
     locator = overrides.pop("LOCATOR", None) or make_locator(config)

@@ -13,7 +13,7 @@ from api.progress import SaveStatus
 from api.report import parse_day
 from api.service import SaveRequest, SaveService, SubmittedSave
 from api.state import ApiError, flag, json_body, principal, state
-from site_configs.errors import ImgsaveError, InvalidRequest, PermissionDenied
+from site_configs.errors import ImgsaveError, InvalidRequest, NotFound, PermissionDenied
 from site_configs.schema import ImageFormat
 
 bp = Blueprint("saves", __name__, url_prefix="/api/v1")
@@ -137,7 +137,8 @@ def dry_run(saves: SaveService, save: SaveRequest, *, admin: bool) -> dict[str, 
     """
     config = saves.config
     good = SaveRequest(user=save.user, container="c", target="image:v1",
-                       formats=(config.formats[0],), category=config.categories[0], node="n")
+                       formats=tuple(config.formats[:1]), category=next(iter(config.categories),
+                                                                         ""), node="n")
     trials = {
         "container": replace(good, container=save.container),
         "target": replace(good, target=save.target),
@@ -155,7 +156,9 @@ def dry_run(saves: SaveService, save: SaveRequest, *, admin: bool) -> dict[str, 
     if not errors:
         target = str(saves.validate(save)[0])
         try:
-            saves.resolve_node(save, admin=admin)
+            node = saves.resolve_node(save, admin=admin)
+            if not saves.scheduler.node_exists(node):  # submit has the backend check it
+                raise NotFound(f"node {node!r} is not a node of this cluster")
         except ImgsaveError as e:
             errors["job_id" if save.job_id else "node"] = e.message
     return {"valid": not errors, "errors": errors, "target": target}

@@ -89,7 +89,10 @@ class LocalPodmanLocator:
         """Node name → pid of its slurmd, from the cluster's pid files."""
         found: dict[str, str] = {}
         for pid_file in sorted(self.pid_dir.glob("slurmd-*.pid")):
-            pid = pid_file.read_text().strip()
+            try:
+                pid = pid_file.read_text().strip()
+            except OSError:
+                continue  # the node stopped between the listing and the read
             if pid.isdigit() and Path(f"/proc/{pid}").exists():
                 found[pid_file.stem.removeprefix("slurmd-")] = pid
         return found

@@ -46,6 +46,8 @@ class MemoryScheduler(Scheduler):
         self.running_user_jobs: list[JobRecord] = []
 
     def submit(self, job: BatchJob) -> str:
+        if not self.node_exists(job.node):  # as the Slurm and PBS backends check
+            raise NotFound(f"node {job.node} is not a node of this cluster")
         job_id = str(next(self._ids))
         self.submitted.append(job)
         self.jobs[job_id] = JobRecord(
