@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import socket
 import statistics
 import subprocess
@@ -194,7 +195,11 @@ def main() -> int:
     print(report)
     if args.write_docs:
         write_docs(report)
-    return 0 if "PROBLEMS" not in report else 1
+    if "PROBLEMS" in report:
+        print(f"server log and database kept in {workdir}", file=sys.stderr)
+        return 1
+    shutil.rmtree(workdir)
+    return 0
 
 
 def summarize(runs: list[UserRun], config: object, since: datetime, tag: str, wall: float,
