@@ -79,6 +79,9 @@ def sbatch_argv(job: BatchJob, extra_args: Sequence[str] = ()) -> list[str]:
         "--cpus-per-task", str(job.cpus), "--time", str(job.time_limit_minutes),
         "--output", output_pattern(str(job.output_path)),
         "--comment", encode_metadata(job.metadata),
+        # A clean environment: nothing of the submitter's (a portal's secrets above
+        # all) reaches the job, or accounting if a site stores job_env.
+        "--export", "NONE",
     ]  # fmt: skip
     if job.workdir is not None:
         argv += ["--chdir", str(job.workdir)]

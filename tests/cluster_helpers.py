@@ -77,7 +77,7 @@ def wait_final(s: Site, job_id: str, user: str, timeout: float = 180) -> SaveSta
     deadline = time.monotonic() + timeout
     while True:
         (status,) = s.saves.status([job_id], user)
-        if status.finished:
+        if status.state.final:  # the job ended (a save is "finished" a moment earlier)
             return status
         if time.monotonic() > deadline:
             raise AssertionError(f"job {job_id} not finished after {timeout}s: {status}")

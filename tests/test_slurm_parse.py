@@ -135,13 +135,14 @@ def test_sbatch_argv_full_and_minimal() -> None:
         cpus=2,
         workdir=Path("/spool/r-0001"),
     )
-    assert sbatch_argv(job, ["--export=NONE"]) == [
+    assert sbatch_argv(job, ["--mem=1G"]) == [
         "sbatch", "--parsable", "--job-name", "imgsave-save-r-0001", "--partition", "imgsave",
         "--qos", "short", "--account", "proj", "--nodelist", "n1", "--nodes", "1",
         "--ntasks", "1", "--cpus-per-task", "2", "--time", "30",
         "--output", "/spool/r-0001/out%%1.log",  # % escaped: Slurm expands %j etc.
         "--comment", "imgsave/1 target=alice/nb:v1;user=alice",
-        "--chdir", "/spool/r-0001", "--export=NONE", "/spool/r-0001/job.sh",
+        "--export", "NONE",  # never the submitter's environment
+        "--chdir", "/spool/r-0001", "--mem=1G", "/spool/r-0001/job.sh",
     ]  # fmt: skip
     bare = BatchJob("j", Path("/s.sh"), "n2", Path("/o"), partition="imgsave")
     argv = sbatch_argv(bare)

@@ -167,12 +167,12 @@ def test_extra_submit_args_go_before_the_script() -> None:
     runner = ReplayRunner(
         [
             answer(sinfo_nodes_argv(), "31_sinfo_node_names"),
-            answer(sbatch_argv(JOB, ["--export=NONE"]), "01_sbatch_parsable_ok"),
+            answer(sbatch_argv(JOB, ["--mem=1G"]), "01_sbatch_parsable_ok"),
         ]
     )
-    slurm = SlurmScheduler(runner, extra_submit_args=["--export=NONE"])
+    slurm = SlurmScheduler(runner, extra_submit_args=["--mem=1G"])
     assert slurm.submit(JOB) == "4"
-    assert runner.calls[1][-2:] == ("--export=NONE", str(JOB.script))
+    assert runner.calls[1][-2:] == ("--mem=1G", str(JOB.script))
 
 
 # -- status ---------------------------------------------------------------------------
