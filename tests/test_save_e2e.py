@@ -16,6 +16,7 @@ from api.service import SaveRequest
 from builder_jobs.events import Stage
 from scheduler_glue.states import JobState
 from site_configs.errors import InvalidRequest, NotFound, PermissionDenied, RegistryError
+from site_configs.schema import ImageFormat
 from tests.cluster_helpers import (
     REGISTRY,
     REGISTRY_LOG,
@@ -241,3 +242,41 @@ def test_cancel_a_queued_save() -> None:
             s.saves.cancel(submitted.job_id, "bob")
     finally:
         subprocess.run(["scancel", blocker], check=False)
+
+
+def test_both_formats_from_one_save_through_slurm(tmp_path: Path) -> None:
+    """--format oci,sif: the OCI image, the SIF in alice's directory, and the SIF as an
+    ORAS artifact laid out as `apptainer push oras://` does."""
+    import hashlib
+    import pwd
+
+    s = site()
+    repo = unique("alice/both")
+    with session_container("n1", "alice") as name:
+        _add_file("n1", name, "/home/jovyan/in-sif.txt", "squashed")
+        request = SaveRequest("alice", name, f"{repo}:v1", node="n1",
+                              formats=(ImageFormat.OCI, ImageFormat.SIF))
+        status = wait_final(s, s.saves.submit(request).job_id, "alice")
+    assert status.state is JobState.COMPLETED, status.reason
+    assert status.result is not None
+    sif = Path(status.result.sif_path)
+    assert sif.parent == Path("/var/lib/imgsave/sif/alice")
+    assert sif.stat().st_uid == pwd.getpwnam("alice").pw_uid
+    listing = subprocess.run(["siftool", "list", str(sif)], capture_output=True, text=True,
+                             check=True).stdout
+    assert "FS (Squashfs/*System/amd64)" in listing
+    part = tmp_path / "part.sqfs"
+    with part.open("wb") as out:
+        subprocess.run(["siftool", "dump", "1", str(sif)], stdout=out, check=True)
+    files = subprocess.run(["unsquashfs", "-l", str(part)], capture_output=True, text=True,
+                           check=True).stdout
+    assert "squashfs-root/home/jovyan/in-sif.txt" in files
+    assert sorted(registry_tags(repo)) == ["v1", "v1-sif"]
+    oras = s.registry.manifest(repo, "v1-sif")
+    assert oras is not None
+    assert oras.config_media_type == "application/vnd.sylabs.sif.config.v1+json"
+    (layer,) = oras.layers
+    assert layer.media_type == "application/vnd.sylabs.sif.layer.v1.sif"
+    pulled = s.registry.get_blob(repo, layer.digest)
+    assert "sha256:" + hashlib.sha256(pulled).hexdigest() == status.result.sif_digest
+    assert pulled == sif.read_bytes()
