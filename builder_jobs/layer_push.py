@@ -7,8 +7,10 @@ push streams a layer of unknown size), closed by ``PUT ?digest=``. The digest is
 only at the end, which is why :meth:`RegistryClient.push_blob` (digest first) is not used.
 
 Two threads: a producer reads the tar, hashes it and compresses it; the caller's thread
-hashes the compressed bytes and sends them. A bounded queue between them keeps memory
-flat (a few compressed chunks) and lets a slow registry slow the reader.
+hashes the compressed bytes and sends them. Between them up to ``buffer_bytes`` of
+compressed data may wait, so the read (during which the container is paused) can run
+ahead of a slower upload; past that, the upload slows the reader. Size it to the save
+job's memory limit.
 
 Codecs (:func:`codec_for`): ``zstd`` through the ``zstandard`` package with all cores
 (``threads=-1``); ``gzip`` through ``pigz`` when it is installed, else ``zlib`` (one
@@ -19,12 +21,12 @@ from __future__ import annotations
 
 import hashlib
 import os
-import queue
 import shutil
 import subprocess
 import threading
 import time
 import zlib
+from collections import deque
 from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass
 from typing import IO, Protocol, cast
@@ -35,7 +37,7 @@ from registry.oci import RegistryClient
 from registry.tokens import repository_scope
 from site_configs.errors import CommandFailed, ConfigError, ImgsaveError, RegistryError
 
-QUEUE_DEPTH = 8
+BUFFER_BYTES = 256 << 20  # compressed bytes the reader may run ahead of the upload
 PIGZ_READ = 1 << 20
 _DONE = object()
 
@@ -213,6 +215,7 @@ def push_layer(
     *,
     on_read_done: Callable[[], None] | None = None,
     progress: Callable[[int], None] | None = None,
+    buffer_bytes: int = BUFFER_BYTES,
 ) -> PushedLayer:
     """Compress ``tar`` with ``codec`` and upload it to ``repository`` as it is made.
 
@@ -227,7 +230,7 @@ def push_layer(
     location = response.headers.get("Location", "")
     if not location:
         raise RegistryError(f"registry at {client.base_url} started an upload without a Location")
-    producer = _Producer(tar, codec, on_read_done)
+    producer = _Producer(tar, codec, on_read_done, _Buffer(buffer_bytes))
     producer.start()
     body = _OnceBody(producer.chunks(), progress)
     try:
@@ -289,17 +292,60 @@ def _with_digest(location: str, digest: str) -> str:
     return urlunsplit(parts._replace(query=urlencode(query)))
 
 
+class _Buffer:
+    """Pieces handed from the producer to the uploader, holding at most ``limit`` bytes
+    (one piece is always let through, whatever its size)."""
+
+    def __init__(self, limit: int) -> None:
+        self._items: deque[object] = deque()
+        self._sizes: deque[int] = deque()
+        self._held = 0
+        self._limit = limit
+        self._closed = False
+        self._changed = threading.Condition()
+
+    def put(self, item: object, size: int = 0) -> bool:
+        """Queue ``item``; False (and dropped) once :meth:`close` was called."""
+        with self._changed:
+            while self._held and self._held + size > self._limit and not self._closed:
+                self._changed.wait()
+            if self._closed:
+                return False
+            self._items.append(item)
+            self._sizes.append(size)
+            self._held += size
+            self._changed.notify_all()
+            return True
+
+    def get(self) -> object:
+        with self._changed:
+            while not self._items:
+                self._changed.wait()
+            self._held -= self._sizes.popleft()
+            self._changed.notify_all()
+            return self._items.popleft()
+
+    def close(self) -> None:
+        with self._changed:
+            self._closed = True
+            self._changed.notify_all()
+
+
 class _Producer(threading.Thread):
     """Reads the tar, hashes it, compresses it, and queues the compressed pieces."""
 
     def __init__(
-        self, tar: Iterable[bytes], codec: Codec, on_read_done: Callable[[], None] | None
+        self,
+        tar: Iterable[bytes],
+        codec: Codec,
+        on_read_done: Callable[[], None] | None,
+        buffer: _Buffer,
     ) -> None:
         super().__init__(name="layer-producer", daemon=True)
         self._tar = tar
         self._codec = codec
         self._on_read_done = on_read_done
-        self._queue: queue.Queue[object] = queue.Queue(QUEUE_DEPTH)
+        self._buffer = buffer
         self._stopping = threading.Event()
         self.diff_hasher = hashlib.sha256()
         self.tar_size = 0
@@ -310,11 +356,11 @@ class _Producer(threading.Thread):
         stream = self._codec.compress(self._hashed())
         try:
             for piece in stream:
-                if piece and not self._put(piece):
+                if piece and not self._buffer.put(piece, len(piece)):
                     return
-            self._put(_DONE)
+            self._buffer.put(_DONE)
         except BaseException as e:  # noqa: BLE001 - handed to the consumer, raised there
-            self._put(e)
+            self._buffer.put(e)
         finally:
             stream.close()  # stops a compressor process (pigz) when we stop early
 
@@ -331,21 +377,12 @@ class _Producer(threading.Thread):
             if self._on_read_done:
                 self._on_read_done()
 
-    def _put(self, item: object) -> bool:
-        while not self._stopping.is_set():
-            try:
-                self._queue.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
     def chunks(self) -> Iterator[bytes]:
         """The compressed pieces, in order. A failure ends them early and is kept in
         :attr:`error`: raised inside the HTTP library, an ``OSError`` from reading a
         file would pass for a network failure."""
         while True:
-            item = self._queue.get()
+            item = self._buffer.get()
             if item is _DONE:
                 return
             if isinstance(item, BaseException):
@@ -355,3 +392,4 @@ class _Producer(threading.Thread):
 
     def stop(self) -> None:
         self._stopping.set()
+        self._buffer.close()

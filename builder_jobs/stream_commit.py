@@ -32,7 +32,7 @@ from typing import Any
 from builder_jobs.base_image import BaseImage, ensure_base, parse_image_inspect
 from builder_jobs.engines import Engine
 from builder_jobs.events import ProgressEvent, Stage
-from builder_jobs.layer_push import PushedLayer, codec_for, push_layer
+from builder_jobs.layer_push import BUFFER_BYTES, PushedLayer, codec_for, push_layer
 from builder_jobs.overlay_layer import LayerStats, StreamingUnavailable, layer_entries, tar_chunks
 from registry.manifests import OCI_CONFIG, OCI_LAYER_GZIP, OCI_MANIFEST, Descriptor, sha256_digest
 from registry.oci import RegistryClient
@@ -102,13 +102,16 @@ def stream_commit(
     annotations: Mapping[str, str] | None = None,
     events: Callable[[ProgressEvent], None] | None = None,
     authfile: str = "",
+    buffer_bytes: int = BUFFER_BYTES,
     runner: Runner = run_command,
 ) -> StreamResult:
     """Save ``container`` as ``target`` (which needs a tag) through ``client``.
 
     ``engine`` runs inspect, pause/unpause and, once per base image that is not yet in
     the registry, a push of that base (with ``authfile``). ``compression`` is "zstd" or
-    "gzip" at ``level`` (default 1). ``annotations`` go on the manifest. Raises
+    "gzip" at ``level`` (default 1). ``annotations`` go on the manifest. Up to
+    ``buffer_bytes`` of compressed layer are held in memory so that the read (the
+    pause) need not wait for the upload. Raises
     :class:`StreamingUnavailable` before touching anything when the container's storage
     cannot be read directly (not overlay, rootless, metacopy, another engine); then
     nothing was paused or pushed, except when the read itself finds a metacopy or
@@ -147,6 +150,7 @@ def stream_commit(
             codec,
             on_read_done=pause.resume,
             progress=_throttled(emit, stats),
+            buffer_bytes=buffer_bytes,
         )
     finally:
         pause.resume()

@@ -21,6 +21,7 @@ from builder_jobs.layer_push import (
     PigzCodec,
     ZlibGzipCodec,
     ZstdCodec,
+    _Buffer,
     codec_for,
     push_layer,
 )
@@ -122,3 +123,38 @@ def test_pigz_failure_is_reported(tmp_path: Path) -> None:
     fake.chmod(0o755)
     with pytest.raises(Exception, match="out of cheese"):
         list(PigzCodec(str(fake)).compress(iter([b"data"] * 10)))
+
+
+def test_a_one_byte_buffer_still_uploads_everything(
+    tmp_path: Path, builder_registry: RunningRegistry
+) -> None:
+    tree = _tree(tmp_path / "upper")
+    with RegistryClient(builder_registry.url, verify=False) as client:
+        pushed = push_layer(
+            client, "alice/tight", tar_chunks(layer_entries(str(tree))), ZstdCodec(), buffer_bytes=1
+        )
+        blob = client.get_blob("alice/tight", pushed.digest)
+    assert zstandard.ZstdDecompressor().stream_reader(io.BytesIO(blob)).read() == _tar(tree)
+
+
+def test_buffer_blocks_when_full() -> None:
+    buffer = _Buffer(limit=10)
+    assert buffer.put(b"a" * 8, 8)
+    done = threading.Event()
+
+    def put_more() -> None:
+        if buffer.put(b"b" * 8, 8):
+            done.set()
+
+    thread = threading.Thread(target=put_more)
+    thread.start()
+    thread.join(0.2)
+    assert not done.is_set()  # 8 + 8 > 10: waits for the uploader
+    assert buffer.get() == b"a" * 8
+    thread.join(2)
+    assert done.is_set() and buffer.get() == b"b" * 8
+    blocked = threading.Thread(target=lambda: buffer.put(b"c" * 20, 20) and buffer.put(b"d", 1))
+    blocked.start()
+    buffer.close()
+    blocked.join(2)
+    assert not blocked.is_alive()
