@@ -1,73 +1,73 @@
-"""Image-build usage from the scheduler's accounting: who saves, how often, how long.
+"""Image-build usage reports: who saves, how often, how it ends, how long, how much.
 
-Each save job's request metadata travels in accounting (Slurm ``--comment``), so a
-report needs nothing but the scheduler; bytes pushed come from the spool's results.
+The figures come from the scheduler's accounting through the usage cache
+(:mod:`api.usage_cache`): a report first syncs the cache (only the window since the
+last sync), then reads every figure from it with one query (:mod:`api.usage_report`).
+Bytes pushed and failure reasons come from the save's result file in the spool; whether
+images still exist, from the registry when asked (:mod:`api.usage_registry`).
+Output formats live in :mod:`api.report_output`.
 """
 
 from __future__ import annotations
 
-import statistics
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+import logging
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING
 
-from api.service import JOB_NAME_PREFIX
-from builder_jobs.events import read_result
-from builder_jobs.spec import RESULT_FILE, spool_dir_for
-from scheduler_glue.base import JobRecord
-from site_configs.errors import InvalidRequest
+from sqlalchemy.exc import OperationalError
+
+from api.db import Database, database_url
+from api.usage_cache import SyncStats, UsageCache
+from api.usage_records import SpoolReader
+from api.usage_registry import image_presence
+from api.usage_report import (
+    GROUPINGS,
+    Period,
+    UsageRow,
+    aggregate,
+    load_rows,
+    parse_groupings,
+    totals,
+)
+from site_configs.errors import ImgsaveError, InvalidRequest
 
 if TYPE_CHECKING:
     from api.context import Site
 
-GROUPINGS = ("user", "account", "day", "week", "month", "node", "format", "category", "outcome")
+log = logging.getLogger(__name__)
+
+# sacct is asked for at most a month at a time (a bounded window, never all history).
+SLURM_CHUNK = timedelta(days=31)
+_DATABASES: dict[str, Database] = {}  # one engine per URL and process
 
 
 @dataclass
-class UsageRow:
-    group: dict[str, str]
-    saves: int = 0
-    succeeded: int = 0
-    failed: int = 0
-    run_seconds: list[float] = field(default_factory=list)
-    wait_seconds: list[float] = field(default_factory=list)
-    cpu_seconds: float = 0.0
-    bytes_pushed: int = 0
+class UsageReport:
+    """A finished report: its period, groupings, one row per group and the total."""
 
-    @property
-    def median_run(self) -> float | None:
-        return round(statistics.median(self.run_seconds), 1) if self.run_seconds else None
-
-    @property
-    def p95_run(self) -> float | None:
-        return _p95(self.run_seconds)
+    period: Period
+    groupings: list[str]
+    rows: list[UsageRow]
+    total: UsageRow
+    registry_checked: bool = False
+    sync: SyncStats | None = None
 
     def to_dict(self) -> dict[str, object]:
+        """The JSON document of ``--format json``."""
         return {
-            **self.group,
-            "saves": self.saves,
-            "succeeded": self.succeeded,
-            "failed": self.failed,
-            "median_run_seconds": self.median_run,
-            "p95_run_seconds": self.p95_run,
-            "median_wait_seconds": (
-                round(statistics.median(self.wait_seconds), 1) if self.wait_seconds else None
-            ),
-            "p95_wait_seconds": _p95(self.wait_seconds),
-            "cpu_seconds": round(self.cpu_seconds, 1),
-            "bytes_pushed": self.bytes_pushed,
+            "period": {"since": self.period.since.isoformat(timespec="seconds"),
+                       "until": self.period.until.isoformat(timespec="seconds")},
+            "by": self.groupings,
+            "registry_checked": self.registry_checked,
+            "rows": [r.to_dict() for r in self.rows],
+            "total": self.total.to_dict(),
         }
 
 
-def _p95(values: list[float]) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    return round(ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))], 1)
-
-
 def parse_day(text: str | None, default: datetime) -> datetime:
+    """``YYYY-MM-DD`` as UTC midnight, or ``default`` (the saves listing's ``since``)."""
     if not text:
         return default
     try:
@@ -76,76 +76,83 @@ def parse_day(text: str | None, default: datetime) -> datetime:
         raise InvalidRequest(f"date {text!r} is not YYYY-MM-DD") from e
 
 
-def group_key(record: JobRecord, grouping: str) -> str:
-    meta = record.metadata
-    when = record.submit_time or record.end_time
-    if grouping == "user":
-        return meta.get("user", record.user)
-    if grouping == "account":
-        return record.account
-    if grouping == "node":
-        return record.node
-    if grouping == "format":
-        return meta.get("formats", "")
-    if grouping == "category":
-        return meta.get("category", "")
-    if grouping == "outcome":
-        return record.state.label
-    if when is None:
-        return ""
-    if grouping == "day":
-        return when.strftime("%Y-%m-%d")
-    if grouping == "week":
-        year, week, _ = when.isocalendar()
-        return f"{year}-W{week:02d}"
-    return when.strftime("%Y-%m")
+def open_cache(site: Site, database: Database | None = None) -> UsageCache:
+    """The site's usage cache, in ``database`` or the site's ``database_url``."""
+    if database is None:
+        url = database_url(site.config)
+        database = _DATABASES.get(url) or _DATABASES.setdefault(url, Database(url))
+    scheduler = site.scheduler
+    return UsageCache(
+        database.engine,
+        scheduler,
+        SpoolReader(Path(site.config.spool_dir)),
+        site.config.name,
+        chunk=SLURM_CHUNK if scheduler.name == "slurm" else None,
+    )
 
 
-def aggregate(
-    records: Iterable[JobRecord], groupings: list[str], bytes_of: dict[str, int]
-) -> list[UsageRow]:
-    rows: dict[tuple[str, ...], UsageRow] = {}
-    for record in records:
-        key = tuple(group_key(record, g) for g in groupings)
-        row = rows.setdefault(key, UsageRow(dict(zip(groupings, key, strict=True))))
-        row.saves += 1
-        if record.state.final:
-            if record.state.succeeded:
-                row.succeeded += 1
-            else:
-                row.failed += 1
-        if record.run_seconds is not None and record.state.final:
-            row.run_seconds.append(record.run_seconds)
-        if record.queue_wait_seconds is not None:
-            row.wait_seconds.append(record.queue_wait_seconds)
-        row.cpu_seconds += record.cpu_seconds or 0.0
-        row.bytes_pushed += bytes_of.get(record.job_id, 0)
-    return [rows[k] for k in sorted(rows)]
+def build_report(
+    site: Site,
+    *,
+    since: str | None = None,
+    until: str | None = None,
+    by: str = "user",
+    user: str | None = None,
+    database: Database | None = None,
+    check_registry: bool = False,
+    sync: bool = True,
+    rebuild: bool = False,
+) -> UsageReport:
+    """Sync the cache (or ``rebuild`` it), then report the period's saves grouped ``by``.
+
+    ``user`` limits the report to one user's saves (what a non-admin sees).
+    """
+    groupings = parse_groupings(by)
+    period = Period.parse(since, until)
+    try:
+        cache = open_cache(site, database)
+        stats = _refresh(cache, period, sync=sync, rebuild=rebuild)
+    except OperationalError as e:
+        if not _unwritable(e):
+            raise ImgsaveError(f"usage cache unusable ({e.orig}); an admin can run "
+                               "`imgsave report --rebuild`") from e
+        log.warning("usage cache not writable (%s): reporting from a private copy", e.orig)
+        cache = open_cache(site, Database("sqlite://"))
+        stats = _refresh(cache, period, sync=True, rebuild=False)
+    rows = load_rows(cache.engine, cache.cluster, period, groupings, user=user,
+                     images=check_registry)
+    presence = None
+    if check_registry:
+        images = [(r[-2], r[-1]) for r in rows if r[-2]]
+        presence = image_presence(site.registry, site.config.registry.url, images)
+    grouped = aggregate(rows, groupings, presence)
+    return UsageReport(period, groupings, grouped, totals(grouped),
+                       registry_checked=check_registry, sync=stats)
+
+
+def _refresh(cache: UsageCache, period: Period, *, sync: bool, rebuild: bool) -> SyncStats | None:
+    if rebuild:
+        return cache.rebuild(period.since)
+    return cache.sync(period.since) if sync else None
+
+
+def _unwritable(error: OperationalError) -> bool:
+    text = str(error.orig).lower()
+    return any(s in text for s in ("readonly", "read-only", "unable to open", "permission"))
 
 
 def usage_report(
-    site: Site, *, since: str | None, until: str | None, by: str, user: str | None
+    site: Site,
+    *,
+    since: str | None,
+    until: str | None,
+    by: str,
+    user: str | None,
+    database: Database | None = None,
 ) -> list[UsageRow]:
-    groupings = [g.strip() for g in by.split(",") if g.strip()]
-    unknown = [g for g in groupings if g not in GROUPINGS]
-    if unknown or not groupings:
-        raise InvalidRequest(f"cannot group by {', '.join(unknown) or 'nothing'}; "
-                             f"use {', '.join(GROUPINGS)}")
-    now = datetime.now(UTC)
-    start = parse_day(since, now - timedelta(days=30))
-    end = parse_day(until, now)
-    records = [
-        r for r in site.scheduler.list_jobs(start, end, name_prefix=JOB_NAME_PREFIX)
-        if r.metadata.get("request_id") and (user is None or r.metadata.get("user") == user)
-    ]
-    spool = site.config.spool_dir
-    bytes_of: dict[str, int] = {}
-    for record in records:
-        try:
-            workdir = spool_dir_for(spool, record.metadata["request_id"])
-        except InvalidRequest:
-            continue  # a job that only looks like a save (someone else's comment)
-        result = read_result(workdir / RESULT_FILE)
-        if result is not None and result.ok:
-            bytes_of[record.job_id] = result.size_bytes
-    return aggregate(records, groupings, bytes_of)
+    """The report's rows (what ``GET /api/v1/reports/usage`` returns)."""
+    return build_report(site, since=since, until=until, by=by, user=user,
+                        database=database).rows
+
+
+__all__ = ["GROUPINGS", "UsageReport", "UsageRow", "build_report", "parse_day", "usage_report"]

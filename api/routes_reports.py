@@ -24,5 +24,6 @@ def usage() -> Response:
         until=request.args.get("until"),
         by=request.args.get("by", "user"),
         user=user,
+        database=state().db,
     )
     return jsonify({"rows": [r.to_dict() for r in rows]})

@@ -1,0 +1,186 @@
+"""One save job as the usage cache stores it: accounting record + request + result.
+
+The scheduler's record says when the job was submitted, started and ended, where it ran
+and in which state it ended. The request (user, formats, category) travels in the job's
+metadata, or, when accounting kept none (Slurm stores the comment only once a job ends;
+PBS log-only records have none), comes from the spec the service wrote to the spool.
+The result file says whether the image was pushed, how many bytes and, for a failure,
+the :class:`~builder_jobs.events.FailureKind`.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from api.service import BY_JOB_DIR
+from builder_jobs.events import FailureKind, SaveResult, read_result
+from builder_jobs.spec import RESULT_FILE, SPEC_FILE, SaveSpec
+from scheduler_glue.base import JobRecord
+from scheduler_glue.states import JobState
+from site_configs.errors import InvalidRequest
+
+log = logging.getLogger(__name__)
+
+
+class Outcome(enum.StrEnum):
+    """How a save ended, as reports count it."""
+
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    UNFINISHED = "unfinished"  # pending or running when the cache last looked
+
+
+# Why a save failed, in the order reports list them.
+FAILURE_REASONS = (
+    "container_missing", "not_owner", "registry", "engine", "size_limit",
+    "timeout", "node_failure", "cancelled", "out_of_memory", "other",
+)  # fmt: skip
+
+# The scheduler ended the job: its state is the reason, whatever the node wrote while it
+# was being killed (node_save's SIGTERM handler records INTERNAL "cancelled").
+_KILLED: Mapping[JobState, str] = {
+    JobState.CANCELLED: "cancelled",
+    JobState.TIMEOUT: "timeout",
+    JobState.NODE_FAIL: "node_failure",
+    JobState.OUT_OF_MEMORY: "out_of_memory",
+}
+_FROM_FAILURE: Mapping[FailureKind, str] = {
+    FailureKind.CONTAINER_NOT_FOUND: "container_missing",
+    FailureKind.NOT_OWNER: "not_owner",
+    FailureKind.REGISTRY: "registry",
+    FailureKind.ENGINE: "engine",
+    FailureKind.SIZE_LIMIT: "size_limit",
+    FailureKind.INVALID: "other",
+    FailureKind.INTERNAL: "other",
+}
+
+
+def classify(state: JobState, result: SaveResult | None) -> tuple[Outcome, str]:
+    """(outcome, failure reason or "") of a save.
+
+    A result saying the image was pushed is a success even if the job was then killed
+    while removing its local copy; without a result file (purged spool) a COMPLETED job
+    counts as a success. A failure's reason is the scheduler's (cancelled, timeout, node
+    failure, out of memory) when it ended the job, else the result's FailureKind, else
+    ``other``.
+    """
+    if result is not None and result.ok:
+        return Outcome.SUCCEEDED, ""
+    if not state.final:
+        return Outcome.UNFINISHED, ""
+    if state in _KILLED:
+        return Outcome.FAILED, _KILLED[state]
+    if result is not None and result.failure is not None:
+        return Outcome.FAILED, _FROM_FAILURE[result.failure]
+    if state.succeeded:
+        return Outcome.SUCCEEDED, ""
+    return Outcome.FAILED, "other"
+
+
+@dataclass(frozen=True)
+class SpoolReader:
+    """Reads the spool the service writes: ``{root}/{request_id}/`` and ``by-job/{id}``."""
+
+    root: Path
+
+    def spec_for_job(self, job_id: str) -> SaveSpec | None:
+        """The spec of the save job ``job_id`` from the service's index, or None."""
+        if not job_id or "/" in job_id or job_id.startswith("."):
+            return None
+        try:
+            return SaveSpec.from_json((self.root / BY_JOB_DIR / job_id / SPEC_FILE).read_text())
+        except (OSError, InvalidRequest):
+            return None
+
+    def result_for(self, request_id: str) -> SaveResult | None:
+        """The request's ``result.json``, or None when absent or unreadable."""
+        if not request_id.isalnum():
+            return None
+        path = self.root / request_id / RESULT_FILE
+        try:
+            return read_result(path)
+        except (OSError, ValueError, TypeError, KeyError) as e:
+            log.warning("ignoring unreadable result %s: %s", path, e)
+            return None
+
+
+def request_of(record: JobRecord, spool: SpoolReader) -> tuple[dict[str, str], str]:
+    """(request metadata, requested node) of a save job; ({}, "") if it is no save.
+
+    A job named like a save but with neither metadata nor a spec in the spool is
+    someone else's job (or a save whose spool and metadata are both gone): skipped.
+    """
+    meta = dict(record.metadata)
+    spec = None
+    if not meta.get("request_id", "").isalnum():
+        spec = spool.spec_for_job(record.job_id)
+        if spec is None:
+            return {}, ""
+        meta = {
+            "request_id": spec.request_id,
+            "user": spec.user,
+            "formats": ",".join(f.value for f in spec.formats),
+            "category": spec.category,
+            "target": spec.target,
+        }
+    node = record.node
+    if not node:  # never ran (cancelled while pending): the node it was pinned to
+        spec = spec or spool.spec_for_job(record.job_id)
+        node = spec.node if spec is not None else ""
+    return meta, node
+
+
+def cache_row(
+    cluster: str, record: JobRecord, spool: SpoolReader, now: datetime
+) -> dict[str, Any] | None:
+    """The ``usage_jobs`` row for a save job, or None if ``record`` is not a save."""
+    meta, node = request_of(record, spool)
+    if not meta:
+        return None
+    result = spool.result_for(meta["request_id"])
+    outcome, reason = classify(record.state, result)
+    submitted = record.submit_time or record.start_time or record.end_time or now
+    ok = result is not None and result.ok
+    # sacct prints a Start (the cancel time) for a job cancelled before it got a node:
+    # only a job that was given a node waited and ran.
+    started = bool(record.node)
+    run = record.run_seconds if record.state.final and started else None
+    return {
+        "cluster": cluster,
+        "job_id": record.job_id,
+        "request_id": meta["request_id"],
+        "user": meta.get("user") or record.user,
+        "account": record.account,
+        "node": node,
+        "formats": meta.get("formats", ""),
+        "category": meta.get("category", ""),
+        "state": record.state.name,
+        "final": record.state.final,
+        "outcome": outcome.value,
+        "reason": reason,
+        "submit_time": utc_naive(submitted),
+        "submit_epoch": int(submitted.timestamp()),
+        "start_time": utc_naive(record.start_time),
+        "end_time": utc_naive(record.end_time),
+        "wait_seconds": record.queue_wait_seconds if started else None,
+        "run_seconds": run,
+        "cpu_seconds": record.cpu_seconds,
+        "bytes_pushed": result.size_bytes if ok and result is not None else 0,
+        "image_ref": (result.reference if ok and result is not None else "")[:512],
+        "image_digest": (result.digest if ok and result is not None else "")[:100],
+        "synced_at": utc_naive(now),
+    }
+
+
+def utc_naive(moment: datetime | None) -> datetime | None:
+    """``moment`` in UTC without a zone, as every table of imgsave stores times."""
+    if moment is None:
+        return None
+    return moment.astimezone(UTC).replace(tzinfo=None)
+
