@@ -13,13 +13,15 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 
 from api.context import Site
 from api.progress import SaveStatus
-from api.report import GROUPINGS, usage_report
+from api.report import GROUPINGS, build_report
+from api.report_output import render, write_png
 from api.service import SaveRequest
 from api.tables import human_bytes, render_table
 from builder_jobs.events import Stage
@@ -229,30 +231,37 @@ def delete(obj: Context, image: str) -> None:
 
 
 @main.command()
-@click.option("--since", default=None, help="Start date, YYYY-MM-DD (default: 30 days ago).")
-@click.option("--until", default=None, help="End date, YYYY-MM-DD (default: now).")
+@click.option("--since", default=None,
+              help="First day, YYYY-MM-DD or an ISO date-time (default: 30 days before --until).")
+@click.option("--until", default=None,
+              help="Last day, included (YYYY-MM-DD), or an exact ISO date-time (default: now).")
 @click.option("--by", "by", default="user", show_default=True,
               help=f"Comma-separated groupings: {', '.join(GROUPINGS)}.")
+@click.option("--format", "output_format", type=click.Choice(["table", "csv", "json"]),
+              default=None, help="Output format (default: table; json with --json).")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path),
+              default=None, help="Also draw stacked succeeded/failed bars per group to this PNG.")
+@click.option("--check-registry", is_flag=True,
+              help="Count saved images still in the registry vs deleted (slow: asks the registry).")
+@click.option("--no-sync", is_flag=True,
+              help="Report from the cache as it is, without asking the scheduler.")
+@click.option("--rebuild", is_flag=True,
+              help="Drop the usage cache and fetch it again from accounting (root/admin only).")
 @click.pass_obj
 @reports_errors
-def report(obj: Context, since: str | None, until: str | None, by: str) -> None:
-    """Image-build usage from scheduler accounting (root/admin sees every user)."""
-    rows = usage_report(obj.site, since=since, until=until, by=by,
-                        user=None if obj.admin else obj.user)
-    obj.emit([r.to_dict() for r in rows], lambda: _report_table(rows))
-
-
-def _report_table(rows: Sequence[Any]) -> str:
-    if not rows:
-        return "no save jobs in this period"
-    keys = list(rows[0].group)
-    return render_table(
-        [k.upper() for k in keys] + ["SAVES", "OK", "FAILED", "MEDIAN_RUN_S", "P95_RUN_S",
-                                     "CPU_S", "PUSHED"],
-        [[r.group[k] for k in keys] + [r.saves, r.succeeded, r.failed, r.median_run,
-                                       r.p95_run, r.cpu_seconds, human_bytes(r.bytes_pushed)]
-         for r in rows],
-    )
+def report(obj: Context, since: str | None, until: str | None, by: str,
+           output_format: str | None, plot_path: Path | None, check_registry: bool,
+           no_sync: bool, rebuild: bool) -> None:
+    """Image-build usage from scheduler accounting, via the usage cache (root/admin sees
+    every user; others see their own saves)."""
+    if rebuild and not obj.admin:
+        raise click.UsageError("--rebuild needs root/admin")
+    usage = build_report(obj.site, since=since, until=until, by=by,
+                         user=None if obj.admin else obj.user, check_registry=check_registry,
+                         sync=not no_sync, rebuild=rebuild)
+    if plot_path is not None:
+        write_png(usage, plot_path)
+    click.echo(render(usage, output_format or ("json" if obj.as_json else "table")))
 
 
 from api.serve import serve, token  # noqa: E402 - the REST API and portal commands

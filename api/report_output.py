@@ -1,0 +1,155 @@
+"""A usage report as a terminal table, CSV, JSON or a PNG bar chart for a slide."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from api.report import UsageReport
+from api.tables import human_bytes, render_table
+from api.usage_report import FIGURE_KEYS, TIME_GROUPINGS, UsageRow
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+FORMATS = ("table", "csv", "json")
+MAX_BARS = 40  # beyond this a non-time grouping shows its busiest groups only
+MAX_LABELS = 24  # x labels readable on a slide
+SLIDE_INCHES = (13.33, 7.5)  # 16:9
+COLOURS = {"succeeded": "#2e7d32", "failed": "#c62828", "unfinished": "#9e9e9e"}
+
+
+def render(report: UsageReport, output_format: str) -> str:
+    """The report as ``table``, ``csv`` or ``json`` text."""
+    if output_format == "csv":
+        return to_csv(report)
+    if output_format == "json":
+        return json.dumps(report.to_dict(), indent=2)
+    return to_table(report)
+
+
+def human_seconds(value: float | None) -> str:
+    """``12.3s``, ``4m05s``, ``2h03m``; "" for no value."""
+    if value is None:
+        return ""
+    if value < 60:
+        return f"{value:.1f}s"
+    minutes, seconds = divmod(int(round(value)), 60)
+    if minutes < 60:
+        return f"{minutes}m{seconds:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"
+
+
+def failures_text(row: UsageRow) -> str:
+    """``cancelled 2, engine 1``: the failure reasons that occurred, most frequent first."""
+    found = sorted(((n, r) for r, n in row.failed_by_reason.items() if n), key=lambda p: -p[0])
+    return ", ".join(f"{reason} {n}" for n, reason in found)
+
+
+def to_table(report: UsageReport) -> str:
+    """A caption line and an aligned table, with a TOTAL line when there are groups."""
+    caption = f"Image saves submitted {report.period.label}, by {', '.join(report.groupings)}"
+    if not report.rows:
+        return f"{caption}\nno save jobs in this period"
+    unfinished = report.total.unfinished > 0
+    headers = [g.upper() for g in report.groupings] + ["SAVES", "OK", "FAILED"]
+    headers += ["UNFINISHED"] if unfinished else []
+    headers += ["WAIT_MED", "WAIT_P95", "RUN_MED", "RUN_P95", "CPU", "PUSHED"]
+    headers += ["PRESENT", "DELETED"] if report.registry_checked else []
+    headers += ["FAILURES"]
+    lines = []
+    for row in [*report.rows, report.total]:
+        keys = list(row.group.values()) or ["TOTAL"] + [""] * (len(report.groupings) - 1)
+        cells: list[object] = [*keys, row.saves, row.succeeded, row.failed]
+        cells += [row.unfinished] if unfinished else []
+        cells += [human_seconds(row.median_wait), human_seconds(row.p95_wait),
+                  human_seconds(row.median_run), human_seconds(row.p95_run),
+                  human_seconds(row.cpu_seconds), human_bytes(row.bytes_pushed)]
+        if report.registry_checked:
+            cells += [row.images_present, row.images_deleted]
+        cells.append(failures_text(row))
+        lines.append(cells)
+    return caption + "\n" + render_table(headers, lines)
+
+
+def to_csv(report: UsageReport) -> str:
+    """One line per group: the group columns, then every figure (seconds, bytes)."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow([*report.groupings, *FIGURE_KEYS])
+    for row in report.rows:
+        values = row.to_dict()
+        writer.writerow(["" if values[k] is None else values[k]
+                         for k in [*report.groupings, *FIGURE_KEYS]])
+    return out.getvalue()
+
+
+def build_figure(report: UsageReport) -> Figure:
+    """Stacked succeeded/failed(/unfinished) bars per group, titled with the period."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    figure = Figure(figsize=SLIDE_INCHES, dpi=150)
+    FigureCanvasAgg(figure)  # Agg: no display, no pyplot state
+    axes = figure.subplots()
+    rows, note = _bars(report)
+    labels = [" / ".join(r.group.values()) or "(none)" for r in rows]
+    positions = list(range(len(rows)))
+    bottom = [0] * len(rows)
+    for name in ("succeeded", "failed", "unfinished"):
+        heights = [getattr(r, name) for r in rows]
+        if name == "unfinished" and not any(heights):
+            continue
+        axes.bar(positions, heights, bottom=bottom, label=name, color=COLOURS[name])
+        bottom = [b + h for b, h in zip(bottom, heights, strict=True)]
+    if len(rows) <= 30:
+        for x, height in zip(positions, bottom, strict=True):
+            axes.text(x, height, str(height), ha="center", va="bottom", fontsize=12)
+    axes.set_ylim(0, max(max(bottom, default=0) * 1.18, 1))  # room for labels and legend
+    _label_axes(axes, report, labels, note)
+    if not rows:
+        axes.text(0.5, 0.5, "no saves in this period", transform=axes.transAxes,
+                  ha="center", va="center", fontsize=18)
+    axes.yaxis.set_major_locator(MaxNLocator(integer=True))
+    figure.tight_layout()
+    return figure
+
+
+def _bars(report: UsageReport) -> tuple[list[UsageRow], str]:
+    rows = report.rows
+    if len(rows) <= MAX_BARS or any(g in TIME_GROUPINGS for g in report.groupings):
+        return rows, ""
+    busiest = sorted(rows, key=lambda r: -r.saves)[:MAX_BARS]
+    note = f" (busiest {MAX_BARS} of {len(rows)})"
+    return sorted(busiest, key=lambda r: tuple(r.group.values())), note
+
+
+def _label_axes(axes: Axes, report: UsageReport, labels: list[str], note: str) -> None:
+    rotate = len(labels) > 8 or max((len(x) for x in labels), default=0) > 12
+    step = max(1, -(-len(labels) // MAX_LABELS))  # long series: every n-th label
+    axes.set_xticks(range(0, len(labels), step), labels[::step],
+                    rotation=45 if rotate else 0, ha="right" if rotate else "center")
+    axes.tick_params(labelsize=13)
+    axes.set_xlabel(" / ".join(report.groupings), fontsize=15)
+    axes.set_ylabel("saves", fontsize=15)
+    axes.set_title(plot_title(report) + note, fontsize=18)
+    axes.legend(fontsize=13, loc="upper right", ncols=3)
+    axes.grid(axis="y", alpha=0.3)
+
+
+def plot_title(report: UsageReport) -> str:
+    """``Image saves by user, 2026-01-01 – 2026-01-31``."""
+    return f"Image saves by {', '.join(report.groupings)}, {report.period.label}"
+
+
+def write_png(report: UsageReport, path: Path) -> Figure:
+    """Draw the chart and write it to ``path`` as PNG; returns the figure."""
+    figure = build_figure(report)
+    figure.savefig(path, format="png")
+    return figure
