@@ -50,6 +50,7 @@ class LocalImage:
     diff_ids: tuple[str, ...]
     repo_digests: tuple[str, ...] = ()  # "host/repo@sha256:..."
     name: str = ""  # the name the container was started from, if any
+    size: int = 0  # uncompressed bytes of all its layers (``Size``)
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,7 @@ def parse_image_inspect(text: str, name: str = "") -> LocalImage:
             diff_ids=layers,
             repo_digests=tuple(str(d) for d in obj.get("RepoDigests") or []),
             name=name,
+            size=int(obj.get("Size") or 0),
         )
     except (ValueError, KeyError, IndexError, AttributeError, TypeError) as e:
         raise InvalidRequest(f"image inspect printed unexpected JSON: {e}") from e

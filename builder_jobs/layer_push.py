@@ -6,14 +6,15 @@ registry in a single streamed ``PATCH`` (chunked transfer encoding, the way dock
 push streams a layer of unknown size), closed by ``PUT ?digest=``. The digest is known
 only at the end, which is why :meth:`RegistryClient.push_blob` (digest first) is not used.
 
-Two threads: a producer reads the tar, hashes it and compresses it; the caller's thread
-hashes the compressed bytes and sends them. Between them up to ``buffer_bytes`` of
-compressed data may wait, so the read (during which the container is paused) can run
-ahead of a slower upload; past that, the upload slows the reader. Size it to the save
-job's memory limit.
+Three threads (plus zstd's or pigz's own): a reader reads the tar; a compressor hashes
+it and compresses it; the caller's thread hashes the compressed bytes and sends them.
+Reading, hashing and compressing all leave the GIL, so they overlap. Up to
+``buffer_bytes`` of compressed data may wait for the upload, so the read (during which
+the container is paused) can run ahead of a slower registry; past that, the upload
+slows the reader. Size it to the save job's memory limit.
 
-Codecs (:func:`codec_for`): ``zstd`` through the ``zstandard`` package with all cores
-(``threads=-1``); ``gzip`` through ``pigz`` when it is installed, else ``zlib`` (one
+Codecs (:func:`codec_for`): ``zstd`` through the ``zstandard`` package with a worker
+per usable CPU; ``gzip`` through ``pigz`` when it is installed, else ``zlib`` (one
 core). Measured speeds are in ``docs/benchmarks.md``.
 """
 
@@ -39,7 +40,9 @@ from site_configs.errors import CommandFailed, ConfigError, ImgsaveError, Regist
 
 BUFFER_BYTES = 256 << 20  # compressed bytes the reader may run ahead of the upload
 PIGZ_READ = 1 << 20
+RAW_BUFFER_BYTES = 32 << 20  # tar bytes read ahead of the compressor
 _DONE = object()
+_CLOSED = object()
 
 
 class Codec(Protocol):
@@ -62,7 +65,8 @@ class Codec(Protocol):
 
 @dataclass(frozen=True)
 class ZstdCodec:
-    """zstd via the ``zstandard`` package; ``threads=-1`` uses every core."""
+    """zstd via the ``zstandard`` package; ``threads``: worker threads (-1: every
+    online CPU, 0: compress in the calling thread)."""
 
     level: int = 1
     threads: int = -1
@@ -104,11 +108,14 @@ class PigzCodec:
 
     binary: str
     level: int = 1
+    processes: int = 0  # pigz -p; 0: pigz's default (every online CPU)
     name: str = "gzip"
     media_type: str = OCI_LAYER_GZIP
 
     def compress(self, chunks: Iterable[bytes]) -> Generator[bytes, None, None]:
         argv = [self.binary, f"-{self.level}", "-c", "-n"]
+        if self.processes:
+            argv += ["-p", str(self.processes)]
         process = subprocess.Popen(  # noqa: S603 - argv list, no shell
             argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
         )
@@ -152,12 +159,19 @@ def _feed(chunks: Iterable[bytes], sink: IO[bytes], failure: list[BaseException]
 
 
 def codec_for(compression: str, level: int | None = None) -> Codec:
-    """The codec for a site's ``compression`` ("zstd" or "gzip"); level 1 by default."""
+    """The codec for a site's ``compression`` ("zstd" or "gzip"); level 1 by default.
+
+    zstd and pigz get one thread per CPU this process may run on (a batch job's
+    cpuset, not the whole node).
+    """
+    cpus = len(os.sched_getaffinity(0))
     if compression == "zstd":
-        return ZstdCodec(level=level or 1)
+        return ZstdCodec(level=level or 1, threads=cpus if cpus > 1 else 0)
     if compression == "gzip":
         pigz = shutil.which("pigz")
-        return PigzCodec(pigz, level=level or 1) if pigz else ZlibGzipCodec(level=level or 1)
+        if pigz:
+            return PigzCodec(pigz, level=level or 1, processes=cpus)
+        return ZlibGzipCodec(level=level or 1)
     raise ConfigError(f"unknown layer compression {compression!r}; valid: gzip, zstd")
 
 
@@ -318,9 +332,12 @@ class _Buffer:
             return True
 
     def get(self) -> object:
+        """The oldest piece; ``_CLOSED`` once closed and empty."""
         with self._changed:
-            while not self._items:
+            while not self._items and not self._closed:
                 self._changed.wait()
+            if not self._items:
+                return _CLOSED
             self._held -= self._sizes.popleft()
             self._changed.notify_all()
             return self._items.popleft()
@@ -331,59 +348,93 @@ class _Buffer:
             self._changed.notify_all()
 
 
-class _Producer(threading.Thread):
-    """Reads the tar, hashes it, compresses it, and queues the compressed pieces."""
+class _Producer:
+    """Two threads: one reads the tar; the other hashes and compresses it. Reading and
+    hashing both leave the GIL, so on two cores they overlap with zstd's own workers.
+    The compressed pieces wait in ``out`` for the uploader."""
 
     def __init__(
         self,
         tar: Iterable[bytes],
         codec: Codec,
         on_read_done: Callable[[], None] | None,
-        buffer: _Buffer,
+        out: _Buffer,
     ) -> None:
-        super().__init__(name="layer-producer", daemon=True)
         self._tar = tar
         self._codec = codec
         self._on_read_done = on_read_done
-        self._buffer = buffer
-        self._stopping = threading.Event()
+        self._raw = _Buffer(RAW_BUFFER_BYTES)
+        self._out = out
+        self._threads = [
+            threading.Thread(target=self._read, name="layer-reader", daemon=True),
+            threading.Thread(target=self._compress, name="layer-compressor", daemon=True),
+        ]
         self.diff_hasher = hashlib.sha256()
         self.tar_size = 0
         self.read_done_at = 0.0
         self.error: BaseException | None = None
 
-    def run(self) -> None:
+    def start(self) -> None:
+        for thread in self._threads:
+            thread.start()
+
+    def join(self) -> None:
+        for thread in self._threads:
+            thread.join()
+
+    def _read(self) -> None:
+        outcome: object = _DONE
+        try:
+            for chunk in self._tar:
+                if not self._raw.put(chunk, len(chunk)):
+                    outcome = None  # stopped
+                    break
+        except BaseException as e:  # noqa: BLE001 - handed on, raised in the uploader
+            outcome = e
+        finally:
+            close = getattr(self._tar, "close", None)
+            if close is not None:
+                close()  # a generator stopped early closes the file it was reading
+        self.read_done_at = time.monotonic()
+        if self._on_read_done:
+            try:
+                self._on_read_done()
+            except BaseException as e:  # noqa: BLE001 - e.g. unpause failed
+                outcome = e if outcome is _DONE else outcome
+        if outcome is not None:
+            self._raw.put(outcome)
+
+    def _compress(self) -> None:
         stream = self._codec.compress(self._hashed())
         try:
             for piece in stream:
-                if piece and not self._buffer.put(piece, len(piece)):
+                if piece and not self._out.put(piece, len(piece)):
                     return
-            self._buffer.put(_DONE)
-        except BaseException as e:  # noqa: BLE001 - handed to the consumer, raised there
-            self._buffer.put(e)
+            self._out.put(_DONE)
+        except BaseException as e:  # noqa: BLE001 - handed to the uploader, raised there
+            self._out.put(e)
         finally:
             stream.close()  # stops a compressor process (pigz) when we stop early
 
     def _hashed(self) -> Iterator[bytes]:
-        try:
-            for chunk in self._tar:
-                self.diff_hasher.update(chunk)
-                self.tar_size += len(chunk)
-                yield chunk
-                if self._stopping.is_set():
-                    return
-        finally:
-            self.read_done_at = time.monotonic()
-            if self._on_read_done:
-                self._on_read_done()
+        while True:
+            item = self._raw.get()
+            if item is _DONE or item is _CLOSED:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            chunk = cast(bytes, item)
+            self.diff_hasher.update(chunk)
+            self.tar_size += len(chunk)
+            yield chunk
 
     def chunks(self) -> Iterator[bytes]:
         """The compressed pieces, in order. A failure ends them early and is kept in
         :attr:`error`: raised inside the HTTP library, an ``OSError`` from reading a
         file would pass for a network failure."""
         while True:
-            item = self._buffer.get()
-            if item is _DONE:
+            item = self._out.get()
+            if item is _DONE or item is _CLOSED:
                 return
             if isinstance(item, BaseException):
                 self.error = item
@@ -391,5 +442,5 @@ class _Producer(threading.Thread):
             yield cast(bytes, item)
 
     def stop(self) -> None:
-        self._stopping.set()
-        self._buffer.close()
+        self._raw.close()
+        self._out.close()

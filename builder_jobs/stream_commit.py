@@ -37,10 +37,11 @@ from builder_jobs.overlay_layer import LayerStats, StreamingUnavailable, layer_e
 from registry.manifests import OCI_CONFIG, OCI_LAYER_GZIP, OCI_MANIFEST, Descriptor, sha256_digest
 from registry.oci import RegistryClient
 from registry.refs import ImageRef
+from site_configs.errors import ImgsaveError
 from site_configs.runner import Runner, run_command
 from site_configs.schema import EngineKind
 
-__all__ = ["StreamResult", "StreamingUnavailable", "stream_commit"]
+__all__ = ["ImageTooLarge", "StreamResult", "StreamingUnavailable", "stream_commit"]
 
 CREATED_BY = "imgsave streaming commit"
 MOUNTINFO = "/proc/self/mountinfo"
@@ -52,6 +53,19 @@ _DOCKER_LAYERS = {
         "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip"
     ),
 }
+
+
+class ImageTooLarge(ImgsaveError):
+    """The saved image would exceed the site's size limit (nothing was tagged)."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(
+            f"the image would be at least {size} bytes uncompressed, over this site's "
+            f"limit of {limit}; the upload was stopped and nothing was tagged",
+            retryable=False,
+        )
+        self.size = size
+        self.limit = limit
 
 
 @dataclass(frozen=True)
@@ -103,6 +117,7 @@ def stream_commit(
     events: Callable[[ProgressEvent], None] | None = None,
     authfile: str = "",
     buffer_bytes: int = BUFFER_BYTES,
+    max_image_bytes: int = 0,
     runner: Runner = run_command,
 ) -> StreamResult:
     """Save ``container`` as ``target`` (which needs a tag) through ``client``.
@@ -111,7 +126,9 @@ def stream_commit(
     the registry, a push of that base (with ``authfile``). ``compression`` is "zstd" or
     "gzip" at ``level`` (default 1). ``annotations`` go on the manifest. Up to
     ``buffer_bytes`` of compressed layer are held in memory so that the read (the
-    pause) need not wait for the upload. Raises
+    pause) need not wait for the upload. With ``max_image_bytes``, an image whose base
+    plus new layer (uncompressed, as ``podman image inspect`` counts) grows past it
+    stops the upload and raises :class:`ImageTooLarge`. Raises
     :class:`StreamingUnavailable` before touching anything when the container's storage
     cannot be read directly (not overlay, rootless, metacopy, another engine); then
     nothing was paused or pushed, except when the read itself finds a metacopy or
@@ -146,7 +163,7 @@ def stream_commit(
         layer = push_layer(
             client,
             target.repository,
-            _paused_read(pause, info.upper_dir, stats),
+            _paused_read(pause, info.upper_dir, stats, image.size, max_image_bytes),
             codec,
             on_read_done=pause.resume,
             progress=_throttled(emit, stats),
@@ -298,9 +315,14 @@ class _Pause:
                 self._since = None
 
 
-def _paused_read(pause: _Pause, upper_dir: str, stats: LayerStats) -> Iterator[bytes]:
+def _paused_read(
+    pause: _Pause, upper_dir: str, stats: LayerStats, base_size: int, limit: int
+) -> Iterator[bytes]:
     pause.pause()
-    yield from tar_chunks(layer_entries(upper_dir), stats=stats)
+    for chunk in tar_chunks(layer_entries(upper_dir), stats=stats):
+        if limit and base_size + stats.tar_bytes > limit:
+            raise ImageTooLarge(base_size + stats.tar_bytes, limit)
+        yield chunk
 
 
 def _throttled(emit: Callable[[ProgressEvent], None], stats: LayerStats) -> Callable[[int], None]:

@@ -26,7 +26,7 @@ import pytest
 from builder_jobs.base_image import base_cache_tag
 from builder_jobs.engines import Podman
 from builder_jobs.events import ProgressEvent, Stage
-from builder_jobs.stream_commit import StreamResult, stream_commit
+from builder_jobs.stream_commit import ImageTooLarge, StreamResult, stream_commit
 from registry.manifests import OCI_LAYER_ZSTD
 from registry.oci import RegistryClient
 from registry.refs import ImageRef
@@ -345,3 +345,19 @@ def test_a_stopped_container_streams_without_a_pause(
     saved = cleanup_images(f"{builder_registry.host}/{repo}:v1")
     _pull(saved)
     assert podman("run", "--rm", saved, "cat", "/opt/kept").stdout == "kept\n"
+
+
+def test_an_image_over_the_size_limit_stops_the_read_and_unpauses(
+    stream_base: str, builder_registry: RunningRegistry
+) -> None:
+    repo = f"alice/too-big-{uuid.uuid4().hex[:8]}"
+    base_size = int(podman("image", "inspect", "-f", "{{.Size}}", stream_base).stdout)
+    with _container(stream_base) as container:
+        podman("exec", container, "sh", "-c", "head -c 4000000 /dev/urandom > /opt/big")
+        with pytest.raises(ImageTooLarge, match="over this site's limit") as caught:
+            _stream(container, builder_registry, repo, "v1", max_image_bytes=base_size + 10**6)
+        state = podman("inspect", "-f", "{{.State.Status}}", container).stdout.strip()
+    assert state == "running"
+    assert caught.value.limit == base_size + 10**6 and not caught.value.retryable
+    with RegistryClient(builder_registry.url, verify=False) as client:
+        assert "v1" not in client.list_tags(repo)
