@@ -20,6 +20,7 @@ import click
 
 from api.context import Site
 from api.progress import SaveStatus
+from api.remote import RemoteSite
 from api.report import GROUPINGS, build_report
 from api.report_output import render, write_png
 from api.service import SaveRequest
@@ -32,9 +33,14 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 class Context:
-    def __init__(self, config_path: str | None, as_json: bool, user: str | None) -> None:
+    def __init__(self, config_path: str | None, as_json: bool, user: str | None,
+                 api_url: str | None = None, token_file: str | None = None) -> None:
         self.config_path = config_path
         self.as_json = as_json
+        self.api_url = api_url
+        self.token_file = token_file
+        if api_url and user:
+            raise click.UsageError("--user does not apply with --api: the token says who you are")
         self.real_user = getpass.getuser()
         is_root = os.geteuid() == 0
         if user and user != self.real_user and not is_root:
@@ -43,12 +49,25 @@ class Context:
         # root acting for a user sees exactly what that user sees; root itself sees all
         self.admin = is_root and self.user == self.real_user
         self._site: Site | None = None
+        self._remote: RemoteSite | None = None
 
     @property
     def site(self) -> Site:
+        """The site itself: its scheduler, registry and spool (direct mode)."""
+        if self.api_url:
+            raise click.UsageError("this command talks to the scheduler directly; drop --api")
         if self._site is None:
             self._site = Site(get_site_config(self.config_path))
         return self._site
+
+    @property
+    def backend(self) -> Site | RemoteSite:
+        """Where saves and images are handled: the site directly, or an imgsave API."""
+        if self.api_url:
+            if self._remote is None:
+                self._remote = RemoteSite(self.api_url, self.token_file)
+            return self._remote
+        return self.site
 
     def emit(self, data: object, table: Callable[[], str]) -> None:
         if self.as_json:
@@ -80,10 +99,16 @@ def reports_errors(func: F) -> F:
               help=f"Site config file (default: ${CONFIG_ENV} or the bundled local.toml).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON output.")
 @click.option("--user", default=None, help="Act for this user (root/admin only).")
+@click.option("--api", "api_url", envvar="IMGSAVE_API", default=None, metavar="URL",
+              help="Talk to an imgsave REST API at URL instead of the scheduler "
+                   "(token from $IMGSAVE_TOKEN or --token-file).")
+@click.option("--token-file", default=None, type=click.Path(dir_okay=False),
+              help="API token file, mode 0600 (default: ~/.config/imgsave/token).")
 @click.pass_context
-def main(ctx: click.Context, config_path: str | None, as_json: bool, user: str | None) -> None:
+def main(ctx: click.Context, config_path: str | None, as_json: bool, user: str | None,
+         api_url: str | None, token_file: str | None) -> None:
     """Save running containers as images through the batch scheduler."""
-    ctx.obj = Context(config_path, as_json, user)
+    ctx.obj = Context(config_path, as_json, user, api_url, token_file)
 
 
 def _formats(value: str) -> tuple[ImageFormat, ...]:
@@ -110,7 +135,7 @@ def submit(obj: Context, container: str, target: str, node: str, job_id: str,
         user=obj.user, container=container, target=target, formats=_formats(formats),
         category=category, node=node, job_id=job_id,
     )
-    submitted = obj.site.saves.submit(request, admin=obj.admin)
+    submitted = obj.backend.saves.submit(request, admin=obj.admin)
     obj.emit(
         {"job_id": submitted.job_id, "request_id": submitted.request_id,
          "target": str(submitted.target), "node": submitted.node},
@@ -134,7 +159,7 @@ def _status_rows(statuses: Sequence[SaveStatus]) -> str:
 @reports_errors
 def status(obj: Context, job_ids: tuple[str, ...], wait: bool, timeout: float) -> None:
     """Show the state of save jobs (from scheduler accounting and the node's events)."""
-    saves = obj.site.saves
+    saves = obj.backend.saves
     statuses = saves.status(job_ids, obj.user, admin=obj.admin)
     if wait:
         statuses = _follow(obj, job_ids, statuses, timeout)
@@ -162,7 +187,7 @@ def _follow(obj: Context, job_ids: Sequence[str], statuses: list[SaveStatus],
             break
         time.sleep(delay)
         delay = min(delay * 1.5, 5.0)
-        statuses = obj.site.saves.status(job_ids, obj.user, admin=obj.admin)
+        statuses = obj.backend.saves.status(job_ids, obj.user, admin=obj.admin)
     if interactive:
         click.echo("", err=True)
     return statuses
@@ -184,10 +209,10 @@ def _bar(s: SaveStatus, width: int = 24) -> str:
 @reports_errors
 def queue(obj: Context, days: int, all_users: bool) -> None:
     """List your save jobs, finished ones included (squeue-style)."""
-    if all_users and not obj.admin:
+    if all_users and not obj.admin and not obj.api_url:  # the API decides for itself
         raise click.UsageError("--all-users needs root/admin")
     since = datetime.now(UTC).timestamp() - days * 86400
-    statuses = obj.site.saves.queue(
+    statuses = obj.backend.saves.queue(
         obj.user, since=datetime.fromtimestamp(since, UTC), admin=all_users
     )
     obj.emit([s.to_dict() for s in statuses], lambda: _status_rows(statuses))
@@ -199,7 +224,7 @@ def queue(obj: Context, days: int, all_users: bool) -> None:
 @reports_errors
 def cancel(obj: Context, job_id: str) -> None:
     """Cancel a queued or running save job."""
-    obj.site.saves.cancel(job_id, obj.user, admin=obj.admin)
+    obj.backend.saves.cancel(job_id, obj.user, admin=obj.admin)
     obj.emit({"job_id": job_id, "cancelled": True}, lambda: f"Cancelled save job {job_id}")
 
 
@@ -208,7 +233,7 @@ def cancel(obj: Context, job_id: str) -> None:
 @reports_errors
 def images(obj: Context) -> None:
     """List your images in the registry: name, tag, size, created."""
-    found = obj.site.images.list(obj.user)
+    found = obj.backend.images.list(obj.user)
     obj.emit(
         [i.to_dict() for i in found],
         lambda: render_table(
@@ -225,7 +250,7 @@ def images(obj: Context) -> None:
 @reports_errors
 def delete(obj: Context, image: str) -> None:
     """Delete one of your images (name:tag) from the registry."""
-    digest = obj.site.images.delete(obj.user, image)
+    digest = obj.backend.images.delete(obj.user, image)
     obj.emit({"image": image, "digest": digest, "deleted": True},
              lambda: f"Deleted {image} ({digest})")
 

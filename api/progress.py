@@ -55,6 +55,10 @@ class SaveStatus:
     reason: str
     result: SaveResult | None
 
+    @classmethod
+    def from_dict(cls, data: dict[str, object]) -> SaveStatus:
+        return status_from_dict(data)
+
     @property
     def finished(self) -> bool:
         """The save is over: the job ended, or the image is pushed (the job may still be
@@ -88,6 +92,57 @@ class SaveStatus:
             "seconds": dict(self.result.seconds) if self.result else {},
             "reason": self.reason,
         }
+
+
+def status_from_dict(data: dict[str, object]) -> SaveStatus:
+    """A :class:`SaveStatus` from its ``to_dict`` form (the API's CHK answer)."""
+    state = next((s for s in JobState if s.label == data["state"]), JobState.UNKNOWN)
+    stage = Stage(str(data["stage"]))
+    seconds = data.get("seconds") or {}
+    result = SaveResult(
+        ok=stage is Stage.DONE,
+        reference=str(data.get("target", "")),
+        digest=str(data.get("digest", "")),
+        size_bytes=int(str(data.get("size_bytes") or 0)),
+        sif_path=str(data.get("sif_path", "")),
+        commit_method=str(data.get("commit_method", "")),
+        seconds=dict(seconds) if isinstance(seconds, dict) else {},
+        error=str(data.get("reason", "")),
+    ) if stage.final else None
+    return SaveStatus(
+        job_id=str(data["job_id"]),
+        request_id=str(data.get("request_id", "")),
+        user=str(data.get("user", "")),
+        container=str(data.get("container", "")),
+        target=str(data.get("target", "")),
+        formats=tuple(str(f) for f in _list(data.get("formats"))),
+        category=str(data.get("category", "")),
+        node=str(data.get("node", "")),
+        state=state,
+        stage=stage,
+        percent=int(str(data.get("percent") or 0)),
+        bytes_done=_int_or_none(data.get("bytes_done")),
+        bytes_total=_int_or_none(data.get("bytes_total")),
+        submit_time=_time(data.get("submit_time")),
+        start_time=_time(data.get("start_time")),
+        end_time=_time(data.get("end_time")),
+        digest=str(data.get("digest", "")),
+        size_bytes=int(str(data.get("size_bytes") or 0)),
+        reason=str(data.get("reason", "")),
+        result=result,
+    )
+
+
+def _list(value: object) -> list[object]:
+    return list(value) if isinstance(value, list) else []
+
+
+def _int_or_none(value: object) -> int | None:
+    return None if value is None else int(str(value))
+
+
+def _time(value: object) -> datetime | None:
+    return datetime.fromisoformat(str(value)) if value else None
 
 
 def build_status(

@@ -19,7 +19,11 @@ from api.cli import main  # noqa: E402
 INTRO = """# The imgsave CLI
 
 `imgsave` talks to the site's scheduler and registry directly (CLI mode: the save job runs
-as you). Output is a table by default and
+as you), or, with `--api URL`, to an imgsave REST API (`imgsave serve`), authenticated by
+a token from `imgsave token create` kept in `~/.config/imgsave/token` (mode 0600) or
+`$IMGSAVE_TOKEN`. `submit`, `status`, `queue`, `cancel`, `images` and `delete` work both
+ways; `report` reads accounting and runs in direct mode (the API serves the same figures
+at `GET /api/v1/reports/usage`). Output is a table by default and
 JSON with `--json`. Exit codes follow sbatch: 0 on success; 1 with
 `imgsave: error: <reason>` on stderr when a request fails (`(temporary; try again)` is
 added when retrying may help); 2 for usage errors.

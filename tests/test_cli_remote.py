@@ -1,0 +1,78 @@
+"""``imgsave --api URL``: the CLI against a real ``imgsave serve`` (waitress) on the real
+local cluster, with tokens from ``imgsave token create``."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.cluster_helpers import registry_tags, require_cluster, session_container, unique
+from tests.test_api_serve import served  # noqa: F401 - the running-server fixture
+
+pytestmark = pytest.mark.cluster
+IMGSAVE = [sys.executable, "-m", "api.cli"]
+
+
+@pytest.fixture
+def remote(served: tuple[str, list[str], dict[str, str]],  # noqa: F811
+           tmp_path: Path) -> Iterator[tuple[list[str], dict[str, str], Path]]:
+    require_cluster()
+    url, argv, env = served
+    token_file = tmp_path / "alice.token"
+    made = subprocess.run([*argv, "--json", "token", "create", "alice"], env=env,
+                          capture_output=True, text=True, check=True)
+    token_file.write_text(json.loads(made.stdout)["token"] + "\n")
+    token_file.chmod(0o600)
+    client_env = {k: v for k, v in env.items() if k not in ("IMGSAVE_TOKEN", "IMGSAVE_API")}
+    yield [*IMGSAVE, "--api", url, "--token-file", str(token_file)], client_env, token_file
+
+
+def run(argv: list[str], env: dict[str, str], *args: str,
+        check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*argv, *args], env=env, capture_output=True, text=True, timeout=300,
+                          check=check)
+
+
+def test_the_cli_saves_through_the_api(remote: tuple[list[str], dict[str, str], Path]) -> None:
+    argv, env, _ = remote
+    repo = unique("alice/remote")
+    with session_container("n2", "alice") as name:
+        out = run(argv, env, "submit", name, f"{repo}:v1", "--node", "n2").stdout
+        match = re.fullmatch(r"Submitted image save job (\d+)\n", out)
+        assert match, out
+        job = match.group(1)
+        waited = run(argv, env, "status", job, "--wait")
+        assert "100%" in waited.stderr and "done" in waited.stdout
+    queue = json.loads(run(argv, env, "--json", "queue").stdout)
+    assert job in [row["job_id"] for row in queue]
+    images = json.loads(run(argv, env, "--json", "images").stdout)
+    assert f"{repo}:v1" in [f"{i['repository']}:{i['tag']}" for i in images]
+    assert run(argv, env, "delete", f"{repo}:v1").stdout.startswith(f"Deleted {repo}:v1")
+    assert registry_tags(repo) == []
+
+
+def test_remote_errors_are_one_line_and_nothing_leaks(
+        remote: tuple[list[str], dict[str, str], Path]) -> None:
+    argv, env, token_file = remote
+    bad = run(argv, env, "submit", "jupyter-alice", "bob/x:v1", "--node", "n1", check=False)
+    assert bad.returncode == 1
+    assert bad.stderr.startswith("imgsave: error: ") and bad.stderr.count("\n") == 1
+    missing = run(argv, env, "status", "999999", check=False)
+    assert missing.returncode == 1 and "999999" in missing.stderr
+    token_file.chmod(0o644)
+    loose = run(argv, env, "queue", check=False)
+    assert loose.returncode == 1 and "chmod 600" in loose.stderr
+    token_file.chmod(0o600)
+    wrong = {**env, "IMGSAVE_TOKEN": "isv_not_a_token"}
+    denied = run(argv, wrong, "queue", check=False)
+    assert denied.returncode == 1 and "imgsave: error:" in denied.stderr
+    assert "isv_not_a_token" not in denied.stderr
+    assert "--user" in run(argv, env, "--user", "bob", "queue", check=False).stderr
+    assert os.environ.get("IMGSAVE_TOKEN") is None  # the suite never leaves one behind
