@@ -13,169 +13,30 @@ Reading, hashing and compressing all leave the GIL, so they overlap. Up to
 the container is paused) can run ahead of a slower registry; past that, the upload
 slows the reader. Size it to the save job's memory limit.
 
-Codecs (:func:`codec_for`): ``zstd`` through the ``zstandard`` package with a worker
-per usable CPU; ``gzip`` through ``pigz`` when it is installed, else ``zlib`` (one
-core). Measured speeds are in ``docs/benchmarks.md``.
+The codecs are in :mod:`builder_jobs.layer_codecs`; measured speeds in
+``docs/benchmarks.md``.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
-import shutil
-import subprocess
 import threading
 import time
-import zlib
 from collections import deque
-from collections.abc import Callable, Generator, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import IO, Protocol, cast
+from typing import cast
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from registry.manifests import OCI_LAYER_GZIP, OCI_LAYER_ZSTD
+from builder_jobs.layer_codecs import Codec
 from registry.oci import RegistryClient
 from registry.tokens import repository_scope
-from site_configs.errors import CommandFailed, ConfigError, ImgsaveError, RegistryError
+from site_configs.errors import ImgsaveError, RegistryError
 
 BUFFER_BYTES = 256 << 20  # compressed bytes the reader may run ahead of the upload
-PIGZ_READ = 1 << 20
 RAW_BUFFER_BYTES = 32 << 20  # tar bytes read ahead of the compressor
 _DONE = object()
 _CLOSED = object()
-
-
-class Codec(Protocol):
-    """A compressor for layer streams."""
-
-    @property
-    def name(self) -> str:
-        """ "zstd" or "gzip"."""
-        ...
-
-    @property
-    def media_type(self) -> str:
-        """The OCI layer media type of the output."""
-        ...
-
-    def compress(self, chunks: Iterable[bytes]) -> Generator[bytes, None, None]:
-        """The compressed form of the concatenated ``chunks``, in pieces."""
-        ...
-
-
-@dataclass(frozen=True)
-class ZstdCodec:
-    """zstd via the ``zstandard`` package; ``threads``: worker threads (-1: every
-    online CPU, 0: compress in the calling thread)."""
-
-    level: int = 1
-    threads: int = -1
-    name: str = "zstd"
-    media_type: str = OCI_LAYER_ZSTD
-
-    def compress(self, chunks: Iterable[bytes]) -> Generator[bytes, None, None]:
-        import zstandard
-
-        compressor = zstandard.ZstdCompressor(level=self.level, threads=self.threads)
-        stream = compressor.compressobj()
-        for chunk in chunks:
-            out = stream.compress(chunk)
-            if out:
-                yield out
-        yield stream.flush()
-
-
-@dataclass(frozen=True)
-class ZlibGzipCodec:
-    """gzip with Python's zlib: one core, always available."""
-
-    level: int = 1
-    name: str = "gzip"
-    media_type: str = OCI_LAYER_GZIP
-
-    def compress(self, chunks: Iterable[bytes]) -> Generator[bytes, None, None]:
-        stream = zlib.compressobj(self.level, zlib.DEFLATED, 31)  # 31: gzip framing
-        for chunk in chunks:
-            out = stream.compress(chunk)
-            if out:
-                yield out
-        yield stream.flush()
-
-
-@dataclass(frozen=True)
-class PigzCodec:
-    """gzip with ``pigz`` (all cores): the tar goes to its stdin from a feeder thread."""
-
-    binary: str
-    level: int = 1
-    processes: int = 0  # pigz -p; 0: pigz's default (every online CPU)
-    name: str = "gzip"
-    media_type: str = OCI_LAYER_GZIP
-
-    def compress(self, chunks: Iterable[bytes]) -> Generator[bytes, None, None]:
-        argv = [self.binary, f"-{self.level}", "-c", "-n"]
-        if self.processes:
-            argv += ["-p", str(self.processes)]
-        process = subprocess.Popen(  # noqa: S603 - argv list, no shell
-            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-        )
-        assert process.stdin and process.stdout and process.stderr  # all three are PIPE
-        failure: list[BaseException] = []
-        feeder = threading.Thread(target=_feed, args=(chunks, process.stdin, failure))
-        feeder.start()
-        out = process.stdout.fileno()
-        finished = False
-        try:
-            while piece := os.read(out, PIGZ_READ):
-                yield piece
-            finished = True
-        finally:
-            if not finished:  # the consumer stopped early: stop pigz (and so the feeder)
-                process.kill()
-            feeder.join()
-            stderr = process.stderr.read().decode(errors="replace")
-            code = process.wait()
-            process.stdout.close()
-            process.stderr.close()
-        if failure:
-            raise failure[0]
-        if code != 0:
-            raise CommandFailed(argv, code, "", stderr)
-
-
-def _feed(chunks: Iterable[bytes], sink: IO[bytes], failure: list[BaseException]) -> None:
-    try:
-        for chunk in chunks:
-            sink.write(chunk)
-    except BrokenPipeError:
-        pass  # pigz died: its exit code says why
-    except BaseException as e:  # noqa: BLE001 - handed to the reading thread, re-raised there
-        failure.append(e)
-    finally:
-        try:
-            sink.close()
-        except OSError:
-            pass
-
-
-def codec_for(compression: str, level: int | None = None) -> Codec:
-    """The codec for a site's ``compression`` ("zstd" or "gzip"); level 1 by default.
-
-    zstd and pigz get one thread per CPU this process may run on (a batch job's
-    cpuset, not the whole node).
-    """
-    cpus = len(os.sched_getaffinity(0))
-    if compression == "zstd":
-        return ZstdCodec(level=level or 1, threads=cpus if cpus > 1 else 0)
-    if compression == "gzip":
-        pigz = shutil.which("pigz")
-        if pigz:
-            return PigzCodec(pigz, level=level or 1, processes=cpus)
-        return ZlibGzipCodec(level=level or 1)
-    raise ConfigError(f"unknown layer compression {compression!r}; valid: gzip, zstd")
-
-
-# --- the streamed upload --------------------------------------------------------------
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,8 @@ from typing import Any
 from builder_jobs.base_image import BaseImage, ensure_base, parse_image_inspect
 from builder_jobs.engines import Engine
 from builder_jobs.events import ProgressEvent, Stage
-from builder_jobs.layer_push import BUFFER_BYTES, PushedLayer, codec_for, push_layer
+from builder_jobs.layer_codecs import codec_for
+from builder_jobs.layer_push import BUFFER_BYTES, PushedLayer, push_layer
 from builder_jobs.overlay_layer import LayerStats, StreamingUnavailable, layer_entries, tar_chunks
 from registry.manifests import OCI_CONFIG, OCI_LAYER_GZIP, OCI_MANIFEST, Descriptor, sha256_digest
 from registry.oci import RegistryClient

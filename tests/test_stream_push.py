@@ -16,15 +16,8 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from builder_jobs.layer_push import (
-    Codec,
-    PigzCodec,
-    ZlibGzipCodec,
-    ZstdCodec,
-    _Buffer,
-    codec_for,
-    push_layer,
-)
+from builder_jobs.layer_codecs import Codec, PigzCodec, ZlibGzipCodec, ZstdCodec, codec_for
+from builder_jobs.layer_push import _Buffer, push_layer
 from builder_jobs.overlay_layer import layer_entries, tar_chunks
 from registry.manifests import OCI_LAYER_GZIP, OCI_LAYER_ZSTD
 from registry.oci import RegistryClient
