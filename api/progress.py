@@ -89,6 +89,7 @@ class SaveStatus:
             "size_bytes": self.size_bytes,
             "sif_path": self.result.sif_path if self.result else "",
             "commit_method": self.result.commit_method if self.result else "",
+            "commit_note": self.result.commit_note if self.result else "",
             "seconds": dict(self.result.seconds) if self.result else {},
             "reason": self.reason,
         }

@@ -70,6 +70,7 @@ class SaveResult:
     sif_path: str = ""
     sif_digest: str = ""
     commit_method: str = ""
+    commit_note: str = ""  # e.g. why the streaming commit was not possible
     seconds: dict[str, float] = field(default_factory=dict)
     failure: FailureKind | None = None
     error: str = ""

@@ -48,6 +48,7 @@ from builder_jobs.events import (
 from builder_jobs.failures import SaveFailed, engine_failure, registry_failure
 from builder_jobs.oci_save import PushedImage, RegistryTarget
 from builder_jobs.spec import EVENTS_FILE, RESULT_FILE, SaveSpec
+from builder_jobs.streaming_save import STREAMING_METHOD, try_streaming
 from registry.auth import load_credentials
 from registry.oci import RegistryClient
 from registry.refs import ImageRef, target_for_user
@@ -212,7 +213,15 @@ def push(run: SaveRun, target: RegistryTarget, info: ContainerInfo) -> PushedIma
         except CommandFailed as e:
             pushing = argv[len(engine.base)] == "push"
             raise (registry_failure(e, ref) if pushing else engine_failure(e)) from e
-    provenance = SaveProvenance(
+    try:
+        return target.annotate(provenance(run, info).annotations())
+    except ImgsaveError as e:
+        raise registry_failure(e, ref) from e
+
+
+def provenance(run: SaveRun, info: ContainerInfo) -> SaveProvenance:
+    """Where the image came from: the annotations every saved manifest carries."""
+    return SaveProvenance(
         created=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         node=run.node,
         job_id=run.job_id,
@@ -222,10 +231,19 @@ def push(run: SaveRun, target: RegistryTarget, info: ContainerInfo) -> PushedIma
         base_name=info.image,
         base_digest=base_digest(run, info),
     )
-    try:
-        return target.annotate(provenance.annotations())
-    except ImgsaveError as e:
-        raise registry_failure(e, ref) from e
+
+
+def commit_and_push(run: SaveRun, target: RegistryTarget, info: ContainerInfo
+                    ) -> tuple[PushedImage, str, str]:
+    """The OCI image in the registry: streamed where possible, else the engine's commit
+    and push. Returns the image, the method used and why streaming was not."""
+    pushed, why_not = try_streaming(run, target, info, provenance(run, info).annotations())
+    if pushed is not None:
+        return pushed, STREAMING_METHOD, ""
+    with run.stage(Stage.COMMITTING, f"committing {info.name}"):
+        commit(run, info)
+    with run.stage(Stage.PUSHING, f"pushing {target.ref}"):
+        return push(run, target, info), COMMIT_METHOD, why_not
 
 
 def open_targets(
@@ -267,6 +285,7 @@ def save(run: SaveRun) -> SaveResult:
     want_oci = ImageFormat.OCI in run.spec.formats
     want_sif = ImageFormat.SIF in run.spec.formats
     pushed: PushedImage | None = None
+    method, why_not = "", ""
     sif_out = sif.SifOutput()
     targets: list[RegistryTarget] = []
     try:
@@ -275,10 +294,7 @@ def save(run: SaveRun) -> SaveResult:
             run.target_ref = ref = resolve_target(run)
             targets = open_targets(run, ref, want_oci, want_sif)
         if want_oci:
-            with run.stage(Stage.COMMITTING, f"committing {info.name}"):
-                commit(run, info)
-            with run.stage(Stage.PUSHING, f"pushing {ref}"):
-                pushed = push(run, targets[0], info)
+            pushed, method, why_not = commit_and_push(run, targets[0], info)
             size = pushed.image_bytes
             run.emit(Stage.PUSHING, f"pushed {ref}@{pushed.digest}", size, size)
         if want_sif:
@@ -298,7 +314,8 @@ def save(run: SaveRun) -> SaveResult:
         image_bytes=pushed.image_bytes if pushed else sif_out.size_bytes,
         sif_path=sif_out.path,
         sif_digest=sif_out.digest,
-        commit_method=COMMIT_METHOD if pushed else sif.SIF_METHOD,
+        commit_method=method if pushed else sif.SIF_METHOD,
+        commit_note=why_not if pushed else "",
         seconds=dict(run.seconds),
     )
     # The image is in the registry and usable: say so before the local housekeeping

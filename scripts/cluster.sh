@@ -22,7 +22,7 @@ NODES=(n1 n2)
 BASE_IMAGE=localhost/imgsave-base:latest
 REGISTRY_ADDR=127.0.0.1:5000
 PACKAGES=(slurm-wlm slurmdbd munge mariadb-server podman runc docker-registry siftool
-          squashfs-tools busybox-static zstd apache2-utils procps iproute2 util-linux
+          squashfs-tools busybox-static zstd pigz apache2-utils procps iproute2 util-linux
           python3-venv curl chromium)
 
 say() { printf '[cluster] %s\n' "$*" >&2; }

@@ -55,6 +55,12 @@ class Compression(enum.StrEnum):
     GZIP = "gzip"
 
 
+class CommitMethod(enum.StrEnum):
+    AUTO = "auto"  # streaming where the storage allows it, else the engine's commit
+    STREAMING = "streaming"  # read the overlay upper dir; fail if that is impossible
+    ENGINE = "engine"  # podman/nerdctl/docker commit + push
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -85,6 +91,8 @@ class EngineSection(_Section):
     owner_label: NonEmpty = "imgsave.owner"
     commit_timeout_seconds: Annotated[float, Field(gt=0)] = 1800.0
     tls_verify: bool = True
+    commit_method: CommitMethod = CommitMethod.AUTO
+    layer_compression: Compression = Compression.ZSTD  # the streaming commit's new layer
 
     @field_validator("namespace")
     @classmethod

@@ -113,10 +113,18 @@ def make_session_container(builder_base_image: str) -> Iterator[Callable[[str], 
         podman("rm", "-f", "-t", "0", name, check=False)
 
 
-def write_site_config(directory: Path, registry_url: str, max_image_bytes: int = 0) -> Path:
-    """A site config for the node: podman with this VM's flags, a plain-HTTP registry."""
+def write_site_config(
+    directory: Path,
+    registry_url: str,
+    max_image_bytes: int = 0,
+    *,
+    commit_method: str = "engine",
+    podman_argv: list[str] | None = None,
+) -> Path:
+    """A site config for the node: podman with this VM's flags, a plain-HTTP registry.
+    The engine's own commit unless a test asks for ``auto`` or ``streaming``."""
     path = directory / "site.toml"
-    command = ", ".join(json.dumps(a) for a in PODMAN)
+    command = ", ".join(json.dumps(a) for a in (podman_argv or PODMAN))
     path.write_text(
         f"""name = "builder-tests"
 spool_dir = {json.dumps(str(directory))}
@@ -131,6 +139,7 @@ kind = "podman"
 command = [{command}]
 owner_label = "imgsave.owner"
 tls_verify = false
+commit_method = "{commit_method}"
 
 [registry]
 url = {json.dumps(registry_url)}

@@ -1,0 +1,69 @@
+"""The node's choice of commit: the streaming commit where the storage allows it (see
+:mod:`builder_jobs.stream_commit`), the engine's commit + push otherwise.
+
+``engine.commit_method`` in the site config: ``auto`` (default) falls back to the engine
+and records why; ``streaming`` fails instead; ``engine`` never streams.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+from builder_jobs.events import FailureKind, ProgressEvent
+from builder_jobs.failures import SaveFailed, registry_failure
+from builder_jobs.oci_save import PushedImage, RegistryTarget
+from builder_jobs.overlay_layer import StreamingUnavailable
+from builder_jobs.stream_commit import ImageTooLarge, stream_commit
+from site_configs.errors import ImgsaveError, RegistryError
+from site_configs.schema import CommitMethod
+
+if TYPE_CHECKING:
+    from builder_jobs.engines import ContainerInfo
+    from builder_jobs.node_save import SaveRun
+
+STREAMING_METHOD = "streaming"
+
+
+def try_streaming(
+    run: SaveRun, target: RegistryTarget, info: ContainerInfo,
+    annotations: Mapping[str, str],
+) -> tuple[PushedImage | None, str]:
+    """Save by streaming the upper dir; ``(None, why)`` when the engine must do it."""
+    method = run.site.engine.commit_method
+    if method is CommitMethod.ENGINE:
+        return None, "engine commit chosen by the site config"
+
+    def forward(event: ProgressEvent) -> None:
+        run.events.emit(event)
+
+    target.began = True  # from here a failure rolls back whatever reached the tag
+    try:
+        # stream_commit emits its own stages (locating, committing = the paused read,
+        # pushing), so the progress bar moves forward only.
+        result = stream_commit(
+                info.id, target.ref, target.client, run.engine,
+                compression=run.site.engine.layer_compression.value,
+                annotations=annotations, events=forward,
+                authfile=run.site.registry.credentials_file,
+                max_image_bytes=run.site.limits.max_image_bytes, runner=run.runner,
+        )  # fmt: skip
+    except StreamingUnavailable as e:
+        target.began = False
+        if method is CommitMethod.STREAMING:
+            raise SaveFailed(FailureKind.ENGINE, e.message) from e
+        return None, e.reason
+    except ImageTooLarge as e:
+        raise SaveFailed(FailureKind.SIZE_LIMIT, e.message) from e
+    except RegistryError as e:
+        raise registry_failure(e, str(target.ref)) from e
+    except ImgsaveError as e:
+        raise SaveFailed(FailureKind.ENGINE, e.message) from e
+    target.pushed_digests.append(result.digest)
+    for stage, seconds in result.seconds.items():
+        run.seconds[f"stream_{stage}"] = round(seconds, 3)
+    manifest = target.client.manifest(target.repository, result.digest)
+    if manifest is None:
+        raise SaveFailed(FailureKind.REGISTRY,
+                         f"{target.ref}@{result.digest} vanished right after the push")
+    return PushedImage(result.digest, manifest), ""
