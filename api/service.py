@@ -125,6 +125,7 @@ class SaveService:
         """Validate, write the spec and job script to the spool, submit pinned to the node."""
         target, formats = self.validate(request)
         node = self.resolve_node(request, admin=admin)
+        self._check_in_flight(request.user)
         if self.registry_check is not None:
             self.registry_check(request.user)  # a registry down or full fails now
         request_id = uuid.uuid4().hex
@@ -166,6 +167,19 @@ class SaveService:
         self._index_job(job_id, request_id)
         log.info("submitted save %s as job %s on %s", request_id, job_id, node)
         return SubmittedSave(job_id=job_id, request_id=request_id, target=target, node=node)
+
+    def _check_in_flight(self, user: str) -> None:
+        """Refuse a save beyond the site's limit of queued and running saves per user."""
+        limit = self.config.limits.max_saves_in_flight_per_user
+        window = self.config.scheduler.time_limit_minutes * 60 + RECENT_SECONDS
+        mine = [s for s in self._statuses_for(self._recent_job_ids(window), user, admin=False)
+                if s is not None and not s.finished]
+        if len(mine) >= limit:
+            raise InvalidRequest(
+                f"you have {len(mine)} saves queued or running (jobs "
+                f"{', '.join(s.job_id for s in mine)}); this site allows {limit} at a time",
+                retryable=True,
+            )
 
     def _index_job(self, job_id: str, request_id: str) -> None:
         index = self.spool / BY_JOB_DIR

@@ -280,3 +280,34 @@ def test_both_formats_from_one_save_through_slurm(tmp_path: Path) -> None:
     pulled = s.registry.get_blob(repo, layer.digest)
     assert "sha256:" + hashlib.sha256(pulled).hexdigest() == status.result.sif_digest
     assert pulled == sif.read_bytes()
+
+
+def test_saves_in_flight_per_user_are_limited(tmp_path: Path) -> None:
+    """limits.max_saves_in_flight_per_user: a second queued save of alice's is refused
+    while the first waits; bob is not affected."""
+    from api.context import Site
+    from site_configs.schema import load_site_config
+
+    config = tmp_path / "one.toml"
+    config.write_text((TOP / "site_configs" / "local.toml").read_text().replace(
+        "max_saves_in_flight_per_user = 8", "max_saves_in_flight_per_user = 1"))
+    s = Site(load_site_config(config))
+    cpus = os.cpu_count() or 1
+    blocker = subprocess.run(
+        ["sbatch", "--parsable", "-p", "imgsave", "-w", "n2", "-c", str(cpus), "-o", "/dev/null",
+         "--wrap", "sleep 120"], capture_output=True, text=True, check=True,
+    ).stdout.strip()
+    # users of their own (the jobs are cancelled before any node looks for a container)
+    one, two = unique("lim").replace("-", ""), unique("lim").replace("-", "")
+    try:
+        first = s.saves.submit(SaveRequest(one, "jupyter-x", "l:v1", node="n2"))
+        marker = unique("second")
+        with pytest.raises(InvalidRequest) as raised:
+            s.saves.submit(SaveRequest(one, "jupyter-x", f"{marker}:v1", node="n2"))
+        assert "allows 1 at a time" in str(raised.value) and first.job_id in str(raised.value)
+        assert _jobs_mentioning(marker) == []
+        other = s.saves.submit(SaveRequest(two, "jupyter-y", "l:v1", node="n2"))
+        for job, user in ((first.job_id, one), (other.job_id, two)):
+            s.saves.cancel(job, user)
+    finally:
+        subprocess.run(["scancel", blocker], check=False)
