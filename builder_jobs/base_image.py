@@ -9,7 +9,8 @@ is already in the registry. The candidates, in order:
    session was started from an image pulled from the site registry), by digest;
 2. the container's image name on that registry (a tag, so checked like the rest);
 3. the tag :func:`base_cache_tag` in the target repository, left by step 4 of an
-   earlier save from the same local base.
+   earlier save from the same local base that stopped before removing it (a finished
+   save removes it: :func:`drop_cache_tag`).
 
 A candidate counts only if its config lists the local image's layer diff_ids and, for
 1 and 2, its config digest is the local image id (podman's image id is its config
@@ -20,8 +21,10 @@ mount is refused:
 
 5. the engine pushes the base image once, as ``REPO:imgsave-base-<image id>`` in the
    target repository (``podman push`` sends only the layers the registry lacks), and
-   that manifest is used. This tag is the cache of step 3, so the base of an image
-   built locally (``podman import``, ``podman build``) travels once per repository.
+   that manifest is used; the tag is removed once the save's own manifest is pushed.
+   The base's layers stay in the repository, so a later save's base push finds every
+   layer by HEAD and uploads none: the base of an image built locally (``podman
+   import``, ``podman build``) travels once per repository.
 """
 
 from __future__ import annotations
@@ -70,6 +73,17 @@ class BaseImage:
 def base_cache_tag(image_id: str) -> str:
     """The target-repository tag the one-off base push uses (and later saves look for)."""
     return CACHE_TAG_PREFIX + image_id.removeprefix("sha256:")[:16]
+
+
+def drop_cache_tag(client: RegistryClient, repository: str, image_id: str) -> None:
+    """Remove the base's helper tag once the image is pushed: the user's repository then
+    holds only their own tags. The base's layers stay (the new image uses them), so the
+    next save finds them by HEAD and its base push uploads no layer again."""
+    tag = base_cache_tag(image_id)
+    try:
+        client.delete_tag_or_digest(repository, tag)
+    except ImgsaveError as e:
+        log.warning("could not remove the helper tag %s:%s: %s", repository, tag, e)
 
 
 def parse_image_inspect(text: str, name: str = "") -> LocalImage:

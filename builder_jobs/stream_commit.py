@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import logging
 import os
 import threading
 import time
@@ -30,12 +29,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from builder_jobs.base_image import (
-    BaseImage,
-    base_cache_tag,
-    ensure_base,
-    parse_image_inspect,
-)
+from builder_jobs.base_image import BaseImage, drop_cache_tag, ensure_base, parse_image_inspect
 from builder_jobs.engines import Engine
 from builder_jobs.events import ProgressEvent, Stage
 from builder_jobs.layer_codecs import codec_for
@@ -47,8 +41,6 @@ from registry.refs import ImageRef
 from site_configs.errors import ImgsaveError
 from site_configs.runner import Runner, run_command
 from site_configs.schema import EngineKind
-
-log = logging.getLogger(__name__)
 
 __all__ = ["ImageTooLarge", "StreamResult", "StreamingUnavailable", "stream_commit"]
 
@@ -188,7 +180,7 @@ def stream_commit(
     emit(ProgressEvent(Stage.PUSHING, message="streaming commit: config and manifest"))
     digest, image_bytes = _push_image(client, target, base, layer, annotations or {})
     if base.engine_pushed:
-        _drop_cache_tag(client, target.repository, base_cache_tag(image.id))
+        drop_cache_tag(client, target.repository, image.id)
     seconds["manifest"] = _lap(mark)
     seconds["total"] = _lap(started)
     return StreamResult(
@@ -210,16 +202,6 @@ def stream_commit(
         base_pushed=base.engine_pushed,
         base_notes=base.notes,
     )
-
-
-def _drop_cache_tag(client: RegistryClient, repository: str, tag: str) -> None:
-    """Remove the base's helper tag once the image is pushed: the user's repository then
-    holds only their own tags. The base's layers stay (the new image uses them), so the
-    next save finds them by HEAD and its base push uploads no layer again."""
-    try:
-        client.delete_tag_or_digest(repository, tag)
-    except ImgsaveError as e:
-        log.warning("could not remove the helper tag %s:%s: %s", repository, tag, e)
 
 
 # --- checks before anything is paused -------------------------------------------------
