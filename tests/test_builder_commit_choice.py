@@ -75,15 +75,17 @@ def test_auto_streams_on_overlay_and_the_image_runs(
 def vfs_podman(tmp_path: Path, builder_base_image: str) -> Iterator[list[str]]:
     """podman on a private vfs store (no overlay upper dir), with the base image in it."""
     short = Path(tempfile.mkdtemp(prefix="vfs-", dir="/tmp"))  # podman: runroot <= 50 chars
+    # A store of its own in every respect: never `system reset` or the default tmpdir,
+    # which podman shares with the cluster's node stores (it would stop their containers).
     store = [*PODMAN, "--storage-driver", "vfs", "--root", str(short / "root"),
-             "--runroot", str(short / "run")]
+             "--runroot", str(short / "run"), "--tmpdir", str(short / "tmp")]
     saved = tmp_path / "base.tar"
     podman("save", "-o", str(saved), builder_base_image)
     loaded = subprocess.run([*store, "load", "-i", str(saved)], capture_output=True, text=True)
     assert loaded.returncode == 0, loaded.stderr
     yield store
     subprocess.run([*store, "rm", "-af", "-t", "0"], capture_output=True, check=False)
-    subprocess.run([*store, "system", "reset", "-f"], capture_output=True, check=False)
+    subprocess.run([*store, "rmi", "-af"], capture_output=True, check=False)
     shutil.rmtree(short, ignore_errors=True)
 
 
