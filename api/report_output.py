@@ -148,8 +148,20 @@ def plot_title(report: UsageReport) -> str:
     return f"Image saves by {', '.join(report.groupings)}, {report.period.label}"
 
 
+def figure_png(figure: Figure) -> bytes:
+    """The figure as PNG bytes."""
+    out = io.BytesIO()
+    figure.savefig(out, format="png")
+    return out.getvalue()
+
+
+def png_bytes(report: UsageReport) -> bytes:
+    """The chart as PNG bytes (what ``GET /api/v1/reports/usage.png`` answers)."""
+    return figure_png(build_figure(report))
+
+
 def write_png(report: UsageReport, path: Path) -> Figure:
     """Draw the chart and write it to ``path`` as PNG; returns the figure."""
     figure = build_figure(report)
-    figure.savefig(path, format="png")
+    path.write_bytes(figure_png(figure))
     return figure

@@ -13,11 +13,27 @@ from flask import Blueprint, Response, redirect, render_template, request, sessi
 from werkzeug.wrappers import Response as BaseResponse
 
 from api.auth import PROXY_USER_HEADER, Principal, Unauthorized, find_token, open_session
+from api.portal_usage import usage_view
 from api.state import principal, state
 from registry.refs import host_of
 
 bp = Blueprint("portal", __name__, template_folder="templates", static_folder="static",
                static_url_path="/static")
+
+
+def _login_page(error: Unauthorized) -> tuple[str, int]:
+    """The login form; with the reason when credentials were sent and refused."""
+    forged = request.headers.get(PROXY_USER_HEADER) is not None
+    message = error.message if forged or "Authorization" in request.headers else ""
+    return render_template("login.html", error=message), (401 if message else 200)
+
+
+def _csrf(caller: Principal) -> str:
+    """The session's CSRF token (opening the session for this caller if needed)."""
+    csrf = session.get("csrf")
+    if session.get("user") != caller.user or not isinstance(csrf, str) or not csrf:
+        csrf = open_session(caller)
+    return csrf
 
 
 @bp.get("/")
@@ -26,18 +42,13 @@ def index() -> str | tuple[str, int]:
     try:
         caller = principal()
     except Unauthorized as e:
-        forged = request.headers.get(PROXY_USER_HEADER) is not None
-        message = e.message if forged or "Authorization" in request.headers else ""
-        return render_template("login.html", error=message), (401 if message else 200)
-    csrf = session.get("csrf")
-    if session.get("user") != caller.user or not isinstance(csrf, str) or not csrf:
-        csrf = open_session(caller)
+        return _login_page(e)
     config = state().config
     return render_template(
         "index.html",
         user=caller.user,
         admin=caller.admin,
-        csrf=csrf,
+        csrf=_csrf(caller),
         formats=[f.value for f in config.formats],
         categories=list(config.categories),
         registry=host_of(config.registry.url),
@@ -45,6 +56,23 @@ def index() -> str | tuple[str, int]:
     )
 
 
+@bp.get("/usage")
+def usage() -> str | tuple[str, int]:
+    """Admins: the usage report of every user as a table and the chart (a 403 page for
+    anyone else)."""
+    try:
+        caller = principal()
+    except Unauthorized as e:
+        return _login_page(e)
+    page = {"user": caller.user, "admin": caller.admin, "csrf": _csrf(caller),
+            "site_name": state().config.name}
+    if not caller.admin:
+        return render_template(
+            "message.html", **page, title="Not allowed",
+            message="The usage report of every user is for imgsave admins. Your own "
+                    "saves and their usage are on your page."), 403
+    view = usage_view(request.args)
+    return render_template("usage.html", **page, view=view), view.status
 @bp.post("/login")
 def login() -> BaseResponse | tuple[str, int]:
     """Open a portal session with an API token typed into the login form."""

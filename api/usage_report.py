@@ -62,13 +62,18 @@ def parse_when(text: str | None, default: datetime, *, end: bool = False) -> dat
     if not text:
         return default
     try:
-        if len(text) == 10:
-            day = datetime.strptime(text, "%Y-%m-%d") + (timedelta(days=1) if end else timedelta())
-            return day.astimezone()
-        moment = datetime.fromisoformat(text)
+        moment = (datetime.strptime(text, "%Y-%m-%d") if len(text) == 10
+                  else datetime.fromisoformat(text))
     except ValueError as e:
         raise InvalidRequest(f"date {text!r} is not YYYY-MM-DD or an ISO date-time") from e
-    return moment if moment.tzinfo else moment.astimezone()
+    try:
+        if len(text) == 10:
+            moment += timedelta(days=1) if end else timedelta()
+        moment = moment if moment.tzinfo else moment.astimezone()
+        moment.astimezone(UTC)  # the cache keeps UTC
+        return moment
+    except (ValueError, OverflowError) as e:  # the year 1 or 9999 in another time zone
+        raise InvalidRequest(f"date {text!r} is out of range") from e
 
 
 @dataclass(frozen=True)
@@ -82,7 +87,11 @@ class Period:
     def parse(cls, since: str | None, until: str | None, *, days: int = 30) -> Period:
         """From ``--since``/``--until`` text; defaults: the last ``days`` days up to now."""
         end = parse_when(until, datetime.now(UTC).astimezone(), end=True)
-        start = parse_when(since, end - timedelta(days=days))
+        try:
+            default_start = end - timedelta(days=days)
+        except OverflowError as e:
+            raise InvalidRequest(f"date {until!r} is out of range") from e
+        start = parse_when(since, default_start)
         if start >= end:
             raise InvalidRequest(f"since ({start:%Y-%m-%d %H:%M}) is not before until "
                                  f"({end:%Y-%m-%d %H:%M})")

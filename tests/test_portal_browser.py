@@ -4,8 +4,9 @@ Debian's chromium, driven by Playwright, talks to the app served by waitress on
 127.0.0.1; the app submits to Slurm, the save runs with podman on node n1 and pushes to
 the local registry. The test logs in with a token, saves a running session from the
 page, watches the progress bar reach done, sees the image, copies its pull command and
-deletes it through the confirmation dialog. Screenshots of each state go to docs/img/
-with IMGSAVE_UPDATE_SCREENSHOTS=1.
+deletes it through the confirmation dialog; an admin opens the usage page, groups it by
+node and outcome, and sees the table and the chart. Screenshots of each state go to
+docs/img/ with IMGSAVE_UPDATE_SCREENSHOTS=1.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
 SAVE_TIMEOUT_MS = 180_000
 # A user of its own, so the screenshots show this test's session and image only.
 USER = "dana"
+ADMIN = "root"  # the usage page: an imgsave admin by token (`imgsave token create --admin`)
 
 
 def free_port() -> int:
@@ -154,5 +156,52 @@ def test_save_a_session_from_the_portal(
     expect(row).to_have_count(0)
     assert dialogs and f"{USER}/{name}:v1" in dialogs[0]
     assert registry_tags(f"{USER}/{name}") == []
+    assert errors == []
+    context.close()
+
+
+def test_the_admin_opens_the_usage_page(
+    portal: tuple[str, Flask], browser: Browser, screenshots: Path
+) -> None:
+    """From the main page's Usage card to the report of every user, grouped by node and
+    outcome from the form: the table of the cluster's real saves, and the chart loaded."""
+    base, app = portal
+    token = make_token(app, ADMIN, admin=True)
+    context = browser.new_context(viewport={"width": 1200, "height": 900})
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(base + "/")
+    page.get_by_label("API token").fill(token)
+    page.get_by_role("button", name="Log in").click()
+    expect(page.locator("#user-name")).to_have_text(ADMIN)
+    page.get_by_role("link", name="Usage of every user").click()
+    expect(page.get_by_role("heading", name="Usage of every user")).to_be_visible()
+
+    page.get_by_label("Group by").select_option("node,outcome")
+    page.get_by_role("button", name="Show").click()
+    table = page.get_by_role("table")
+    expect(table.locator("caption")).to_contain_text("by node, outcome")
+    expect(table.locator("thead th").first).to_have_text("Node")
+    expect(table.locator("tfoot th")).to_have_text("Total")
+    nodes = table.locator("tbody th[scope=row]").all_inner_texts()
+    assert nodes and set(nodes) <= {"n1", "n2"}
+    chart = page.get_by_role("img", name="Bar chart: Image saves by node, outcome")
+    expect(chart).to_be_visible()
+    chart.scroll_into_view_if_needed()
+    page.wait_for_function("img => img.complete && img.naturalWidth > 0",
+                           arg=chart.element_handle())
+    assert chart.evaluate("img => [img.naturalWidth, img.naturalHeight]") in (
+        [2000, 1125], [1999, 1125])
+    shot(page, screenshots, "portal-usage", page.locator("main"))
+
+    denied = browser.new_context().new_page()  # someone who is not an admin
+    denied.goto(base + "/")
+    denied.get_by_label("API token").fill(make_token(app, USER))
+    denied.get_by_role("button", name="Log in").click()
+    expect(denied.get_by_role("link", name="Usage of every user")).to_have_count(0)
+    response = denied.goto(base + "/usage")
+    assert response is not None and response.status == 403
+    expect(denied.get_by_role("heading", name="Not allowed")).to_be_visible()
     assert errors == []
     context.close()
