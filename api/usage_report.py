@@ -76,6 +76,9 @@ def parse_when(text: str | None, default: datetime, *, end: bool = False) -> dat
         raise InvalidRequest(f"date {text!r} is out of range") from e
 
 
+MAX_SPAN = timedelta(days=10 * 365)  # ten years
+
+
 @dataclass(frozen=True)
 class Period:
     """The submit times a report covers: ``since <= submit < until``."""
@@ -95,6 +98,10 @@ class Period:
         if start >= end:
             raise InvalidRequest(f"since ({start:%Y-%m-%d %H:%M}) is not before until "
                                  f"({end:%Y-%m-%d %H:%M})")
+        if end - start > MAX_SPAN:
+            # each month of the span may cost a sacct call on the first report
+            raise InvalidRequest(f"a report spans at most {MAX_SPAN.days // 365} years; "
+                                 f"since {start:%Y-%m-%d} is too far before until")
         return cls(start, end)
 
     @property

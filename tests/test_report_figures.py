@@ -171,3 +171,13 @@ def test_usage_row_dict_has_every_reason() -> None:
         "failed_size_limit", "failed_timeout", "failed_node_failure", "failed_cancelled",
         "failed_out_of_memory", "failed_other",
     ]
+
+
+def test_a_report_spans_at_most_ten_years() -> None:
+    """A first report syncs accounting month by month: a since in 1990 is refused."""
+    from api.usage_report import Period
+    from site_configs.errors import InvalidRequest
+
+    with pytest.raises(InvalidRequest, match="at most 10 years"):
+        Period.parse("1990-01-01", "2026-01-01")
+    assert Period.parse("2017-01-01", "2026-01-01").since.year == 2017
