@@ -240,8 +240,17 @@ cmd_down() {
     pkill -f "docker-registry serve $STATE/registry.yml" || true
     pkill -x mariadbd || true
     pkill -x munged || true
+    # `up` right after `down` must not find a daemon that is still shutting down.
+    local p
+    for p in slurmctld slurmdbd mariadbd munged; do
+        wait_for 30 "$p to stop" not_running "$p" || true
+    done
+    wait_for 30 "the registry to stop" not_running_registry || true
     say "down"
 }
+
+not_running() { ! running "$1"; }
+not_running_registry() { ! curl -fsS "http://$REGISTRY_ADDR/v2/" >/dev/null 2>&1; }
 
 cmd_status() {
     local p n
