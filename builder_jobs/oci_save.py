@@ -15,15 +15,11 @@ from dataclasses import dataclass, field
 
 from builder_jobs.annotations import annotate_manifest
 from registry.manifests import (
-    MANIFEST_ACCEPT,
     ManifestInfo,
     parse_manifest,
-    sha256_digest,
-    verify_digest,
 )
 from registry.oci import RegistryClient
 from registry.refs import ImageRef
-from registry.tokens import repository_scope
 from site_configs.errors import ImgsaveError, NotFound, RegistryError
 
 log = logging.getLogger(__name__)
@@ -39,25 +35,10 @@ class RawManifest:
 
 
 def fetch_manifest(client: RegistryClient, repository: str, reference: str) -> RawManifest | None:
-    """The manifest's bytes, media type and digest (checked), or None if absent.
-
-    :meth:`RegistryClient.manifest` parses and drops the bytes; annotating and
-    restoring need them unchanged, so this asks through the client's transport.
-    """
-    response = client.send(
-        "GET",
-        f"/v2/{repository}/manifests/{reference}",
-        scope=repository_scope(repository, "pull"),
-        headers={"Accept": MANIFEST_ACCEPT},
-    )
-    if response.status_code == 404:
-        return None
-    client.check(response, f"get manifest {repository}:{reference}", 200)
-    body = response.content
-    digest = response.headers.get("Docker-Content-Digest", "") or sha256_digest(body)
-    verify_digest(body, digest, f"manifest {repository}:{reference}")
-    media_type = response.headers.get("Content-Type", "").split(";", 1)[0].strip()
-    return RawManifest(body, media_type, digest)
+    """The manifest's bytes, media type and digest (checked), or None if absent:
+    annotating and restoring need the bytes unchanged."""
+    found = client.manifest_bytes(repository, reference)
+    return RawManifest(*found) if found is not None else None
 
 
 @dataclass(frozen=True)

@@ -96,6 +96,26 @@ class RegistryClient(RegistryTransport):
         With ``with_config``, an image whose manifest has no ``created`` annotation
         gets it from its config blob (one more small GET).
         """
+        found = self.manifest_bytes(repository, reference)
+        if found is None:
+            return None
+        raw, media_type, digest = found
+        info = parse_manifest(raw, digest, media_type)
+        if with_config and not info.created and 0 < info.config_size <= CONFIG_FETCH_LIMIT:
+            try:
+                created = created_from_config(self.get_blob(repository, info.config_digest))
+            except NotFound:
+                created = ""
+            if created:
+                info = replace(info, created=created)
+        return info
+
+    def manifest_bytes(self, repository: str, reference: str) -> tuple[bytes, str, str] | None:
+        """The manifest exactly as stored: (bytes, media type, verified digest), or None.
+
+        For callers that must re-put or restore a manifest unchanged (annotating, undoing
+        a failed save); :meth:`manifest` parses these bytes.
+        """
         check_repository(repository)
         check_reference(reference)
         response = self.send(
@@ -110,15 +130,8 @@ class RegistryClient(RegistryTransport):
         raw = response.content
         digest = reference if ":" in reference else _header_digest(response, raw)
         verify_digest(raw, digest, f"manifest {repository}@{digest}")
-        info = parse_manifest(raw, digest, response.headers.get("Content-Type", ""))
-        if with_config and not info.created and 0 < info.config_size <= CONFIG_FETCH_LIMIT:
-            try:
-                created = created_from_config(self.get_blob(repository, info.config_digest))
-            except NotFound:
-                created = ""
-            if created:
-                info = replace(info, created=created)
-        return info
+        media_type = response.headers.get("Content-Type", "").split(";", 1)[0].strip()
+        return raw, media_type, digest
 
     def manifest_digest(self, repository: str, reference: str) -> str | None:
         """The digest ``repository:reference`` resolves to (a HEAD request), or None."""
