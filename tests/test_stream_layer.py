@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import stat
+import subprocess
 import tarfile
 from pathlib import Path
 
 import pytest
 
 from builder_jobs.overlay_layer import (
+    BLOCK,
     EntryKind,
     LayerEntry,
     LayerStats,
@@ -210,3 +213,123 @@ def test_a_file_that_shrinks_while_read_keeps_the_tar_well_formed(upper: Path) -
         assert member is not None and member.read() == b"y" * 10 + bytes(4990)
     assert stats.changed == ["log"]
     assert stats.files == 1 and stats.tar_bytes == len(data)
+
+
+@pytest.mark.parametrize(
+    ("size", "chunk_size"),
+    [(5000, 1 << 20), (1 << 16, 1 << 16), (3 << 16, 1 << 16)],
+    ids=["within-a-chunk", "one-whole-chunk", "whole-chunks"],
+)
+def test_a_file_that_grows_while_read_is_cut_to_its_header_size(
+    upper: Path, size: int, chunk_size: int
+) -> None:
+    # The growth check rides on the last read (one byte more than is left), or is a
+    # read of its own when the file ends on a chunk boundary: both must see it.
+    path = upper / "log"
+    path.write_bytes(b"x" * size)
+    entries = list(layer_entries(str(upper)))
+    path.write_bytes(b"y" * (size + 700))
+    stats = LayerStats()
+    data = b"".join(tar_chunks(entries, chunk_size=chunk_size, stats=stats))
+    with tarfile.open(fileobj=io.BytesIO(data)) as archive:
+        member = archive.extractfile("log")
+        assert member is not None and member.read() == b"y" * size
+    assert stats.changed == ["log"]
+    assert stats.tar_bytes == len(data) and len(data) % BLOCK == 0
+
+
+@pytest.mark.parametrize(
+    ("size", "chunk_size"), [(0, 64), (100, 64), (1 << 16, 1 << 16), (5000, 1 << 20)]
+)
+def test_a_file_read_unchanged_is_not_reported(upper: Path, size: int, chunk_size: int) -> None:
+    (upper / "f").write_bytes(os.urandom(size))
+    stats = LayerStats()
+    data = b"".join(tar_chunks(layer_entries(str(upper)), chunk_size=chunk_size, stats=stats))
+    with tarfile.open(fileobj=io.BytesIO(data)) as archive:
+        member = archive.extractfile("f")
+        assert member is not None and member.read() == (upper / "f").read_bytes()
+    assert stats.changed == [] and stats.files == (1 if size else 0)
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        LayerEntry("n" * 100, EntryKind.FILE, 0o644, uid=8**7 - 1, gid=8**7 - 1, size=0),
+        LayerEntry("n" * 100, EntryKind.FILE, 0o644, uid=8**7, gid=0, mtime=8**11 - 1),
+        LayerEntry("n" * 101, EntryKind.FILE, 0o644, mtime=8**11),
+        LayerEntry("d" * 99, EntryKind.DIR, 0o755),
+        LayerEntry("l", EntryKind.SYMLINK, 0o777, linkname="t" * 100),
+        LayerEntry("l", EntryKind.SYMLINK, 0o777, linkname="t" * 101),
+        LayerEntry("c", EntryKind.CHAR, 0o666, devmajor=1, devminor=3),
+        LayerEntry("x", EntryKind.FILE, 0o600, xattrs={"user.a": b"b"}),
+    ],
+    ids=lambda e: f"{e.kind.name}-{len(e.name)}-{e.uid}-{e.mtime}-{len(e.linkname)}",
+)
+def test_headers_at_the_ustar_limits_read_back_exactly(entry: LayerEntry) -> None:
+    header = tar_header(entry)
+    assert len(header) % BLOCK == 0
+    with tarfile.open(fileobj=io.BytesIO(header + bytes(-entry.size % BLOCK) + bytes(1024))) as t:
+        (member,) = t.getmembers()
+    assert member.name == entry.name
+    assert (member.uid, member.gid, member.mtime) == (entry.uid, entry.gid, entry.mtime)
+    assert member.linkname == entry.linkname and member.mode == entry.mode
+    assert (member.devmajor, member.devminor) == (entry.devmajor, entry.devminor)
+    assert {k.removeprefix("SCHILY.xattr.") for k in member.pax_headers if "xattr" in k} == set(
+        entry.xattrs
+    )
+
+
+@needs_root
+@pytest.mark.skipif(shutil.which("tar") is None, reason="needs GNU tar as a second reader")
+def test_an_upper_dir_with_every_kind_of_change_reads_back_in_gnu_tar(upper: Path) -> None:
+    # Whiteout (0/0 device), opaque directory, capability, hard links, long and
+    # non-UTF-8 names in one upper dir; GNU tar, a reader independent of Python's,
+    # must list exactly the converted tree.
+    (upper / "etc").mkdir()
+    os.mknod(upper / "etc" / "gone", stat.S_IFCHR | 0o600, os.makedev(0, 0))
+    os.mknod(upper / "etc" / "null", stat.S_IFCHR | 0o666, os.makedev(1, 3))
+    (upper / "opt" / "lib").mkdir(parents=True)
+    os.setxattr(upper / "opt" / "lib", "trusted.overlay.opaque", b"y")
+    os.setxattr(upper / "opt", "trusted.overlay.impure", b"y")
+    ping = upper / "opt" / "lib" / "ping"
+    ping.write_bytes(b"\x7fELF" * 1000)
+    os.setxattr(ping, "security.capability", CAPABILITY)
+    os.link(ping, upper / "opt" / "lib" / "ping6")
+    deep = upper / ("d" * 120) / ("e" * 90)
+    deep.mkdir(parents=True)
+    (deep / "f.txt").write_text("deep")
+    (upper / ("g" * 200)).mkdir()
+    (upper / ("g" * 200) / ("h" * 200)).write_text("pax path")
+    with open(os.fsencode(str(upper)) + b"/caf\xe9", "wb") as f:
+        f.write(b"latin1")
+
+    data = b"".join(tar_chunks(layer_entries(str(upper)), chunk_size=4096))
+    listed = subprocess.run(
+        ["tar", "--xattrs", "--xattrs-include=*", "--quoting-style=literal", "-tf", "-"],
+        input=data, capture_output=True, check=True,
+    )  # fmt: skip
+    assert listed.stdout.splitlines() == [
+        b"caf\xe9",
+        b"d" * 120 + b"/",
+        b"d" * 120 + b"/" + b"e" * 90 + b"/",
+        b"d" * 120 + b"/" + b"e" * 90 + b"/f.txt",
+        b"etc/",
+        b"etc/.wh.gone",
+        b"etc/null",
+        b"g" * 200 + b"/",
+        b"g" * 200 + b"/" + b"h" * 200,
+        b"opt/",
+        b"opt/lib/",
+        b"opt/lib/.wh..wh..opq",
+        b"opt/lib/ping",
+        b"opt/lib/ping6",
+    ]
+    assert not listed.stderr
+    with tarfile.open(fileobj=io.BytesIO(data)) as archive:
+        by_name = {m.name: m for m in archive.getmembers()}
+    assert by_name["etc/.wh.gone"].isreg() and by_name["etc/.wh.gone"].size == 0
+    assert by_name["etc/null"].ischr() and by_name["etc/null"].devminor == 3
+    assert by_name["opt/lib/ping6"].islnk() and by_name["opt/lib/ping6"].linkname == "opt/lib/ping"
+    cap = by_name["opt/lib/ping"].pax_headers["SCHILY.xattr.security.capability"]
+    assert cap.encode("utf-8", "surrogateescape") == CAPABILITY
+    assert not any("overlay" in k for m in by_name.values() for k in m.pax_headers)
