@@ -345,18 +345,15 @@ def _many_rows(count: int) -> str:
     return "\n".join(out)
 
 
-def test_sacct_parser_handles_1e5_rows_fast() -> None:
+def test_sacct_parser_handles_1e5_rows() -> None:
+    # Correctness at scale only; the time it takes is measured in bench/report_scale.py
+    # (tests stay deterministic).
     text = _many_rows(100_000)
-    started = time.process_time()  # CPU time: other engineers' jobs share this machine
     records = parse_sacct_rows(text)  # the local zone, as in production
-    elapsed = time.process_time() - started
     assert len(records) == 100_000 and records[-1].job_id == "100000"
     assert records[3].end_time is not None and records[3].end_time.year == 2026
-    assert elapsed < 6.0, f"{elapsed:.2f} s for 10^5 rows"  # ~1.5 s here, shared machine
-    started = time.process_time()
     saves = parse_sacct_rows(text, name_prefix="imgsave-")
     assert len(saves) == 100_000 // 12 + 1  # one in twelve rows is job 4's name
-    assert time.process_time() - started < elapsed
 
 
 # -- squeue and merging ---------------------------------------------------------------
