@@ -40,6 +40,7 @@ JOB_NAME_PREFIX = "imgsave"
 # Container names as podman, docker and nerdctl accept them.
 _CONTAINER_NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]{0,253}")
 _JOB_ID = re.compile(r"[0-9]+(?:\.[A-Za-z0-9_.-]+)?|[0-9]+\[[0-9]*\](?:\.[A-Za-z0-9_.-]+)?")
+_NODE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 BY_JOB_DIR = "by-job"
 RECENT_SECONDS = 600.0
 
@@ -103,6 +104,9 @@ class SaveService:
             raise InvalidRequest(f"category {request.category!r} is unknown (use {allowed})")
         if bool(request.node) == bool(request.job_id):
             raise InvalidRequest("give exactly one of --node NODE or --job JOBID")
+        if request.node and not _NODE_NAME.fullmatch(request.node):
+            # one plain node name: never a list or range that would pin to several
+            raise InvalidRequest(f"node {request.node!r} is not a node name")
         target = target_for_user(
             request.target, request.user, self.config.registry.namespace, self.config.registry.url
         )

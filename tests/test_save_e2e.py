@@ -159,6 +159,8 @@ def _jobs_mentioning(text: str) -> list[str]:
         ("jupyter-alice", "alice/x", "n1", InvalidRequest, "no tag"),
         ("jupyter-alice", "bob/x:v1", "n1", PermissionDenied, "namespace"),
         ("jupyter-alice", "alice/x:v1", "n9", NotFound, "n9"),
+        ("jupyter-alice", "alice/x:v1", "n1,n2", InvalidRequest, "not a node name"),
+        ("jupyter-alice", "alice/x:v1", "n[1-2]", InvalidRequest, "not a node name"),
     ],
 )
 def test_bad_requests_are_refused_before_anything_runs(
