@@ -189,8 +189,12 @@ class SaveService:
         index = self.spool / BY_JOB_DIR
         index.mkdir(exist_ok=True, mode=0o755)
         link = index / job_id
-        if not link.is_symlink():
-            link.symlink_to(Path("..") / request_id)
+        # Always (re)point the link: one left behind under this job id (a purged
+        # scheduler's reused id, or planted) must never stand for this save.
+        temporary = index / f".{job_id}.{request_id}"
+        temporary.unlink(missing_ok=True)
+        temporary.symlink_to(Path("..") / request_id)
+        os.replace(temporary, link)
 
     # -- status ---------------------------------------------------------------------
     def spec_for_job(self, job_id: str) -> SaveSpec:

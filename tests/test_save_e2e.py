@@ -313,3 +313,24 @@ def test_saves_in_flight_per_user_are_limited(tmp_path: Path) -> None:
             s.saves.cancel(job, user)
     finally:
         subprocess.run(["scancel", blocker], check=False)
+
+
+def test_a_stale_job_index_entry_never_stands_for_a_new_save(tmp_path: Path) -> None:
+    """A link left under the next job id (reused ids, or planted) is replaced at submit."""
+    from api.service import BY_JOB_DIR
+
+    s = site()
+    index = Path(s.config.spool_dir) / BY_JOB_DIR
+    probe = subprocess.run(["sbatch", "--parsable", "-p", "imgsave", "-w", "n2", "--hold",
+                            "-o", "/dev/null", "--wrap", "true"], capture_output=True, text=True,
+                           check=True).stdout.strip().split(";")[0]
+    subprocess.run(["scancel", probe], check=False)
+    planted = index / str(int(probe) + 1)
+    planted.unlink(missing_ok=True)
+    planted.symlink_to(tmp_path)  # someone else's "spec"
+    with session_container("n2", "alice") as name:
+        submitted = s.saves.submit(SaveRequest("alice", name, unique("alice/idx") + ":v1",
+                                               node="n2"))
+        assert submitted.job_id == planted.name
+        assert os.readlink(planted) == f"../{submitted.request_id}"
+        assert wait_final(s, submitted.job_id, "alice").state is JobState.COMPLETED
