@@ -177,7 +177,7 @@ class SaveService:
         limit = self.config.limits.max_saves_in_flight_per_user
         window = self.config.scheduler.time_limit_minutes * 60 + RECENT_SECONDS
         mine = [s for s in self._statuses_for(self._recent_job_ids(window), user, admin=False)
-                if s is not None and not s.finished]
+                if not s.finished]
         if len(mine) >= limit:
             raise InvalidRequest(
                 f"you have {len(mine)} saves queued or running (jobs "
@@ -187,7 +187,10 @@ class SaveService:
 
     def _index_job(self, job_id: str, request_id: str) -> None:
         index = self.spool / BY_JOB_DIR
-        index.mkdir(exist_ok=True, mode=0o755)
+        if not index.is_dir():
+            index.mkdir(exist_ok=True)
+            # like /tmp: in CLI mode every user indexes their own jobs, nobody else's
+            index.chmod(0o1777)
         link = index / job_id
         # Always (re)point the link: one left behind under this job id (a purged
         # scheduler's reused id, or planted) must never stand for this save.
@@ -214,13 +217,26 @@ class SaveService:
             if spec.user != user and not admin:
                 raise NotFound(f"job {job_id} is not an imgsave save job of yours")
             specs[job_id] = spec
+        return self._join(specs, strict=True)
+
+    def _join(self, specs: dict[str, SaveSpec], *, strict: bool) -> list[SaveStatus]:
+        """Each spec with its scheduler record; a record that names another request is
+        refused (``strict``) or left out."""
         if not specs:
             return []
         since = min(_parse_time(s.created) for s in specs.values()) - timedelta(minutes=5)
         records = self.scheduler.status(list(specs), since)
-        return [
-            self._status(job_id, spec, records.get(job_id)) for job_id, spec in specs.items()
-        ]
+        statuses = []
+        for job_id, spec in specs.items():
+            record = records.get(job_id)
+            try:
+                _check_same_request(job_id, spec, record)
+            except NotFound:
+                if strict:
+                    raise
+                continue
+            statuses.append(self._status(job_id, spec, record))
+        return statuses
 
     def _status(self, job_id: str, spec: SaveSpec, record: JobRecord | None) -> SaveStatus:
         workdir = spool_dir_for(self.spool, spec.request_id)
@@ -233,23 +249,22 @@ class SaveService:
         since = since or datetime.now(UTC) - timedelta(days=7)
         records = self.scheduler.list_jobs(since, name_prefix=JOB_NAME_PREFIX)
         statuses = []
+        seen = set()
         for record in records:
+            seen.add(record.job_id)
             owner = record.metadata.get("user", "")
             if not owner or (owner != user and not admin):
                 continue
             try:
                 spec = self.spec_for_job(record.job_id)
+                _check_same_request(record.job_id, spec, record)
             except NotFound:
-                continue  # spool purged: accounting alone still tells the state
+                continue  # spool purged (or a foreign index entry): not shown
             statuses.append(self._status(record.job_id, spec, record))
         # slurmdbd learns of a job a moment after sbatch returns: ask for the saves
         # submitted in the last minutes that accounting does not list yet.
-        seen = {s.job_id for s in statuses}
         recent = [j for j in self._recent_job_ids(RECENT_SECONDS) if j not in seen]
-        if recent:
-            statuses.extend(
-                s for s in self._statuses_for(recent, user, admin=admin) if s is not None
-            )
+        statuses.extend(self._statuses_for(recent, user, admin=admin))
         return sorted(statuses, key=lambda s: _job_sort_key(s.job_id))
 
     def _recent_job_ids(self, seconds: float) -> list[str]:
@@ -261,9 +276,8 @@ class SaveService:
             return []
         return [e.name for e in entries if e.stat(follow_symlinks=False).st_mtime >= cutoff]
 
-    def _statuses_for(
-        self, job_ids: list[str], user: str, *, admin: bool
-    ) -> list[SaveStatus | None]:
+    def _statuses_for(self, job_ids: list[str], user: str, *, admin: bool) -> list[SaveStatus]:
+        """Statuses of those of ``job_ids`` that are the user's saves (others skipped)."""
         specs = {}
         for job_id in job_ids:
             try:
@@ -272,15 +286,22 @@ class SaveService:
                 continue
             if spec.user == user or admin:
                 specs[job_id] = spec
-        if not specs:
-            return []
-        return list(self.status(list(specs), user, admin=admin))
+        return self._join(specs, strict=False)
 
     def cancel(self, job_id: str, user: str, *, admin: bool = False) -> None:
         spec = self.spec_for_job(job_id)
         if spec.user != user and not admin:
             raise NotFound(f"job {job_id} is not an imgsave save job of yours")
         self.scheduler.cancel(job_id)
+
+
+def _check_same_request(job_id: str, spec: SaveSpec, record: JobRecord | None) -> None:
+    """The spool's index is only a pointer; the job's own metadata (set at sbatch/qsub,
+    kept by accounting) says which request it runs. A mismatch is a stale or planted
+    index entry, never this job's status."""
+    recorded = record.metadata.get("request_id") if record else None
+    if recorded and recorded != spec.request_id:
+        raise NotFound(f"job {job_id} is not an imgsave save job of yours")
 
 
 def _metadata(spec: SaveSpec) -> dict[str, str]:

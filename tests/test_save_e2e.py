@@ -334,3 +334,37 @@ def test_a_stale_job_index_entry_never_stands_for_a_new_save(tmp_path: Path) -> 
         assert submitted.job_id == planted.name
         assert os.readlink(planted) == f"../{submitted.request_id}"
         assert wait_final(s, submitted.job_id, "alice").state is JobState.COMPLETED
+
+
+def test_an_index_entry_that_names_another_request_is_not_this_jobs_status(
+        tmp_path: Path) -> None:
+    """Accounting's metadata decides: a planted link to a forged spec claiming a real job
+    of alice's is refused, not shown."""
+    import shutil
+
+    from api.service import BY_JOB_DIR
+
+    s = site()
+    with session_container("n2", "alice") as name:
+        real = s.saves.submit(SaveRequest("alice", name, unique("alice/real") + ":v1",
+                                          node="n2"))
+        wait_final(s, real.job_id, "alice")
+    spool = Path(s.config.spool_dir)
+    forged = spool / ("f" * 32)
+    shutil.rmtree(forged, ignore_errors=True)
+    shutil.copytree(spool / real.request_id, forged)
+    spec = json.loads((forged / "spec.json").read_text())
+    spec["request_id"], spec["target"] = "f" * 32, "127.0.0.1:5000/alice/forged:v1"
+    (forged / "spec.json").write_text(json.dumps(spec))
+    link = spool / BY_JOB_DIR / real.job_id
+    link.unlink()
+    link.symlink_to(f"../{'f' * 32}")
+    try:
+        with pytest.raises(NotFound):
+            s.saves.status([real.job_id], "alice")
+        assert real.job_id not in [q.job_id for q in s.saves.queue("alice")]
+    finally:
+        link.unlink()
+        link.symlink_to(f"../{real.request_id}")
+        shutil.rmtree(forged, ignore_errors=True)
+    assert s.saves.status([real.job_id], "alice")[0].target.endswith(":v1")
