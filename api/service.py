@@ -31,7 +31,7 @@ from builder_jobs.spec import (
 from registry.refs import ImageRef, check_unix_name, target_for_user
 from scheduler_glue.base import BatchJob, JobRecord, Scheduler
 from scheduler_glue.states import JobState
-from site_configs.errors import InvalidRequest, NotFound, PermissionDenied
+from site_configs.errors import InvalidRequest, NotFound, PermissionDenied, SchedulerError
 from site_configs.schema import ImageFormat, SiteConfig
 
 log = logging.getLogger(__name__)
@@ -168,7 +168,13 @@ class SaveService:
         except Exception:
             _remove_tree(workdir)  # nothing half-made stays behind
             raise
-        self._index_job(job_id, request_id)
+        try:
+            self._index_job(job_id, request_id)
+        except OSError as e:
+            raise SchedulerError(
+                f"save job {job_id} was submitted, but its entry in {self.spool / BY_JOB_DIR} "
+                f"cannot be written ({e.strerror}); ask the site's admins to check the spool"
+            ) from e
         log.info("submitted save %s as job %s on %s", request_id, job_id, node)
         return SubmittedSave(job_id=job_id, request_id=request_id, target=target, node=node)
 
