@@ -111,7 +111,11 @@ class HarborCatalog:
             found = self.client.list_images(user)
         except NotFound:
             return []  # no project yet: the user has never saved
-        return [ImageInfo(**image.to_dict()) for image in found]  # type: ignore[arg-type]
+        return [
+            ImageInfo(i.repository, i.tag, i.digest, i.size_bytes, i.created, i.format,
+                      i.category, i.reference)
+            for i in found
+        ]
 
     def delete(self, user: str, name_tag: str) -> str:
         ref = target_for_user(
