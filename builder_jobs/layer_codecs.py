@@ -37,7 +37,7 @@ class Codec(Protocol):
         """The OCI layer media type of the output."""
         ...
 
-    def compress(self, chunks: Iterable[bytes]) -> Generator[bytes, None, None]:
+    def compress(self, chunks: Iterable[bytes | bytearray]) -> Generator[bytes, None, None]:
         """The compressed form of the concatenated ``chunks``, in pieces."""
         ...
 
@@ -52,7 +52,7 @@ class ZstdCodec:
     name: str = "zstd"
     media_type: str = OCI_LAYER_ZSTD
 
-    def compress(self, chunks: Iterable[bytes]) -> Generator[bytes, None, None]:
+    def compress(self, chunks: Iterable[bytes | bytearray]) -> Generator[bytes, None, None]:
         import zstandard
 
         compressor = zstandard.ZstdCompressor(level=self.level, threads=self.threads)
@@ -72,7 +72,7 @@ class ZlibGzipCodec:
     name: str = "gzip"
     media_type: str = OCI_LAYER_GZIP
 
-    def compress(self, chunks: Iterable[bytes]) -> Generator[bytes, None, None]:
+    def compress(self, chunks: Iterable[bytes | bytearray]) -> Generator[bytes, None, None]:
         stream = zlib.compressobj(self.level, zlib.DEFLATED, 31)  # 31: gzip framing
         for chunk in chunks:
             out = stream.compress(chunk)
@@ -91,7 +91,7 @@ class PigzCodec:
     name: str = "gzip"
     media_type: str = OCI_LAYER_GZIP
 
-    def compress(self, chunks: Iterable[bytes]) -> Generator[bytes, None, None]:
+    def compress(self, chunks: Iterable[bytes | bytearray]) -> Generator[bytes, None, None]:
         argv = [self.binary, f"-{self.level}", "-c", "-n"]
         if self.processes:
             argv += ["-p", str(self.processes)]
@@ -122,7 +122,9 @@ class PigzCodec:
             raise CommandFailed(argv, code, "", stderr)
 
 
-def _feed(chunks: Iterable[bytes], sink: IO[bytes], failure: list[BaseException]) -> None:
+def _feed(
+    chunks: Iterable[bytes | bytearray], sink: IO[bytes], failure: list[BaseException]
+) -> None:
     try:
         for chunk in chunks:
             sink.write(chunk)

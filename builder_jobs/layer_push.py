@@ -85,7 +85,7 @@ class _OnceBody:
 def push_layer(
     client: RegistryClient,
     repository: str,
-    tar: Iterable[bytes],
+    tar: Iterable[bytes | bytearray],
     codec: Codec,
     *,
     on_read_done: Callable[[], None] | None = None,
@@ -216,7 +216,7 @@ class _Producer:
 
     def __init__(
         self,
-        tar: Iterable[bytes],
+        tar: Iterable[bytes | bytearray],
         codec: Codec,
         on_read_done: Callable[[], None] | None,
         out: _Buffer,
@@ -277,14 +277,14 @@ class _Producer:
         finally:
             stream.close()  # stops a compressor process (pigz) when we stop early
 
-    def _hashed(self) -> Iterator[bytes]:
+    def _hashed(self) -> Iterator[bytes | bytearray]:
         while True:
             item = self._raw.get()
             if item is _DONE or item is _CLOSED:
                 return
             if isinstance(item, BaseException):
                 raise item
-            chunk = cast(bytes, item)
+            chunk = cast(bytes | bytearray, item)
             self.diff_hasher.update(chunk)
             self.tar_size += len(chunk)
             yield chunk

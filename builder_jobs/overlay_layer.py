@@ -27,6 +27,7 @@ import enum
 import errno
 import os
 import stat
+import struct
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -39,6 +40,13 @@ OPAQUE_XATTR = "trusted.overlay.opaque"
 UNSUPPORTED_XATTRS = ("trusted.overlay.metacopy", "trusted.overlay.redirect")
 BLOCK = 512
 CHUNK_SIZE = 1 << 20
+# ustar: name, mode, uid, gid, size, mtime, checksum, typeflag, linkname, magic+version,
+# (uname, gname: empty), devmajor, devminor, prefix, padding. "s" pads with NULs, so a
+# number's field holds its octal digits then NUL.
+_USTAR = struct.Struct("100s8s8s8s12s12s8s1s100s8s64x8s8s155s12x")
+_ZERO_BLOCK = memoryview(bytes(BLOCK))
+_MAX_ID = 8**7  # largest uid/gid + 1 in 7 octal digits
+_MAX_NUMBER = 8**11  # largest size/mtime + 1 in 11 octal digits
 _EMPTY: Mapping[str, bytes] = MappingProxyType({})
 
 
@@ -227,7 +235,7 @@ def tar_chunks(
     *,
     chunk_size: int = CHUNK_SIZE,
     stats: LayerStats | None = None,
-) -> Iterator[bytes]:
+) -> Iterator[bytes | bytearray]:
     """The tar stream of ``entries`` in chunks of about ``chunk_size`` bytes.
 
     File data is read from each entry's ``source``. A file that shrank since it was
@@ -235,6 +243,9 @@ def tar_chunks(
     says, and named in ``stats.changed``: the tar stays well formed either way.
     """
     stats = stats if stats is not None else LayerStats()
+    # Headers and small files gather in ``buf``; a full one is handed on as it is (the
+    # consumer keeps it) and a new one started. A file of a chunk or more goes on in
+    # pieces of its own.
     buf = bytearray()
     for entry in entries:
         stats.entries += 1
@@ -242,24 +253,43 @@ def tar_chunks(
         if entry.kind is EntryKind.FILE and entry.size:
             stats.files += 1
             stats.file_bytes += entry.size
-            for piece in _file_data(entry, chunk_size, stats):
-                if len(piece) < chunk_size:
-                    buf += piece
-                    continue
+            if entry.size < chunk_size:
+                buf += _small_file(entry, stats)
+            else:
                 if buf:
                     stats.tar_bytes += len(buf)
-                    yield bytes(buf)
-                    buf.clear()
-                stats.tar_bytes += len(piece)
-                yield piece
-            buf += bytes(-entry.size % BLOCK)
+                    yield buf
+                for piece in _file_data(entry, chunk_size, stats):
+                    stats.tar_bytes += len(piece)
+                    yield piece
+                buf = bytearray()
+            buf += _ZERO_BLOCK[: -entry.size % BLOCK]
         if len(buf) >= chunk_size:
             stats.tar_bytes += len(buf)
-            yield bytes(buf)
-            buf.clear()
+            yield buf
+            buf = bytearray()
     buf += bytes(2 * BLOCK)  # end of archive: two zero blocks
     stats.tar_bytes += len(buf)
-    yield bytes(buf)
+    yield buf
+
+
+def _small_file(entry: LayerEntry, stats: LayerStats) -> bytes:
+    """The data of a file smaller than a chunk, in one read (one byte more shows that it
+    grew); cut or padded to the header's size when it changed, as :func:`_file_data`."""
+    fd = _open_noatime(entry.source)
+    try:
+        data = os.read(fd, entry.size + 1)
+        while 0 < len(data) < entry.size:  # a short read: more may follow
+            more = os.read(fd, entry.size + 1 - len(data))
+            if not more:
+                break
+            data += more
+    finally:
+        os.close(fd)
+    if len(data) != entry.size:
+        stats.changed.append(entry.name)
+        data = data[: entry.size].ljust(entry.size, b"\0")
+    return data
 
 
 def _file_data(entry: LayerEntry, chunk_size: int, stats: LayerStats) -> Iterator[bytes]:
@@ -294,6 +324,18 @@ def tar_header(entry: LayerEntry) -> bytes:
     """The header block(s) of one entry: a PAX extended header when needed, then ustar."""
     name = os.fsencode(entry.name) + (b"/" if entry.kind is EntryKind.DIR else b"")
     link = os.fsencode(entry.linkname)
+    uid, gid, size, mtime = entry.uid, entry.gid, entry.size, entry.mtime
+    if (
+        len(name) <= 100
+        and len(link) <= 100
+        and not entry.xattrs
+        and 0 <= uid < _MAX_ID
+        and 0 <= gid < _MAX_ID
+        and 0 <= size < _MAX_NUMBER
+        and 0 <= mtime < _MAX_NUMBER
+    ):  # the common case: a plain ustar header
+        return _ustar(name, entry.mode, uid, gid, size, mtime, entry.kind.value, link,
+                      entry.devmajor, entry.devminor, b"")  # fmt: skip
     pax: list[tuple[bytes, bytes]] = []
     prefix, short = _split_name(name)
     if short is None:
@@ -303,14 +345,14 @@ def tar_header(entry: LayerEntry) -> bytes:
         pax.append((b"linkpath", link))
         link = link[:100]
     numbers = {
-        "uid": (entry.uid, 8),
-        "gid": (entry.gid, 8),
-        "size": (entry.size, 12),
-        "mtime": (entry.mtime, 12),
+        "uid": (uid, _MAX_ID),
+        "gid": (gid, _MAX_ID),
+        "size": (size, _MAX_NUMBER),
+        "mtime": (mtime, _MAX_NUMBER),
     }
     fields = {}
-    for key, (value, width) in numbers.items():
-        if 0 <= value < 8 ** (width - 1):
+    for key, (value, limit) in numbers.items():
+        if 0 <= value < limit:
             fields[key] = value
         else:
             pax.append((key.encode(), str(value).encode()))
@@ -371,27 +413,19 @@ def _ustar(
     devminor: int,
     prefix: bytes,
 ) -> bytes:
-    header = b"".join(
-        (
-            name.ljust(100, b"\0"),
-            _octal(mode, 8),
-            _octal(uid, 8),
-            _octal(gid, 8),
-            _octal(size, 12),
-            _octal(mtime, 12),
-            b"        ",
-            typeflag,
-            linkname.ljust(100, b"\0"),
-            b"ustar\x0000",
-            bytes(64),
-            _octal(devmajor, 8),
-            _octal(devminor, 8),
-            prefix.ljust(155, b"\0"),
-            bytes(12),
-        )
+    header = _USTAR.pack(
+        name,
+        b"%07o" % mode,
+        b"%07o" % uid,
+        b"%07o" % gid,
+        b"%011o" % size,
+        b"%011o" % mtime,
+        b"        ",  # the checksum counts its own field as spaces
+        typeflag,
+        linkname,
+        b"ustar\x0000",
+        b"%07o" % devmajor,
+        b"%07o" % devminor,
+        prefix,
     )
     return header[:148] + b"%06o\0 " % sum(header) + header[156:]
-
-
-def _octal(value: int, width: int) -> bytes:
-    return b"%0*o\0" % (width - 1, value)

@@ -15,7 +15,9 @@ commit copies those), and the new layer may be zstd (docker before 23.0 cannot p
 zstd layers; podman, containerd, Harbor and distribution can).
 
 When the container cannot be read this way, :class:`StreamingUnavailable` says why and
-nothing has been paused or pushed: the caller runs the engine's commit instead.
+nothing has been paused or pushed: the caller runs the engine's commit instead. The
+base image is looked up (and pushed once if the registry lacks it) while the layer
+streams: only the manifest needs it.
 """
 
 from __future__ import annotations
@@ -26,10 +28,17 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from builder_jobs.base_image import BaseImage, drop_cache_tag, ensure_base, parse_image_inspect
+from builder_jobs.base_image import (
+    BaseImage,
+    LocalImage,
+    drop_cache_tag,
+    ensure_base,
+    parse_image_inspect,
+)
 from builder_jobs.engines import Engine
 from builder_jobs.events import ProgressEvent, Stage
 from builder_jobs.layer_codecs import codec_for
@@ -142,9 +151,6 @@ def stream_commit(
     seconds: dict[str, float] = {}
     emit(ProgressEvent(Stage.LOCATING, message=f"streaming commit: inspecting {container}"))
     info = _inspect(container, engine, runner)
-    image = parse_image_inspect(
-        runner(engine.inspect_image(info.image_id)).stdout, name=info.image_name
-    )
     codec = codec_for(compression, level)
     seconds["inspect"] = _lap(started)
 
@@ -152,29 +158,43 @@ def stream_commit(
         for argv in engine.push(info.image_id, reference, authfile=authfile):
             runner(argv, timeout=BASE_PUSH_TIMEOUT)
 
-    mark = time.monotonic()
-    base = ensure_base(client, target.registry, target.repository, image, push_base)
-    seconds["base"] = _lap(mark)
+    def find_base() -> tuple[LocalImage, BaseImage]:
+        mark = time.monotonic()
+        inspected = runner(engine.inspect_image(info.image_id)).stdout
+        image = parse_image_inspect(inspected, name=info.image_name)
+        base = ensure_base(client, target.registry, target.repository, image, push_base)
+        seconds["base"] = _lap(mark)
+        return image, base
 
-    mark = time.monotonic()
-    emit(ProgressEvent(Stage.COMMITTING, message="streaming commit: reading the container"))
-    pause = _Pause(engine, info, runner)
-    stats = LayerStats()
-    try:
-        layer = push_layer(
-            client,
-            target.repository,
-            _paused_read(pause, info.upper_dir, stats, image.size, max_image_bytes),
-            codec,
-            on_read_done=pause.resume,
-            progress=_throttled(emit, stats),
-            buffer_bytes=buffer_bytes,
-        )
-    finally:
-        pause.resume()
-    seconds["pause"] = pause.seconds
-    seconds["read"] = layer.read_seconds
-    seconds["stream"] = _lap(mark)
+    # The base image is looked up (and, once per repository, pushed) while the layer
+    # streams: only the manifest needs it. Its failure stops the read.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="base-image") as pool:
+        lookup = pool.submit(find_base)
+        mark = time.monotonic()
+        emit(ProgressEvent(Stage.COMMITTING, message="streaming commit: reading the container"))
+        pause = _Pause(engine, info, runner)
+        stats = LayerStats()
+        try:
+            layer = push_layer(
+                client,
+                target.repository,
+                _paused_read(pause, info.upper_dir, stats, lookup, max_image_bytes),
+                codec,
+                on_read_done=pause.resume,
+                progress=_throttled(emit, stats),
+                buffer_bytes=buffer_bytes,
+            )
+        except BaseException:
+            _failed_first(lookup)
+            raise
+        finally:
+            pause.resume()
+        seconds["pause"] = pause.seconds
+        seconds["read"] = layer.read_seconds
+        seconds["stream"] = _lap(mark)
+        image, base = lookup.result()
+    if max_image_bytes and image.size + layer.tar_size > max_image_bytes:
+        raise ImageTooLarge(image.size + layer.tar_size, max_image_bytes)
 
     mark = time.monotonic()
     emit(ProgressEvent(Stage.PUSHING, message="streaming commit: config and manifest"))
@@ -319,13 +339,29 @@ class _Pause:
 
 
 def _paused_read(
-    pause: _Pause, upper_dir: str, stats: LayerStats, base_size: int, limit: int
-) -> Iterator[bytes]:
+    pause: _Pause,
+    upper_dir: str,
+    stats: LayerStats,
+    lookup: Future[tuple[LocalImage, BaseImage]],
+    limit: int,
+) -> Iterator[bytes | bytearray]:
+    """The layer's tar, read while the container is paused. Stops early when the base
+    lookup failed, or when the base (once known) plus the layer passes ``limit``."""
     pause.pause()
+    base_size = 0
     for chunk in tar_chunks(layer_entries(upper_dir), stats=stats):
+        if lookup.done() and not base_size:
+            base_size = lookup.result()[0].size  # raises the lookup's error
         if limit and base_size + stats.tar_bytes > limit:
             raise ImageTooLarge(base_size + stats.tar_bytes, limit)
         yield chunk
+
+
+def _failed_first(lookup: Future[tuple[LocalImage, BaseImage]]) -> None:
+    """When the stream failed because the base lookup did, raise the lookup's error
+    (the stream only carried it); otherwise the stream's own error stands."""
+    if lookup.done() and lookup.exception() is not None:
+        lookup.result()
 
 
 def _throttled(emit: Callable[[ProgressEvent], None], stats: LayerStats) -> Callable[[int], None]:

@@ -105,6 +105,9 @@ def test_without_an_upper_dir_auto_falls_back_and_streaming_refuses(
     done = run_node_save(spec, NODE_ENV)
     result = read_result(spec.parent / RESULT_FILE)
     assert result is not None
+    state = subprocess.run([*vfs_podman, "inspect", "-f", "{{.State.Status}}", name],
+                           capture_output=True, text=True, check=True).stdout.strip()
+    assert state == "running"  # paused while inspected, running again after the refusal
     if method == "auto":
         assert done.returncode == 0, done.stderr
         assert result.commit_method == "engine-commit"

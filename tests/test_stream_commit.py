@@ -29,6 +29,7 @@ from builder_jobs.stream_commit import ImageTooLarge, StreamResult, stream_commi
 from registry.manifests import OCI_LAYER_ZSTD
 from registry.oci import RegistryClient
 from registry.refs import ImageRef
+from site_configs.errors import CommandFailed
 from tests.registry_server import RunningRegistry
 from tests.test_builder_fixtures import PODMAN, ULIMITS, needs_podman, podman
 
@@ -350,6 +351,43 @@ def test_a_stopped_container_streams_without_a_pause(
     saved = cleanup_images(f"{builder_registry.host}/{repo}:v1")
     _pull(saved)
     assert podman("run", "--rm", saved, "cat", "/opt/kept").stdout == "kept\n"
+
+
+def test_a_container_the_user_paused_is_saved_and_stays_paused(
+    stream_base: str, builder_registry: RunningRegistry, cleanup_images: Callable[[str], str]
+) -> None:
+    # The save pauses beside its inspect; only a pause it made itself is undone.
+    repo = f"alice/user-paused-{uuid.uuid4().hex[:8]}"
+    with _container(stream_base) as container:
+        podman("exec", container, "sh", "-c", "echo frozen > /opt/frozen")
+        podman("pause", container)
+        try:
+            result = _stream(container, builder_registry, repo, "v1")
+            state = podman("inspect", "-f", "{{.State.Status}}", container).stdout.strip()
+        finally:
+            podman("unpause", container, check=False)
+    assert state == "paused" and result.pause_seconds == 0
+    saved = cleanup_images(f"{builder_registry.host}/{repo}:v1")
+    _pull(saved)
+    assert podman("run", "--rm", saved, "cat", "/opt/frozen").stdout == "frozen\n"
+
+
+def test_a_failed_base_push_fails_the_save_and_the_container_runs_on(
+    stream_base: str, builder_registry: RunningRegistry, tmp_path: Path
+) -> None:
+    # The base is looked up (here: pushed once, as the repository is new) while the
+    # layer streams; its failure is the save's error, and nothing is tagged.
+    repo = f"alice/no-base-{uuid.uuid4().hex[:8]}"
+    missing = tmp_path / "no-such-auth.json"
+    with _container(stream_base) as container:
+        podman("exec", container, "sh", "-c", "head -c 2000000 /dev/urandom > /opt/data")
+        with pytest.raises(CommandFailed) as caught:
+            _stream(container, builder_registry, repo, "v1", authfile=str(missing))
+        state = podman("inspect", "-f", "{{.State.Status}}", container).stdout.strip()
+    assert "push" in caught.value.argv and str(missing) in caught.value.argv
+    assert state == "running"
+    with RegistryClient(builder_registry.url, verify=False) as client:
+        assert client.list_tags(repo) == []
 
 
 def test_an_image_over_the_size_limit_stops_the_read_and_unpauses(
