@@ -80,16 +80,17 @@ it CPU on the same two cores: the two sha256 passes (diff_id over the tar, diges
 the blob: about 0.22 CPU-s for the pip diff, with SHA-NI), four podman calls (inspect
 container and image, pause, unpause: about 0.15 CPU-s whatever the size) and the
 registry's own work (the "registry CPU" column: receiving, hashing and storing the
-blob), which on a real cluster runs on another machine. Our zstd (libzstd 1.5.7 from the `zstandard` wheel) needs about a quarter less
-CPU than the floor's `zstd` 1.5.4 command on the same data, which is what brings the pip
-case under 1.5x. The streaming time is close to its CPU spread over both cores (pip:
-(1.50 + 0.34) / 2 = 0.92 s of work, 1.04 s taken): it is CPU-bound. The synthetic diffs
-are harder on that count: half of their bytes are random, which zstd passes through
-quickly in the floor while the registry and the digest still see every byte, so they
-stay around 1.6-1.7x, and small diffs are dominated by the fixed podman calls. gzip is
-pigz -1 with a process per CPU, 2-3x slower than zstd -1 here; zstd is the default.
-Other projects' tests may run on this VM during some rounds, so the rounds alternate and
-only medians are compared; single rounds of the pip case ranged 1.3-1.6x."""
+blob), which on a real cluster runs on another machine. Our zstd (libzstd 1.5.7 from the
+`zstandard` wheel) needs about a quarter less CPU than the floor's `zstd` 1.5.4 command
+on the same data, which is what brings the pip case under 1.5x. The streaming time is
+close to its CPU spread over both cores (pip: (1.50 + 0.34) / 2 = 0.92 s of work, 1.04 s
+taken): it is CPU-bound. The synthetic diffs are harder on that count: half of their
+bytes are random, which zstd passes through quickly in the floor while the registry and
+the digest still see every byte, so they stay around 1.6-1.7x, and small diffs are
+dominated by the fixed podman calls. gzip is pigz -1 with a process per CPU, 2-3x slower
+than zstd -1 here; zstd is the default. Other projects' tests may run on this VM during
+some rounds, so the rounds alternate and only medians are compared; single rounds of the
+pip case ranged 1.3-1.6x."""
 
 
 @dataclass(frozen=True)
