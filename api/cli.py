@@ -22,7 +22,7 @@ from api.context import Site
 from api.progress import SaveStatus
 from api.remote import RemoteSite
 from api.report import GROUPINGS, build_report
-from api.report_output import render, write_png
+from api.report_output import render, render_document, write_png
 from api.service import SaveRequest
 from api.tables import human_bytes, render_table
 from builder_jobs.events import Stage
@@ -278,7 +278,12 @@ def report(obj: Context, since: str | None, until: str | None, by: str,
            output_format: str | None, plot_path: Path | None, check_registry: bool,
            no_sync: bool, rebuild: bool) -> None:
     """Image-build usage from scheduler accounting, via the usage cache (root/admin sees
-    every user; others see their own saves)."""
+    every user; others see their own saves). With --api, the API's report: an admin's
+    token sees every user, anyone else's their own."""
+    if obj.api_url:
+        _remote_report(obj, since, until, by, output_format, plot_path,
+                       check_registry or no_sync or rebuild)
+        return
     if rebuild and not obj.admin:
         raise click.UsageError("--rebuild needs root/admin")
     usage = build_report(obj.site, since=since, until=until, by=by,
@@ -287,6 +292,24 @@ def report(obj: Context, since: str | None, until: str | None, by: str,
     if plot_path is not None:
         write_png(usage, plot_path)
     click.echo(render(usage, output_format or ("json" if obj.as_json else "table")))
+
+
+def _remote_report(obj: Context, since: str | None, until: str | None, by: str,
+                   output_format: str | None, plot_path: Path | None,
+                   direct_only: bool) -> None:
+    """``imgsave --api URL report``: the API's report (an admin's token sees every user,
+    anyone else's their own), printed as in direct mode."""
+    if direct_only:
+        raise click.UsageError("--check-registry, --no-sync and --rebuild work without --api "
+                               "only (the API keeps its own cache)")
+    params = {"by": by}
+    params.update({k: v for k, v in (("since", since), ("until", until)) if v})
+    remote = obj.backend
+    assert isinstance(remote, RemoteSite)
+    doc = remote.usage(params)
+    if plot_path is not None:
+        plot_path.write_bytes(remote.usage_png(params))
+    click.echo(render_document(doc, output_format or ("json" if obj.as_json else "table")))
 
 
 from api.serve import serve, token  # noqa: E402 - the REST API and portal commands

@@ -93,7 +93,7 @@ class UsageView:
         """A row's figures as the table shows them, after its group columns: (text,
         CSS class): numbers align right, the failure reasons left."""
         cells = [str(row.saves), str(row.succeeded), str(row.failed)]
-        reasons = [(failures_text(row).replace("_", " "), "reasons")]
+        reasons = [(failures_text(row.to_dict()).replace("_", " "), "reasons")]
         more = [str(row.unfinished)] if self.unfinished else []
         more += [_seconds(row.median_wait), _seconds(row.p95_wait),
                  _seconds(row.median_run), _seconds(row.p95_run),

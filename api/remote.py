@@ -68,6 +68,13 @@ class ApiClient:
     def call(self, method: str, path: str, *, json: object = None,
              params: dict[str, str] | None = None,
              headers: dict[str, str] | None = None) -> Any:
+        """The JSON answer to a request; an error answer raises its imgsave error."""
+        return self.send(method, path, json=json, params=params, headers=headers).json()
+
+    def send(self, method: str, path: str, *, json: object = None,
+             params: dict[str, str] | None = None,
+             headers: dict[str, str] | None = None) -> requests.Response:
+        """The response to a request (any content type); an error raises, as :meth:`call`."""
         try:
             response = self.session.request(method, self.url + path, json=json, params=params,
                                             headers=headers, timeout=self.timeout)
@@ -75,7 +82,7 @@ class ApiClient:
             raise ImgsaveError(f"imgsave API at {self.url} is unreachable: {e}",
                                retryable=True) from e
         if response.status_code < 400:
-            return response.json()
+            return response
         try:
             error = response.json()["error"]
             message, retryable = str(error["message"]), bool(error.get("retryable"))
@@ -159,7 +166,13 @@ class RemoteSite:
         self.saves = RemoteSaves(self.client)
         self.images = RemoteImages(self.client)
 
-    def usage(self, params: dict[str, str]) -> list[dict[str, object]]:
-        data = self.client.call("GET", "/reports/usage", params=params)
-        rows = data.get("rows", data) if isinstance(data, dict) else data
-        return list(rows)
+    def usage(self, params: dict[str, str]) -> dict[str, Any]:
+        """The usage report document (as ``imgsave report --format json`` prints it)."""
+        doc = self.client.call("GET", "/reports/usage", params=params)
+        if not isinstance(doc, dict) or not {"period", "by", "rows", "total"} <= set(doc):
+            raise ImgsaveError(f"imgsave API at {self.client.url} sent no usage report")
+        return doc
+
+    def usage_png(self, params: dict[str, str]) -> bytes:
+        """The same report's bar chart."""
+        return self.client.send("GET", "/reports/usage.png", params=params).content

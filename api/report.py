@@ -58,7 +58,8 @@ class UsageReport:
         """The JSON document of ``--format json``."""
         return {
             "period": {"since": self.period.since.isoformat(timespec="seconds"),
-                       "until": self.period.until.isoformat(timespec="seconds")},
+                       "until": self.period.until.isoformat(timespec="seconds"),
+                       "label": self.period.label},
             "by": self.groupings,
             "registry_checked": self.registry_checked,
             "rows": [r.to_dict() for r in self.rows],
@@ -141,18 +142,4 @@ def _unwritable(error: OperationalError) -> bool:
     return any(s in text for s in ("readonly", "read-only", "unable to open", "permission"))
 
 
-def usage_report(
-    site: Site,
-    *,
-    since: str | None,
-    until: str | None,
-    by: str,
-    user: str | None,
-    database: Database | None = None,
-) -> list[UsageRow]:
-    """The report's rows (what ``GET /api/v1/reports/usage`` returns)."""
-    return build_report(site, since=since, until=until, by=by, user=user,
-                        database=database).rows
-
-
-__all__ = ["GROUPINGS", "UsageReport", "UsageRow", "build_report", "parse_day", "usage_report"]
+__all__ = ["GROUPINGS", "UsageReport", "UsageRow", "build_report", "parse_day"]

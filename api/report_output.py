@@ -5,8 +5,9 @@ from __future__ import annotations
 import csv
 import io
 import json
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from api.report import UsageReport
 from api.tables import human_bytes, render_table
@@ -25,11 +26,18 @@ COLOURS = {"succeeded": "#2e7d32", "failed": "#c62828", "unfinished": "#9e9e9e"}
 
 def render(report: UsageReport, output_format: str) -> str:
     """The report as ``table``, ``csv`` or ``json`` text."""
+    return render_document(report.to_dict(), output_format)
+
+
+def render_document(doc: Mapping[str, Any], output_format: str) -> str:
+    """A report's JSON document (:meth:`UsageReport.to_dict`, what ``GET
+    /api/v1/reports/usage`` returns) as ``table``, ``csv`` or ``json`` text: direct and
+    ``--api`` mode print the same."""
     if output_format == "csv":
-        return to_csv(report)
+        return csv_text(doc)
     if output_format == "json":
-        return json.dumps(report.to_dict(), indent=2)
-    return to_table(report)
+        return json.dumps(doc, indent=2)
+    return table_text(doc)
 
 
 def human_seconds(value: float | None) -> str:
@@ -45,47 +53,55 @@ def human_seconds(value: float | None) -> str:
     return f"{hours}h{minutes:02d}m"
 
 
-def failures_text(row: UsageRow) -> str:
-    """``cancelled 2, engine 1``: the failure reasons that occurred, most frequent first."""
-    found = sorted(((n, r) for r, n in row.failed_by_reason.items() if n), key=lambda p: -p[0])
+def failures_text(row: Mapping[str, Any]) -> str:
+    """``cancelled 2, engine 1``: the failure reasons of a row (its ``failed_REASON``
+    fields) that occurred, most frequent first."""
+    found = [(n, key.removeprefix("failed_")) for key, n in row.items()
+             if key.startswith("failed_") and n]  # fmt: skip
+    found.sort(key=lambda pair: -pair[0])
     return ", ".join(f"{reason} {n}" for n, reason in found)
 
 
-def to_table(report: UsageReport) -> str:
+def table_text(doc: Mapping[str, Any]) -> str:
     """A caption line and an aligned table, with a TOTAL line when there are groups."""
-    caption = f"Image saves submitted {report.period.label}, by {', '.join(report.groupings)}"
-    if not report.rows:
+    groupings: list[str] = list(doc["by"])
+    caption = f"Image saves submitted {doc['period']['label']}, by {', '.join(groupings)}"
+    if not doc["rows"]:
         return f"{caption}\nno save jobs in this period"
-    unfinished = report.total.unfinished > 0
-    headers = [g.upper() for g in report.groupings] + ["SAVES", "OK", "FAILED"]
+    total = doc["total"]
+    unfinished = total["unfinished"] > 0
+    headers = [g.upper() for g in groupings] + ["SAVES", "OK", "FAILED"]
     headers += ["UNFINISHED"] if unfinished else []
     headers += ["WAIT_MED", "WAIT_P95", "RUN_MED", "RUN_P95", "CPU", "PUSHED"]
-    headers += ["PRESENT", "DELETED"] if report.registry_checked else []
+    headers += ["PRESENT", "DELETED"] if doc["registry_checked"] else []
     headers += ["FAILURES"]
     lines = []
-    for row in [*report.rows, report.total]:
-        keys = list(row.group.values()) or ["TOTAL"] + [""] * (len(report.groupings) - 1)
-        cells: list[object] = [*keys, row.saves, row.succeeded, row.failed]
-        cells += [row.unfinished] if unfinished else []
-        cells += [human_seconds(row.median_wait), human_seconds(row.p95_wait),
-                  human_seconds(row.median_run), human_seconds(row.p95_run),
-                  human_seconds(row.cpu_seconds), human_bytes(row.bytes_pushed)]
-        if report.registry_checked:
-            cells += [row.images_present, row.images_deleted]
+    for row in [*doc["rows"], total]:
+        keys = [row.get(g, "") for g in groupings]
+        if row is total:
+            keys = ["TOTAL"] + [""] * (len(groupings) - 1)
+        cells: list[object] = [*keys, row["saves"], row["succeeded"], row["failed"]]
+        cells += [row["unfinished"]] if unfinished else []
+        cells += [human_seconds(row["median_wait_seconds"]),
+                  human_seconds(row["p95_wait_seconds"]),
+                  human_seconds(row["median_run_seconds"]),
+                  human_seconds(row["p95_run_seconds"]),
+                  human_seconds(row["cpu_seconds"]), human_bytes(row["bytes_pushed"])]  # fmt: skip
+        if doc["registry_checked"]:
+            cells += [row["images_present"], row["images_deleted"]]
         cells.append(failures_text(row))
         lines.append(cells)
     return caption + "\n" + render_table(headers, lines)
 
 
-def to_csv(report: UsageReport) -> str:
+def csv_text(doc: Mapping[str, Any]) -> str:
     """One line per group: the group columns, then every figure (seconds, bytes)."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow([*report.groupings, *FIGURE_KEYS])
-    for row in report.rows:
-        values = row.to_dict()
-        writer.writerow(["" if values[k] is None else values[k]
-                         for k in [*report.groupings, *FIGURE_KEYS]])
+    columns = [*doc["by"], *FIGURE_KEYS]
+    writer.writerow(columns)
+    for row in doc["rows"]:
+        writer.writerow(["" if row.get(k) is None else row[k] for k in columns])
     return out.getvalue()
 
 

@@ -1,5 +1,6 @@
-"""``/api/v1/reports/usage``: image-build usage from accounting (admins only), as JSON
-rows or as the PNG chart of ``imgsave report --plot``."""
+"""``/api/v1/reports/usage``: image-build usage from accounting (an admin's of everyone,
+anyone else's of their own saves), as the JSON document or the PNG chart of ``imgsave
+report``."""
 
 from __future__ import annotations
 
@@ -7,20 +8,26 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
 
-from api.report import build_report, usage_report
+from api.report import build_report
 from api.report_output import png_bytes
-from api.state import require_admin, state
+from api.state import principal, state
 from registry.refs import check_unix_name
+from site_configs.errors import PermissionDenied
 
 bp = Blueprint("reports", __name__, url_prefix="/api/v1")
 
 
 def report_params() -> dict[str, Any]:
-    """``by``, ``since``, ``until`` and ``user`` of an admin's request (403 otherwise)."""
-    require_admin()
+    """``by``, ``since``, ``until`` and ``user`` of the request: admins see every user's
+    saves (or ``user``'s), everyone else only their own (403 for another ``user``)."""
+    caller = principal()
     user = request.args.get("user") or None
     if user is not None:
         check_unix_name(user)
+    if not caller.admin:
+        if user not in (None, caller.user):
+            raise PermissionDenied("only an imgsave admin sees another user's saves")
+        user = caller.user
     return {
         "since": request.args.get("since"),
         "until": request.args.get("until"),
@@ -32,9 +39,9 @@ def report_params() -> dict[str, Any]:
 
 @bp.get("/reports/usage")
 def usage() -> Response:
-    """Saves, outcomes, run and wait times and bytes pushed, grouped by ``by``."""
-    rows = usage_report(state().site, **report_params())
-    return jsonify({"rows": [r.to_dict() for r in rows]})
+    """Saves, outcomes, run and wait times and bytes pushed, grouped by ``by``: the
+    document ``imgsave report --format json`` prints."""
+    return jsonify(build_report(state().site, **report_params()).to_dict())
 
 
 @bp.get("/reports/usage.png")

@@ -9,9 +9,11 @@ import re
 import subprocess
 import sys
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from tests.cluster_helpers import registry_tags, require_cluster, session_container, unique
 from tests.test_api_serve import served  # noqa: F401 - the running-server fixture
@@ -76,3 +78,32 @@ def test_remote_errors_are_one_line_and_nothing_leaks(
     assert "isv_not_a_token" not in denied.stderr
     assert "--user" in run(argv, env, "--user", "bob", "queue", check=False).stderr
     assert os.environ.get("IMGSAVE_TOKEN") is None  # the suite never leaves one behind
+
+
+def test_report_through_the_api_prints_what_direct_mode_prints(
+        served: tuple[str, list[str], dict[str, str]],  # noqa: F811
+        remote: tuple[list[str], dict[str, str], Path], tmp_path: Path) -> None:
+    argv, env, _ = remote
+    _, direct_argv, direct_env = served
+    window = ["--since", (datetime.now(UTC) - timedelta(days=2)).strftime("%Y-%m-%d"),
+              "--until", (datetime.now(UTC) - timedelta(minutes=1)).isoformat(timespec="seconds")]
+    for fmt in ("csv", "table"):
+        through_api = run(argv, env, "report", *window, "--by", "user,category", "--format", fmt)
+        direct = run(direct_argv, direct_env, "--user", "alice", "report", *window,
+                     "--by", "user,category", "--format", fmt)
+        assert through_api.stdout == direct.stdout
+    doc = json.loads(run(argv, env, "--json", "report", *window).stdout)
+    assert {row["user"] for row in doc["rows"]} <= {"alice"}  # a user's token: their own
+    assert doc["by"] == ["user"] and doc["total"]["saves"] == sum(r["saves"] for r in doc["rows"])
+    made = subprocess.run([*direct_argv, "--json", "token", "create", "--admin", "carol"],
+                          env=direct_env, capture_output=True, text=True, check=True)
+    admin = {**env, "IMGSAVE_TOKEN": json.loads(made.stdout)["token"]}
+    admin_argv = argv[: argv.index("--token-file")]  # the token from IMGSAVE_TOKEN
+    chart = tmp_path / "usage.png"
+    everyone = json.loads(run(admin_argv, admin, "--json", "report", *window,
+                              "--plot", str(chart)).stdout)
+    assert [row for row in everyone["rows"] if row["user"] == "alice"] == doc["rows"]
+    with Image.open(chart) as png:
+        assert png.format == "PNG" and png.size in ((1999, 1125), (2000, 1125))
+    refused = run(argv, env, "report", "--check-registry", check=False)
+    assert refused.returncode == 2 and "without --api" in refused.stderr

@@ -147,9 +147,21 @@ def test_a_non_admin_gets_a_403_page(app: Flask) -> None:
     r = client.get("/usage?by=user")
     assert r.status_code == 403 and r.mimetype == "text/html"
     assert "for imgsave admins" in r.text and "<table" not in r.text
-    token = bearer(make_token(app, "erin"))
-    png = app.test_client().get("/api/v1/reports/usage.png", headers=token)
+    token = bearer(make_token(app, "erin"))  # the API gives her her own figures only
+    own = app.test_client().get("/api/v1/reports/usage.png", headers=token)
+    assert own.status_code == 200 and own.mimetype == "image/png"
+    png = app.test_client().get("/api/v1/reports/usage.png?user=carol", headers=token)
     assert png.status_code == 403 and png.json["error"]["code"] == "permission_denied"
+
+
+def test_the_api_report_of_a_non_admin_holds_their_own_saves(app: Flask) -> None:
+    query = f"/api/v1/reports/usage?by=user,outcome&since={SINCE}"
+    everyone = app.test_client().get(query, headers=bearer(make_token(app, "carol"))).json
+    mine = app.test_client().get(query, headers=bearer(make_token(app, "user01"))).json
+    assert {row["user"] for row in mine["rows"]} == {"user01"}
+    assert mine["rows"] == [row for row in everyone["rows"] if row["user"] == "user01"]
+    assert mine["total"]["saves"] == sum(row["saves"] for row in mine["rows"]) > 0
+    assert mine["period"]["label"] == everyone["period"]["label"]
 
 
 def test_nobody_logged_in_gets_the_login_form(app: Flask) -> None:

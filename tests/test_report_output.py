@@ -17,7 +17,14 @@ from PIL import Image
 
 from api import cli
 from api.report import UsageReport, build_report
-from api.report_output import build_figure, plot_title, render, write_png
+from api.report_output import (
+    build_figure,
+    failures_text,
+    plot_title,
+    render,
+    render_document,
+    write_png,
+)
 from api.usage_report import FIGURE_KEYS
 from bench.report_scale import BenchSite, FakeSacct, bench_site, generate, write_spool
 
@@ -62,6 +69,15 @@ def test_json_document(report: UsageReport) -> None:
             assert row[key] is None or isinstance(row[key], float)
         assert row["images_present"] is None and row["images_deleted"] is None
     assert doc["total"]["saves"] == 400 and doc["total"]["unfinished"] == 3
+
+
+def test_the_json_document_alone_prints_the_same_table_and_csv(report: UsageReport) -> None:
+    # What `imgsave --api URL report` gets over the wire is enough to print exactly
+    # what direct mode prints.
+    doc = json.loads(render(report, "json"))
+    assert render_document(doc, "table") == render(report, "table")
+    assert render_document(doc, "csv") == render(report, "csv")
+    assert any(failures_text(row) for row in doc["rows"])  # the reasons travel too
 
 
 def test_table_has_a_caption_groups_and_a_total(report: UsageReport) -> None:
