@@ -192,6 +192,8 @@ def stream_commit(
         seconds["pause"] = pause.seconds
         seconds["read"] = layer.read_seconds
         seconds["stream"] = _lap(mark)
+        if not lookup.done():  # the one-off push of a base the registry lacked
+            emit(ProgressEvent(Stage.PUSHING, message="streaming commit: pushing the base image"))
         image, base = lookup.result()
     if max_image_bytes and image.size + layer.tar_size > max_image_bytes:
         raise ImageTooLarge(image.size + layer.tar_size, max_image_bytes)
