@@ -162,7 +162,8 @@ def stream_commit(
         mark = time.monotonic()
         inspected = runner(engine.inspect_image(info.image_id)).stdout
         image = parse_image_inspect(inspected, name=info.image_name)
-        base = ensure_base(client, target.registry, target.repository, image, push_base)
+        with client.twin() as own:  # this runs in a thread of its own
+            base = ensure_base(own, target.registry, target.repository, image, push_base)
         seconds["base"] = _lap(mark)
         return image, base
 

@@ -14,7 +14,7 @@ import logging
 import os
 import re
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Self
 from urllib.parse import urljoin, urlsplit
 
 import requests
@@ -70,6 +70,13 @@ class RegistryTransport:
 
     def close(self) -> None:
         self.session.close()
+
+    def twin(self) -> Self:
+        """A client of the same registry, credentials and TLS setting with its own HTTP
+        session and token cache: for another thread (a ``requests.Session`` is not
+        meant to be shared between threads)."""
+        return type(self)(self.base_url, self.credentials, verify=self.verify,
+                          timeout=self.timeout)  # fmt: skip
 
     # --- sending ------------------------------------------------------------------
 

@@ -70,6 +70,20 @@ def test_basic_auth_push_and_read(basic_registry: RunningRegistry) -> None:
         assert client.list_tags("alice/app") == ["v1"]
 
 
+def test_a_twin_reads_with_the_same_credentials_over_its_own_session(
+    basic_registry: RunningRegistry,
+) -> None:
+    # The streaming commit looks up the base image from another thread with a twin.
+    creds = Credentials("alice", USERS["alice"])
+    with RegistryClient(basic_registry.url, creds, timeout=7.0) as client:
+        digest = push_image(client, "alice/twin", "v1", make_image("twin"))
+        with client.twin() as twin:
+            assert twin.session is not client.session
+            assert (twin.base_url, twin.credentials, twin.verify, twin.timeout) == (
+                client.base_url, creds, client.verify, 7.0)
+            assert twin.manifest_digest("alice/twin", "v1") == digest
+
+
 def test_basic_auth_wrong_password(basic_registry: RunningRegistry) -> None:
     with RegistryClient(basic_registry.url, Credentials("alice", "wrong")) as client:
         with pytest.raises(PermissionDenied) as err:
