@@ -28,7 +28,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any
 
@@ -186,8 +186,10 @@ def stream_commit(
                 buffer_bytes=buffer_bytes,
             )
         except BaseException:
-            _failed_first(lookup)
-            raise
+            pause.resume()
+            wait([lookup])
+            _drop_helper_tag(client, target.repository, lookup)
+            raise  # a failed lookup reaches here through the read (_paused_read)
         finally:
             pause.resume()
         seconds["pause"] = pause.seconds
@@ -196,14 +198,15 @@ def stream_commit(
         if not lookup.done():  # the one-off push of a base the registry lacked
             emit(ProgressEvent(Stage.PUSHING, message="streaming commit: pushing the base image"))
         image, base = lookup.result()
-    if max_image_bytes and image.size + layer.tar_size > max_image_bytes:
-        raise ImageTooLarge(image.size + layer.tar_size, max_image_bytes)
 
     mark = time.monotonic()
-    emit(ProgressEvent(Stage.PUSHING, message="streaming commit: config and manifest"))
-    digest, image_bytes = _push_image(client, target, base, layer, annotations or {})
-    if base.engine_pushed:
-        drop_cache_tag(client, target.repository, image.id)
+    try:
+        if max_image_bytes and image.size + layer.tar_size > max_image_bytes:
+            raise ImageTooLarge(image.size + layer.tar_size, max_image_bytes)
+        emit(ProgressEvent(Stage.PUSHING, message="streaming commit: config and manifest"))
+        digest, image_bytes = _push_image(client, target, base, layer, annotations or {})
+    finally:
+        _drop_helper_tag(client, target.repository, lookup)
     seconds["manifest"] = _lap(mark)
     seconds["total"] = _lap(started)
     return StreamResult(
@@ -360,11 +363,15 @@ def _paused_read(
         yield chunk
 
 
-def _failed_first(lookup: Future[tuple[LocalImage, BaseImage]]) -> None:
-    """When the stream failed because the base lookup did, raise the lookup's error
-    (the stream only carried it); otherwise the stream's own error stands."""
-    if lookup.done() and lookup.exception() is not None:
-        lookup.result()
+def _drop_helper_tag(
+    client: RegistryClient, repository: str, lookup: Future[tuple[LocalImage, BaseImage]]
+) -> None:
+    """After the one-off base push, remove its helper tag whether or not the save went
+    through: the user's repository keeps only their own tags (best effort)."""
+    if lookup.done() and lookup.exception() is None:
+        image, base = lookup.result()
+        if base.engine_pushed:
+            drop_cache_tag(client, repository, image.id)
 
 
 def _throttled(emit: Callable[[ProgressEvent], None], stats: LayerStats) -> Callable[[int], None]:

@@ -29,7 +29,8 @@ from builder_jobs.stream_commit import ImageTooLarge, StreamResult, stream_commi
 from registry.manifests import OCI_LAYER_ZSTD
 from registry.oci import RegistryClient
 from registry.refs import ImageRef
-from site_configs.errors import CommandFailed
+from site_configs.errors import CommandFailed, RegistryError
+from tests.cutting_proxy import CuttingProxy, cutting_proxy
 from tests.registry_server import RunningRegistry
 from tests.test_builder_fixtures import PODMAN, ULIMITS, needs_podman, podman
 
@@ -390,6 +391,31 @@ def test_a_failed_base_push_fails_the_save_and_the_container_runs_on(
         assert client.list_tags(repo) == []
 
 
+def test_a_registry_that_dies_mid_upload_fails_the_save_and_the_container_runs_on(
+    stream_base: str, builder_registry: RunningRegistry
+) -> None:
+    repo = f"alice/dies-{uuid.uuid4().hex[:8]}"
+    with _container(stream_base) as container:
+        podman("exec", container, "sh", "-c", "head -c 30000000 /dev/urandom > /opt/big")
+        with cutting_proxy(builder_registry, cut_after=40 << 20) as proxy:
+            # the base reaches the repository first (its one-off push, through the proxy)
+            _stream(container, _as_registry(proxy), repo, "v0")
+            assert not proxy.cut.is_set()
+            with pytest.raises(RegistryError) as caught:
+                _stream(container, _as_registry(proxy), repo, "v1")
+            assert proxy.cut.is_set()  # it died in the middle of the layer's upload
+        state = podman("inspect", "-f", "{{.State.Status}}", container).stdout.strip()
+    assert state == "running"
+    assert caught.value.retryable and "unreachable" in caught.value.message
+    with RegistryClient(builder_registry.url, verify=False) as client:
+        tags = client.list_tags(repo)
+    assert "v0" in tags and "v1" not in tags  # (a helper tag may stay: nobody to ask)
+
+
+def _as_registry(proxy: CuttingProxy) -> RunningRegistry:
+    return RunningRegistry(proxy.url, proxy.host, Path("/nonexistent"), Path("/nonexistent"))
+
+
 def test_an_image_over_the_size_limit_stops_the_read_and_unpauses(
     stream_base: str, builder_registry: RunningRegistry
 ) -> None:
@@ -403,4 +429,4 @@ def test_an_image_over_the_size_limit_stops_the_read_and_unpauses(
     assert state == "running"
     assert caught.value.limit == base_size + 10**6 and not caught.value.retryable
     with RegistryClient(builder_registry.url, verify=False) as client:
-        assert "v1" not in client.list_tags(repo)
+        assert client.list_tags(repo) == []  # neither v1 nor the base's helper tag
