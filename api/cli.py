@@ -32,6 +32,9 @@ from site_configs.schema import CONFIG_ENV, ImageFormat, get_site_config
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+JOB_END_GRACE_SECONDS = 15.0  # status --wait: how long a pushed save's job may take to end
+
+
 class Context:
     def __init__(self, config_path: str | None, as_json: bool, user: str | None,
                  api_url: str | None = None, token_file: str | None = None) -> None:
@@ -178,13 +181,22 @@ def _follow(obj: Context, job_ids: Sequence[str], statuses: list[SaveStatus],
     interactive = sys.stderr.isatty() and not obj.as_json
     last_line = ""
     delay = 0.5
+    grace: float | None = None
     while True:
         line = "  ".join(_bar(s) for s in statuses)
         if line != last_line:
             click.echo(("\r" + line) if interactive else line, err=True, nl=not interactive)
             last_line = line
-        if all(s.finished for s in statuses) or time.monotonic() > deadline:
+        now = time.monotonic()
+        if now > deadline or all(s.state.final for s in statuses):
             break
+        if all(s.finished for s in statuses):
+            # Pushed: the image is usable. Give the jobs a moment to end, so that the
+            # table shows their final state rather than RUNNING.
+            grace = grace if grace is not None else now + JOB_END_GRACE_SECONDS
+            if now > grace:
+                break
+            delay = 0.5
         time.sleep(delay)
         delay = min(delay * 1.5, 5.0)
         statuses = obj.backend.saves.status(job_ids, obj.user, admin=obj.admin)
