@@ -45,8 +45,9 @@ CHUNK_SIZE = 1 << 20
 # number's field holds its octal digits then NUL.
 _USTAR = struct.Struct("100s8s8s8s12s12s8s1s100s8s64x8s8s155s12x")
 _ZERO_BLOCK = memoryview(bytes(BLOCK))
-_MAX_ID = 8**7  # largest uid/gid + 1 in 7 octal digits
-_MAX_NUMBER = 8**11  # largest size/mtime + 1 in 11 octal digits
+# The numeric fields in the order of ustar's header, with the first value ustar's octal
+# digits cannot hold (7 digits for ids, 11 for size and time); PAX records carry larger.
+_NUMBER_FIELDS = ((b"uid", 8**7), (b"gid", 8**7), (b"size", 8**11), (b"mtime", 8**11))
 _EMPTY: Mapping[str, bytes] = MappingProxyType({})
 
 
@@ -244,8 +245,7 @@ def tar_chunks(
     """
     stats = stats if stats is not None else LayerStats()
     # Headers and small files gather in ``buf``; a full one is handed on as it is (the
-    # consumer keeps it) and a new one started. A file of a chunk or more goes on in
-    # pieces of its own.
+    # consumer keeps it) and a new one started. Pieces of a chunk or more go on alone.
     buf = bytearray()
     for entry in entries:
         stats.entries += 1
@@ -253,16 +253,16 @@ def tar_chunks(
         if entry.kind is EntryKind.FILE and entry.size:
             stats.files += 1
             stats.file_bytes += entry.size
-            if entry.size < chunk_size:
-                buf += _small_file(entry, stats)
-            else:
+            for piece in _file_data(entry, chunk_size, stats):
+                if len(piece) < chunk_size:  # most files: one read, into the chunk
+                    buf += piece
+                    continue
                 if buf:
                     stats.tar_bytes += len(buf)
                     yield buf
-                for piece in _file_data(entry, chunk_size, stats):
-                    stats.tar_bytes += len(piece)
-                    yield piece
-                buf = bytearray()
+                    buf = bytearray()
+                stats.tar_bytes += len(piece)
+                yield piece
             buf += _ZERO_BLOCK[: -entry.size % BLOCK]
         if len(buf) >= chunk_size:
             stats.tar_bytes += len(buf)
@@ -273,39 +273,26 @@ def tar_chunks(
     yield buf
 
 
-def _small_file(entry: LayerEntry, stats: LayerStats) -> bytes:
-    """The data of a file smaller than a chunk, in one read (one byte more shows that it
-    grew); cut or padded to the header's size when it changed, as :func:`_file_data`."""
-    fd = _open_noatime(entry.source)
-    try:
-        data = os.read(fd, entry.size + 1)
-        while 0 < len(data) < entry.size:  # a short read: more may follow
-            more = os.read(fd, entry.size + 1 - len(data))
-            if not more:
-                break
-            data += more
-    finally:
-        os.close(fd)
-    if len(data) != entry.size:
-        stats.changed.append(entry.name)
-        data = data[: entry.size].ljust(entry.size, b"\0")
-    return data
-
-
 def _file_data(entry: LayerEntry, chunk_size: int, stats: LayerStats) -> Iterator[bytes]:
+    """The file's data in pieces of up to ``chunk_size`` + 1 bytes. Each read asks for one
+    byte more than a chunk, or than what is left: on the last read, getting it shows that
+    the file grew, without a read of its own."""
     fd = _open_noatime(entry.source)
     left = entry.size
+    grew = False
     try:
         while left:
-            piece = os.read(fd, min(left, chunk_size))
+            piece = os.read(fd, min(left, chunk_size) + 1)
             if not piece:
                 break
+            if len(piece) > left:
+                piece, grew = piece[:left], True
             left -= len(piece)
             yield piece
-        if left or os.read(fd, 1):
-            stats.changed.append(entry.name)
     finally:
         os.close(fd)
+    if left or grew:
+        stats.changed.append(entry.name)
     while left:  # shrank while we read: keep the header's promise
         pad = min(left, chunk_size)
         left -= pad
@@ -324,18 +311,6 @@ def tar_header(entry: LayerEntry) -> bytes:
     """The header block(s) of one entry: a PAX extended header when needed, then ustar."""
     name = os.fsencode(entry.name) + (b"/" if entry.kind is EntryKind.DIR else b"")
     link = os.fsencode(entry.linkname)
-    uid, gid, size, mtime = entry.uid, entry.gid, entry.size, entry.mtime
-    if (
-        len(name) <= 100
-        and len(link) <= 100
-        and not entry.xattrs
-        and 0 <= uid < _MAX_ID
-        and 0 <= gid < _MAX_ID
-        and 0 <= size < _MAX_NUMBER
-        and 0 <= mtime < _MAX_NUMBER
-    ):  # the common case: a plain ustar header
-        return _ustar(name, entry.mode, uid, gid, size, mtime, entry.kind.value, link,
-                      entry.devmajor, entry.devminor, b"")  # fmt: skip
     pax: list[tuple[bytes, bytes]] = []
     prefix, short = _split_name(name)
     if short is None:
@@ -344,39 +319,21 @@ def tar_header(entry: LayerEntry) -> bytes:
     if len(link) > 100:
         pax.append((b"linkpath", link))
         link = link[:100]
-    numbers = {
-        "uid": (uid, _MAX_ID),
-        "gid": (gid, _MAX_ID),
-        "size": (size, _MAX_NUMBER),
-        "mtime": (mtime, _MAX_NUMBER),
-    }
-    fields = {}
-    for key, (value, limit) in numbers.items():
-        if 0 <= value < limit:
-            fields[key] = value
-        else:
-            pax.append((key.encode(), str(value).encode()))
-            fields[key] = 0
+    numbers = [entry.uid, entry.gid, entry.size, entry.mtime]
+    for i, (number_field, limit) in enumerate(_NUMBER_FIELDS):
+        if not 0 <= numbers[i] < limit:  # too big (or negative) for ustar's octal
+            pax.append((number_field, str(numbers[i]).encode()))
+            numbers[i] = 0
     for key in sorted(entry.xattrs):
         pax.append((b"SCHILY.xattr." + key.encode(), entry.xattrs[key]))
-    header = _ustar(
-        short,
-        entry.mode,
-        fields["uid"],
-        fields["gid"],
-        fields["size"],
-        fields["mtime"],
-        entry.kind.value,
-        link,
-        entry.devmajor,
-        entry.devminor,
-        prefix,
-    )
+    uid, gid, size, mtime = numbers
+    header = _ustar(short, entry.mode, uid, gid, size, mtime, entry.kind.value, link,
+                    entry.devmajor, entry.devminor, prefix)  # fmt: skip
     if not pax:
         return header
     records = b"".join(_pax_record(key, value) for key, value in pax)
     pax_name = b"PaxHeaders/" + short.rstrip(b"/").rpartition(b"/")[2][:89]
-    extended = _ustar(pax_name, 0o644, 0, 0, len(records), fields["mtime"], b"x", b"", 0, 0, b"")
+    extended = _ustar(pax_name, 0o644, 0, 0, len(records), mtime, b"x", b"", 0, 0, b"")
     return extended + records + bytes(-len(records) % BLOCK) + header
 
 

@@ -168,46 +168,42 @@ def stream_commit(
         return image, base
 
     # The base image is looked up (and, once per repository, pushed) while the layer
-    # streams: only the manifest needs it. Its failure stops the read.
+    # streams: only the manifest needs it. Its failure stops the read (_paused_read).
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="base-image") as pool:
         lookup = pool.submit(find_base)
-        mark = time.monotonic()
-        emit(ProgressEvent(Stage.COMMITTING, message="streaming commit: reading the container"))
-        pause = _Pause(engine, info, runner)
-        stats = LayerStats()
         try:
-            layer = push_layer(
-                client,
-                target.repository,
-                _paused_read(pause, info.upper_dir, stats, lookup, max_image_bytes),
-                codec,
-                on_read_done=pause.resume,
-                progress=_throttled(emit, stats),
-                buffer_bytes=buffer_bytes,
-            )
-        except BaseException:
-            pause.resume()
+            mark = time.monotonic()
+            emit(ProgressEvent(Stage.COMMITTING, message="streaming commit: reading the container"))
+            pause = _Pause(engine, info, runner)
+            stats = LayerStats()
+            try:
+                layer = push_layer(
+                    client,
+                    target.repository,
+                    _paused_read(pause, info.upper_dir, stats, lookup, max_image_bytes),
+                    codec,
+                    on_read_done=pause.resume,
+                    progress=_throttled(emit, stats),
+                    buffer_bytes=buffer_bytes,
+                )
+            finally:
+                pause.resume()  # before any wait for the base lookup
+            seconds["pause"] = pause.seconds
+            seconds["read"] = layer.read_seconds
+            seconds["stream"] = _lap(mark)
+            if not lookup.done():  # the one-off push of a base the registry lacked
+                emit(ProgressEvent(Stage.PUSHING, message="streaming commit: pushing the base"))
+            image, base = lookup.result()
+
+            mark = time.monotonic()
+            if max_image_bytes and image.size + layer.tar_size > max_image_bytes:
+                raise ImageTooLarge(image.size + layer.tar_size, max_image_bytes)
+            emit(ProgressEvent(Stage.PUSHING, message="streaming commit: config and manifest"))
+            digest, image_bytes = _push_image(client, target, base, layer, annotations or {})
+            seconds["manifest"] = _lap(mark)
+        finally:
             wait([lookup])
             _drop_helper_tag(client, target.repository, lookup)
-            raise  # a failed lookup reaches here through the read (_paused_read)
-        finally:
-            pause.resume()
-        seconds["pause"] = pause.seconds
-        seconds["read"] = layer.read_seconds
-        seconds["stream"] = _lap(mark)
-        if not lookup.done():  # the one-off push of a base the registry lacked
-            emit(ProgressEvent(Stage.PUSHING, message="streaming commit: pushing the base image"))
-        image, base = lookup.result()
-
-    mark = time.monotonic()
-    try:
-        if max_image_bytes and image.size + layer.tar_size > max_image_bytes:
-            raise ImageTooLarge(image.size + layer.tar_size, max_image_bytes)
-        emit(ProgressEvent(Stage.PUSHING, message="streaming commit: config and manifest"))
-        digest, image_bytes = _push_image(client, target, base, layer, annotations or {})
-    finally:
-        _drop_helper_tag(client, target.repository, lookup)
-    seconds["manifest"] = _lap(mark)
     seconds["total"] = _lap(started)
     return StreamResult(
         reference=str(target),
