@@ -6,7 +6,6 @@ success, 1 with ``imgsave: error: <reason>`` on stderr when a request fails, 2 f
 
 from __future__ import annotations
 
-import getpass
 import json
 import os
 import sys
@@ -27,7 +26,7 @@ from api.service import SaveRequest
 from api.tables import human_bytes, render_table
 from builder_jobs.events import Stage
 from site_configs.errors import ImgsaveError
-from site_configs.schema import CONFIG_ENV, ImageFormat, get_site_config
+from site_configs.schema import CONFIG_ENV, ImageFormat, current_account, get_site_config
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -44,15 +43,24 @@ class Context:
         self.token_file = token_file
         if api_url and user:
             raise click.UsageError("--user does not apply with --api: the token says who you are")
-        self.real_user = getpass.getuser()
+        # the kernel's idea of who runs this, never $USER/$LOGNAME (a user sets those)
+        self.real_user = current_account()
         is_root = os.geteuid() == 0
-        if user and user != self.real_user and not is_root:
-            raise click.UsageError("only root may act for another user (--user)")
+        if user and user != self.real_user and not is_root and not self._is_service(config_path):
+            raise click.UsageError(
+                "only root and the portal's service account may act for another user (--user)"
+            )
         self.user = user or self.real_user
         # root acting for a user sees exactly what that user sees; root itself sees all
         self.admin = is_root and self.user == self.real_user
         self._site: Site | None = None
         self._remote: RemoteSite | None = None
+
+    def _is_service(self, config_path: str | None) -> bool:
+        try:
+            return get_site_config(config_path).service_account == self.real_user
+        except ImgsaveError:
+            return False
 
     @property
     def site(self) -> Site:
@@ -101,7 +109,8 @@ def reports_errors(func: F) -> F:
 @click.option("--config", "config_path", envvar=CONFIG_ENV, type=click.Path(dir_okay=False),
               help=f"Site config file (default: ${CONFIG_ENV} or the bundled local.toml).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON output.")
-@click.option("--user", default=None, help="Act for this user (root/admin only).")
+@click.option("--user", default=None,
+              help="Act for this user (root: to look; the service account: to save).")
 @click.option("--api", "api_url", envvar="IMGSAVE_API", default=None, metavar="URL",
               help="Talk to an imgsave REST API at URL instead of the scheduler "
                    "(token from $IMGSAVE_TOKEN or --token-file).")

@@ -89,8 +89,16 @@ def instance_dir() -> Path:
     return Path(os.environ.get(INSTANCE_ENV) or DEFAULT_INSTANCE_DIR)
 
 
-def database_url(config: SiteConfig, instance: Path | None = None) -> str:
-    """The site's ``database_url``, or a SQLite file in the instance directory."""
+PRIVATE_CACHE_FILE = "usage-cache.db"
+
+
+def database_url(config: SiteConfig, instance: Path | None = None, account: str = "") -> str:
+    """The site's ``database_url`` (or a SQLite file in the instance directory) for the
+    service account; for any other ``account`` (a user's own ``imgsave report``, root
+    included) a private SQLite cache in that account's spool: the site's database is
+    the service account's alone (mode 0600; tokens, every user's usage)."""
+    if account and account != config.service_account:
+        return f"sqlite:///{config.spool_for(account) / PRIVATE_CACHE_FILE}"
     if config.database_url:
         return config.database_url
     return f"sqlite:///{(instance or instance_dir()) / DEFAULT_DB_FILE}"
@@ -127,7 +135,10 @@ def _engine(url: str) -> Engine:
         return create_engine(url, pool_pre_ping=True)
     path = url.split(":///", 1)[1] if ":///" in url else ""
     if path and path != ":memory:":
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # created 0600 before SQLite opens it: tokens and usage are nobody else's
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600))
+        os.chmod(path, 0o600)
     engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
 
     @event.listens_for(engine, "connect")

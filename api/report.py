@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sqlalchemy.exc import OperationalError
@@ -32,6 +31,7 @@ from api.usage_report import (
     totals,
 )
 from site_configs.errors import ImgsaveError, InvalidRequest
+from site_configs.schema import current_account
 
 if TYPE_CHECKING:
     from api.context import Site
@@ -80,13 +80,13 @@ def parse_day(text: str | None, default: datetime) -> datetime:
 def open_cache(site: Site, database: Database | None = None) -> UsageCache:
     """The site's usage cache, in ``database`` or the site's ``database_url``."""
     if database is None:
-        url = database_url(site.config)
+        url = database_url(site.config, account=current_account())
         database = _DATABASES.get(url) or _DATABASES.setdefault(url, Database(url))
     scheduler = site.scheduler
     return UsageCache(
         database.engine,
         scheduler,
-        SpoolReader(Path(site.config.spool_dir)),
+        SpoolReader(site.config.spool_for, site.config.service_account),
         site.config.name,
         chunk=SLURM_CHUNK if scheduler.name == "slurm" else None,
     )

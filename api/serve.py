@@ -16,7 +16,7 @@ import click
 from api.auth import issue_token, list_tokens, revoke_tokens
 from api.db import ApiToken, Database, database_url
 from site_configs.errors import ImgsaveError
-from site_configs.schema import get_site_config
+from site_configs.schema import current_account, get_site_config
 
 
 def _config_path(ctx: click.Context) -> str | None:
@@ -28,9 +28,20 @@ def _as_json(ctx: click.Context) -> bool:
     return bool(getattr(ctx.obj, "as_json", False))
 
 
+def _require_service_account(ctx: click.Context, what: str) -> None:
+    """``serve`` and ``token`` run as the portal's service account, never root: the
+    site's database (tokens, every user's usage) is that account's alone (0600)."""
+    config = get_site_config(_config_path(ctx))
+    account = current_account()
+    if account != config.service_account:
+        raise click.UsageError(
+            f"{what} runs as the portal's service account {config.service_account}, not "
+            f"{account}: runuser -u {config.service_account} -- imgsave ... (docs/security.md)"
+        )
+
+
 def _require_admin(ctx: click.Context) -> None:
-    if not getattr(ctx.obj, "admin", os.geteuid() == 0):
-        raise click.UsageError("tokens are managed by root (the portal's administrator)")
+    _require_service_account(ctx, "imgsave token")
 
 
 def _database(ctx: click.Context) -> Database:
@@ -55,6 +66,8 @@ def serve(ctx: click.Context, host: str, port: int, threads: int) -> None:
 
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _require_service_account(ctx, "imgsave serve")
+    os.umask(0o077)
     try:
         app = create_app({"SITE_CONFIG": _config_path(ctx)})
     except ImgsaveError as e:
@@ -65,7 +78,7 @@ def serve(ctx: click.Context, host: str, port: int, threads: int) -> None:
 
 @click.group()
 def token() -> None:
-    """Create, list and revoke API tokens (root only)."""
+    """Create, list and revoke API tokens (as the portal's service account)."""
 
 
 @token.command("create")

@@ -18,7 +18,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from api.progress import SaveStatus, build_status
-from builder_jobs.events import EventLog, ProgressEvent, Stage
+from builder_jobs.events import EventLog, ProgressEvent, Stage, read_spool_text
 from builder_jobs.script import render_job_script
 from builder_jobs.spec import (
     EVENTS_FILE,
@@ -30,9 +30,16 @@ from builder_jobs.spec import (
 )
 from registry.refs import ImageRef, check_unix_name, target_for_user
 from scheduler_glue.base import BatchJob, JobRecord, Scheduler
+from scheduler_glue.metadata import requester_of
 from scheduler_glue.states import JobState
-from site_configs.errors import InvalidRequest, NotFound, PermissionDenied, SchedulerError
-from site_configs.schema import ImageFormat, SiteConfig
+from site_configs.errors import (
+    ImgsaveError,
+    InvalidRequest,
+    NotFound,
+    PermissionDenied,
+    SchedulerError,
+)
+from site_configs.schema import ImageFormat, SiteConfig, current_account
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +50,8 @@ _JOB_ID = re.compile(r"[0-9]+(?:\.[A-Za-z0-9_.-]+)?|[0-9]+\[[0-9]*\](?:\.[A-Za-z
 _NODE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 BY_JOB_DIR = "by-job"
 RECENT_SECONDS = 600.0
+# How far back the scheduler is asked about a job whose spec is not in our own spool.
+LOOKBACK = timedelta(days=31)
 
 
 @dataclass(frozen=True)
@@ -67,7 +76,15 @@ class SubmittedSave:
 
 
 class SaveService:
-    """Submit, follow and cancel saves for one site."""
+    """Submit, follow and cancel saves for one site, as one Unix account.
+
+    ``account`` is who this process is: a user submitting their own saves (CLI mode) or
+    the portal's service account submitting for the users it authenticated (portal
+    mode); never root. Specs, scripts, events and results live in that account's own
+    spool (0700). Whose a save is comes from the scheduler's record of the job's owner
+    (and, for the service account's jobs, the requester in the metadata the service
+    wrote), never from a file.
+    """
 
     def __init__(
         self,
@@ -76,12 +93,18 @@ class SaveService:
         *,
         registry_check: Callable[[str], object] | None = None,
         python: str = "",
+        account: str = "",
     ) -> None:
         self.config = config
         self.scheduler = scheduler
         self.registry_check = registry_check
         self.python = python or config.node_python or _default_python()
-        self.spool = Path(config.spool_dir)
+        self.account = account or current_account()
+        self.spool = config.spool_for(self.account)
+
+    @property
+    def portal_mode(self) -> bool:
+        return self.account == self.config.service_account
 
     # -- submit ---------------------------------------------------------------------
     def validate(self, request: SaveRequest) -> tuple[ImageRef, tuple[ImageFormat, ...]]:
@@ -125,15 +148,28 @@ class SaveService:
         # unknown host forever); checking here too would ask the scheduler twice.
         return request.node
 
+    def check_submitter(self, user: str) -> None:
+        """Root never submits; a user submits only for themselves; the service account
+        for the users it authenticated."""
+        self.scheduler.check_submitter()
+        if not self.portal_mode and user != self.account:
+            raise PermissionDenied(
+                f"you are {self.account}: you can save only as yourself, not as {user}"
+            )
+
     def submit(self, request: SaveRequest, *, admin: bool = False) -> SubmittedSave:
         """Validate, write the spec and job script to the spool, submit pinned to the node."""
         target, formats = self.validate(request)
+        self.check_submitter(request.user)
         node = self.resolve_node(request, admin=admin)
         self._check_in_flight(request.user)
         if self.registry_check is not None:
             self.registry_check(request.user)  # a registry down or full fails now
         request_id = uuid.uuid4().hex
-        workdir = spool_dir_for(self.spool, request_id)
+        # spool files, and the job's output (sbatch passes the umask on), are ours alone
+        os.umask(0o077)
+        spool = self._own_spool()
+        workdir = spool_dir_for(spool, request_id)
         spec = SaveSpec(
             request_id=request_id,
             user=request.user,
@@ -145,11 +181,11 @@ class SaveService:
             site_config=self.config.source_path,
             created=datetime.now(UTC).isoformat(timespec="seconds"),
         )
-        workdir.mkdir(parents=True, mode=0o755)
+        workdir.mkdir(mode=0o700)
         (workdir / SPEC_FILE).write_text(spec.to_json())
         script = workdir / SCRIPT_FILE
         script.write_text(render_job_script(workdir / SPEC_FILE, self.python, request_id))
-        script.chmod(0o755)
+        script.chmod(0o700)
         EventLog(workdir / EVENTS_FILE).emit(ProgressEvent(Stage.QUEUED, message="submitting"))
         job = BatchJob(
             name=f"{JOB_NAME_PREFIX}-{request.user}",
@@ -169,14 +205,29 @@ class SaveService:
             _remove_tree(workdir)  # nothing half-made stays behind
             raise
         try:
-            self._index_job(job_id, request_id)
+            self._index_job(spool, job_id, request_id)
         except OSError as e:
             raise SchedulerError(
-                f"save job {job_id} was submitted, but its entry in {self.spool / BY_JOB_DIR} "
-                f"cannot be written ({e.strerror}); ask the site's admins to check the spool"
+                f"save job {job_id} was submitted, but its entry in {spool / BY_JOB_DIR} "
+                f"cannot be written ({e.strerror}); check that directory"
             ) from e
         log.info("submitted save %s as job %s on %s", request_id, job_id, node)
         return SubmittedSave(job_id=job_id, request_id=request_id, target=target, node=node)
+
+    def _own_spool(self) -> Path:
+        """This account's spool, created 0700; refused if it is not ours alone."""
+        try:
+            self.spool.mkdir(mode=0o700, parents=True, exist_ok=True)
+            (self.spool / BY_JOB_DIR).mkdir(mode=0o700, exist_ok=True)
+            info = self.spool.lstat()
+        except OSError as e:
+            raise SchedulerError(f"cannot create your spool {self.spool}: {e.strerror}") from e
+        if info.st_uid != os.geteuid() or info.st_mode & 0o077 or not self.spool.is_dir():
+            raise PermissionDenied(
+                f"{self.spool} must be a directory of yours that nobody else may read or "
+                "write (chmod 700)"
+            )
+        return self.spool
 
     def _check_in_flight(self, user: str) -> None:
         """Refuse a save beyond the site's limit of queued and running saves per user."""
@@ -191,62 +242,92 @@ class SaveService:
                 retryable=True,
             )
 
-    def _index_job(self, job_id: str, request_id: str) -> None:
-        index = self.spool / BY_JOB_DIR
-        if not index.is_dir():
-            index.mkdir(exist_ok=True)
-            # like /tmp: in CLI mode every user indexes their own jobs, nobody else's
-            index.chmod(0o1777)
-        link = index / job_id
+    @staticmethod
+    def _index_job(spool: Path, job_id: str, request_id: str) -> None:
+        link = spool / BY_JOB_DIR / job_id
         # Always (re)point the link: one left behind under this job id (a purged
-        # scheduler's reused id, or planted) must never stand for this save.
-        temporary = index / f".{job_id}.{request_id}"
+        # scheduler's reused id) must never stand for this save.
+        temporary = spool / BY_JOB_DIR / f".{job_id}.{request_id}"
         temporary.unlink(missing_ok=True)
         temporary.symlink_to(Path("..") / request_id)
         os.replace(temporary, link)
 
     # -- status ---------------------------------------------------------------------
-    def spec_for_job(self, job_id: str) -> SaveSpec:
-        if not _JOB_ID.fullmatch(job_id):
-            raise InvalidRequest(f"job id {job_id!r} is not a job id")
-        path = self.spool / BY_JOB_DIR / job_id / SPEC_FILE
+    def _spec_in(self, spool: Path | None, job_id: str) -> SaveSpec | None:
+        if spool is None:
+            return None
+        text = read_spool_text(spool / BY_JOB_DIR / job_id / SPEC_FILE)
+        if text is None:
+            return None
         try:
-            return SaveSpec.from_json(path.read_text())
-        except FileNotFoundError as e:
-            raise NotFound(f"job {job_id} is not an imgsave save job") from e
+            return SaveSpec.from_json(text)
+        except InvalidRequest:
+            return None
+
+    def _spool_of(self, owner: str) -> Path | None:
+        try:
+            return self.config.spool_for(owner) if owner else None
+        except ImgsaveError:
+            return None
 
     def status(self, job_ids: Iterable[str], user: str, *, admin: bool = False) -> list[SaveStatus]:
-        """Status of the given saves (one batched scheduler query)."""
-        specs: dict[str, SaveSpec] = {}
-        for job_id in job_ids:
-            spec = self.spec_for_job(job_id)
-            if spec.user != user and not admin:
-                raise NotFound(f"job {job_id} is not an imgsave save job of yours")
-            specs[job_id] = spec
-        return self._join(specs, strict=True)
+        """Status of the given saves (one batched scheduler query).
 
-    def _join(self, specs: dict[str, SaveSpec], *, strict: bool) -> list[SaveStatus]:
-        """Each spec with its scheduler record; a record that names another request is
-        refused (``strict``) or left out."""
-        if not specs:
-            return []
-        since = min(_parse_time(s.created) for s in specs.values()) - timedelta(minutes=5)
-        records = self.scheduler.status(list(specs), since)
+        A job is shown to ``user`` if the scheduler says it is theirs (or was submitted
+        by the service account for them); a job just submitted from this account's
+        spool and not yet known to the scheduler, if its spec here says so. Anything
+        else, another user's job included, is "not an imgsave save job of yours".
+        """
+        ids = list(dict.fromkeys(job_ids))
+        for job_id in ids:
+            if not _JOB_ID.fullmatch(job_id):
+                raise InvalidRequest(f"job id {job_id!r} is not a job id")
+        mine = {j: self._spec_in(self.spool, j) for j in ids}
+        found = [s for s in mine.values() if s is not None]
+        since = (min(_parse_time(s.created) for s in found) if len(found) == len(ids)
+                 else datetime.now(UTC) - LOOKBACK) - timedelta(minutes=5)  # fmt: skip
+        records = self.scheduler.status(ids, since)
         statuses = []
-        for job_id, spec in specs.items():
-            record = records.get(job_id)
-            try:
-                _check_same_request(job_id, spec, record)
-            except NotFound:
-                if strict:
-                    raise
-                continue
-            statuses.append(self._status(job_id, spec, record))
+        for job_id in ids:
+            status = self._authorized(job_id, mine[job_id], records.get(job_id), user, admin)
+            if status is None:
+                raise NotFound(not_yours(job_id))
+            statuses.append(status)
         return statuses
 
-    def _status(self, job_id: str, spec: SaveSpec, record: JobRecord | None) -> SaveStatus:
-        workdir = spool_dir_for(self.spool, spec.request_id)
-        return build_status(job_id, spec, record, workdir)
+    def _authorized(
+        self, job_id: str, own_spec: SaveSpec | None, record: JobRecord | None, user: str,
+        admin: bool,
+    ) -> SaveStatus | None:
+        """The status of ``job_id`` if ``user`` may see it, else None."""
+        owner = record.user if record is not None else ""
+        spec: SaveSpec | None
+        if record is not None and owner:
+            requester = requester_of(owner, record.metadata, self.config.service_account)
+            if not requester or (requester != user and not admin):
+                return None
+            if owner == self.account and own_spec is not None:
+                spec = own_spec
+            else:
+                spec = self._spec_in(self._spool_of(owner), job_id)
+            if spec is None or spec.user != requester:
+                return None  # the spool disagrees with the scheduler: not shown
+        else:
+            # Not known to the scheduler yet: only the submitting account's own spool
+            # (0700, nobody else writes there) can say the job is a save of this user.
+            spec = own_spec
+            if spec is None or (spec.user != user and not admin):
+                return None
+        try:
+            _check_same_request(job_id, spec, record)
+        except NotFound:
+            return None
+        return self._status(job_id, spec, record, owner or self.account)
+
+    def _status(self, job_id: str, spec: SaveSpec, record: JobRecord | None,
+                owner: str) -> SaveStatus:
+        spool = self._spool_of(owner) or self.spool
+        return build_status(job_id, spec, record, spool_dir_for(spool, spec.request_id))
 
     def queue(
         self, user: str, *, since: datetime | None = None, admin: bool = False
@@ -258,15 +339,10 @@ class SaveService:
         seen = set()
         for record in records:
             seen.add(record.job_id)
-            owner = record.metadata.get("user", "")
-            if not owner or (owner != user and not admin):
-                continue
-            try:
-                spec = self.spec_for_job(record.job_id)
-                _check_same_request(record.job_id, spec, record)
-            except NotFound:
-                continue  # spool purged (or a foreign index entry): not shown
-            statuses.append(self._status(record.job_id, spec, record))
+            own = self._spec_in(self.spool, record.job_id) if record.user == self.account else None
+            status = self._authorized(record.job_id, own, record, user, admin)
+            if status is not None:
+                statuses.append(status)
         # slurmdbd learns of a job a moment after sbatch returns: ask for the saves
         # submitted in the last minutes that accounting does not list yet.
         recent = [j for j in self._recent_job_ids(RECENT_SECONDS) if j not in seen]
@@ -274,31 +350,51 @@ class SaveService:
         return sorted(statuses, key=lambda s: _job_sort_key(s.job_id))
 
     def _recent_job_ids(self, seconds: float) -> list[str]:
+        """Jobs indexed in this account's own spool in the last ``seconds``."""
         index = self.spool / BY_JOB_DIR
         cutoff = time.time() - seconds
         try:
             entries = list(os.scandir(index))
-        except FileNotFoundError:
+        except OSError:
             return []
-        return [e.name for e in entries if e.stat(follow_symlinks=False).st_mtime >= cutoff]
+        recent = []
+        for entry in entries:
+            if entry.name.startswith(".") or not _JOB_ID.fullmatch(entry.name):
+                continue  # a link being written
+            try:
+                if entry.stat(follow_symlinks=False).st_mtime >= cutoff:
+                    recent.append(entry.name)
+            except OSError:
+                continue  # replaced meanwhile
+        return recent
 
     def _statuses_for(self, job_ids: list[str], user: str, *, admin: bool) -> list[SaveStatus]:
-        """Statuses of those of ``job_ids`` that are the user's saves (others skipped)."""
-        specs = {}
+        """Statuses of those of ``job_ids`` (this account's own) that are the user's."""
+        specs: dict[str, SaveSpec] = {}
         for job_id in job_ids:
-            try:
-                spec = self.spec_for_job(job_id)
-            except (NotFound, InvalidRequest):
-                continue
-            if spec.user == user or admin:
+            spec = self._spec_in(self.spool, job_id)
+            if spec is not None and (spec.user == user or admin):
                 specs[job_id] = spec
-        return self._join(specs, strict=False)
+        if not specs:
+            return []
+        since = min(_parse_time(s.created) for s in specs.values()) - timedelta(minutes=5)
+        records = self.scheduler.status(list(specs), since)
+        statuses = []
+        for job_id, spec in specs.items():
+            status = self._authorized(job_id, spec, records.get(job_id), user, admin)
+            if status is not None:
+                statuses.append(status)
+        return statuses
 
     def cancel(self, job_id: str, user: str, *, admin: bool = False) -> None:
-        spec = self.spec_for_job(job_id)
-        if spec.user != user and not admin:
-            raise NotFound(f"job {job_id} is not an imgsave save job of yours")
+        """Cancel a save the scheduler says is ``user``'s (or any, for an admin)."""
+        self.status([job_id], user, admin=admin)  # NotFound unless it is theirs
         self.scheduler.cancel(job_id)
+
+
+def not_yours(job_id: str) -> str:
+    """One answer for a missing job and another user's: no oracle (docs/api.md)."""
+    return f"job {job_id} is not an imgsave save job of yours"
 
 
 def _check_same_request(job_id: str, spec: SaveSpec, record: JobRecord | None) -> None:
@@ -307,7 +403,7 @@ def _check_same_request(job_id: str, spec: SaveSpec, record: JobRecord | None) -
     index entry, never this job's status."""
     recorded = record.metadata.get("request_id") if record else None
     if recorded and recorded != spec.request_id:
-        raise NotFound(f"job {job_id} is not an imgsave save job of yours")
+        raise NotFound(not_yours(job_id))
 
 
 def _metadata(spec: SaveSpec) -> dict[str, str]:

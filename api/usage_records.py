@@ -12,18 +12,19 @@ from __future__ import annotations
 
 import enum
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from api.service import BY_JOB_DIR
-from builder_jobs.events import FailureKind, SaveResult, read_result
+from builder_jobs.events import FailureKind, SaveResult, read_result, read_spool_text
 from builder_jobs.spec import RESULT_FILE, SPEC_FILE, SaveSpec
 from scheduler_glue.base import JobRecord
+from scheduler_glue.metadata import requester_of
 from scheduler_glue.states import JobState
-from site_configs.errors import InvalidRequest
+from site_configs.errors import ImgsaveError, InvalidRequest
 
 log = logging.getLogger(__name__)
 
@@ -85,29 +86,40 @@ def classify(state: JobState, result: SaveResult | None) -> tuple[Outcome, str]:
 
 @dataclass(frozen=True)
 class SpoolReader:
-    """Reads the spool the service writes: ``{root}/{request_id}/`` and ``by-job/{id}``."""
+    """Reads the spools saves are submitted from: ``{spool}/{request_id}/`` and
+    ``{spool}/by-job/{id}``, where each job's spool is its owner's (``root`` is one
+    spool for every owner, or the site's rule ``owner -> spool``). Whose a job is comes
+    from the scheduler; a job of ``service_account`` is the requester's in its metadata.
+    """
 
-    root: Path
+    root: Path | Callable[[str], Path]
+    service_account: str = "imgsave"
 
-    def spec_for_job(self, job_id: str) -> SaveSpec | None:
-        """The spec of the save job ``job_id`` from the service's index, or None."""
-        if not job_id or "/" in job_id or job_id.startswith("."):
-            return None
+    def spool_of(self, owner: str) -> Path | None:
+        if isinstance(self.root, Path):
+            return self.root
         try:
-            return SaveSpec.from_json((self.root / BY_JOB_DIR / job_id / SPEC_FILE).read_text())
-        except (OSError, InvalidRequest):
+            return self.root(owner)
+        except ImgsaveError:
+            return None  # an owner unknown here: no spool to read
+
+    def spec_for_job(self, job_id: str, owner: str = "") -> SaveSpec | None:
+        """The spec of the save job ``job_id`` from its owner's index, or None."""
+        spool = self.spool_of(owner)
+        if spool is None or not job_id or "/" in job_id or job_id.startswith("."):
+            return None
+        text = read_spool_text(spool / BY_JOB_DIR / job_id / SPEC_FILE)
+        try:
+            return SaveSpec.from_json(text) if text is not None else None
+        except InvalidRequest:
             return None
 
-    def result_for(self, request_id: str) -> SaveResult | None:
+    def result_for(self, request_id: str, owner: str = "") -> SaveResult | None:
         """The request's ``result.json``, or None when absent or unreadable."""
-        if not request_id.isalnum():
+        spool = self.spool_of(owner)
+        if spool is None or not request_id.isalnum():
             return None
-        path = self.root / request_id / RESULT_FILE
-        try:
-            return read_result(path)
-        except (OSError, ValueError, TypeError, KeyError) as e:
-            log.warning("ignoring unreadable result %s: %s", path, e)
-            return None
+        return read_result(spool / request_id / RESULT_FILE)
 
 
 def request_of(record: JobRecord, spool: SpoolReader) -> tuple[dict[str, str], str]:
@@ -119,7 +131,7 @@ def request_of(record: JobRecord, spool: SpoolReader) -> tuple[dict[str, str], s
     meta = dict(record.metadata)
     spec = None
     if not meta.get("request_id", "").isalnum():
-        spec = spool.spec_for_job(record.job_id)
+        spec = spool.spec_for_job(record.job_id, record.user)
         if spec is None:
             return {}, ""
         meta = {
@@ -131,7 +143,7 @@ def request_of(record: JobRecord, spool: SpoolReader) -> tuple[dict[str, str], s
         }
     node = record.node
     if not node:  # never ran (cancelled while pending): the node it was pinned to
-        spec = spec or spool.spec_for_job(record.job_id)
+        spec = spec or spool.spec_for_job(record.job_id, record.user)
         node = spec.node if spec is not None else ""
     return meta, node
 
@@ -143,7 +155,12 @@ def cache_row(
     meta, node = request_of(record, spool)
     if not meta:
         return None
-    result = spool.result_for(meta["request_id"])
+    # The scheduler's owner decides whose save it is; a forged comment counts for nobody.
+    user = (requester_of(record.user, meta, spool.service_account) if record.user
+            else meta.get("user", ""))  # fmt: skip
+    if not user:
+        return None
+    result = spool.result_for(meta["request_id"], record.user)
     outcome, reason = classify(record.state, result)
     submitted = record.submit_time or record.start_time or record.end_time or now
     ok = result is not None and result.ok
@@ -155,7 +172,7 @@ def cache_row(
         "cluster": cluster,
         "job_id": record.job_id,
         "request_id": meta["request_id"],
-        "user": meta.get("user") or record.user,
+        "user": user,
         "account": record.account,
         "node": node,
         "formats": meta.get("formats", ""),

@@ -1,17 +1,27 @@
 """Typed progress events and the result of a save, as written to the spool.
 
 The node appends one JSON line per :class:`ProgressEvent` to ``events.jsonl`` and
-writes ``result.json`` once at the end; the service reads both.
+writes ``result.json`` once at the end; the service reads both. The privileged entry
+never writes into a spool: it sends the same events and result as JSON lines on its
+stdout (:class:`EventStream`), and the job's unprivileged half, running as the spool's
+owner, writes them (:mod:`builder_jobs.job_side`).
 """
 
 from __future__ import annotations
 
 import enum
 import json
+import logging
 import os
+import stat
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import IO, Protocol
+
+log = logging.getLogger(__name__)
+# Spool files are their owner's only (the service reads its own; root reads all).
+FILE_MODE = 0o600
 
 
 class Stage(enum.Enum):
@@ -87,24 +97,69 @@ class SaveResult:
         return cls(**data)
 
 
+class EventSink(Protocol):
+    """Where a save reports: its progress events, then its result once."""
+
+    def emit(self, event: ProgressEvent) -> None: ...
+
+    def finish(self, result: SaveResult) -> None: ...
+
+
+class EventStream:
+    """Events and the result as JSON lines on a stream (the privileged entry's stdout):
+    ``{"event": {...}}`` per event, ``{"result": {...}}`` once."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self.stream = stream
+
+    def emit(self, event: ProgressEvent) -> None:
+        self._line({"event": json.loads(event.to_json())})
+
+    def finish(self, result: SaveResult) -> None:
+        self._line({"result": json.loads(result.to_json())})
+
+    def _line(self, data: dict[str, object]) -> None:
+        try:
+            self.stream.write(json.dumps(data, sort_keys=True) + "\n")
+            self.stream.flush()
+        except (BrokenPipeError, ValueError):
+            pass  # the job's half is gone (killed): the save still cleans up
+
+
+def parse_stream_line(line: str) -> ProgressEvent | SaveResult | None:
+    """One line of an :class:`EventStream`; None for anything else (a log line)."""
+    try:
+        data = json.loads(line)
+        if isinstance(data, dict) and isinstance(data.get("event"), dict):
+            return ProgressEvent.from_json(json.dumps(data["event"]))
+        if isinstance(data, dict) and isinstance(data.get("result"), dict):
+            return SaveResult.from_json(json.dumps(data["result"]))
+    except (ValueError, KeyError, TypeError):
+        pass
+    return None
+
+
 class EventLog:
     """Appends events to ``events.jsonl``; readers see whole lines only."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
 
+    def finish(self, result: SaveResult) -> None:
+        write_result(self.path.with_name(RESULT_NAME), result)
+
     def emit(self, event: ProgressEvent) -> None:
         line = event.to_json() + "\n"
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW
+        fd = os.open(self.path, flags, FILE_MODE)
         try:
             os.write(fd, line.encode())
         finally:
             os.close(fd)
 
     def read(self) -> list[ProgressEvent]:
-        try:
-            text = self.path.read_text()
-        except FileNotFoundError:
+        text = read_spool_text(self.path)
+        if text is None:
             return []
         events = []
         for line in text.splitlines():
@@ -116,15 +171,46 @@ class EventLog:
         return events
 
 
+RESULT_NAME = "result.json"
+
+
 def write_result(path: Path, result: SaveResult) -> None:
-    """Write ``result.json`` atomically (readers never see half a file)."""
+    """Write ``result.json`` atomically (readers never see half a file), mode 0600."""
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(result.to_json())
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, FILE_MODE)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(result.to_json())
     os.replace(tmp, path)
 
 
 def read_result(path: Path) -> SaveResult | None:
+    """The result in ``path``; None if absent, unreadable or not a result (a planted
+    link, a torn or foreign file): status then comes from the scheduler alone."""
+    text = read_spool_text(path)
+    if text is None:
+        return None
     try:
-        return SaveResult.from_json(path.read_text())
+        return SaveResult.from_json(text)
+    except (ValueError, KeyError, TypeError) as e:
+        log.warning("ignoring %s: not a save result (%s)", path, e)
+        return None
+
+
+MAX_SPOOL_FILE_BYTES = 16 * 1024**2
+
+
+def read_spool_text(path: Path) -> str | None:
+    """A spool file's text, never through a symlink and never a special file."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except FileNotFoundError:
         return None
+    except OSError as e:
+        log.warning("cannot read %s: %s", path, e.strerror)
+        return None
+    with os.fdopen(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+            log.warning("ignoring %s: not a regular file", path)
+            return None
+        return fh.read(MAX_SPOOL_FILE_BYTES).decode("utf-8", errors="replace")

@@ -39,6 +39,7 @@ from builder_jobs.engines import (
 )
 from builder_jobs.events import (
     EventLog,
+    EventSink,
     FailureKind,
     ProgressEvent,
     SaveResult,
@@ -68,13 +69,13 @@ class SaveRun:
 
     spec: SaveSpec
     site: SiteConfig
-    spool: Path
+    events: EventSink
     runner: Runner = run_command
     env: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
     seconds: dict[str, float] = field(default_factory=dict)
+    job_id_known: str = ""  # the job id, when the caller learnt it from the scheduler
 
     def __post_init__(self) -> None:
-        self.events = EventLog(self.spool / EVENTS_FILE)
         self.engine: Engine = engine_for(self.site.engine)
         self.temp_image = temporary_image(self.spec.request_id)
         self.local_images: list[str] = []
@@ -87,7 +88,7 @@ class SaveRun:
 
     @property
     def job_id(self) -> str:
-        return self.env.get("SLURM_JOB_ID") or self.env.get("PBS_JOBID") or ""
+        return self.job_id_known or self.env.get("SLURM_JOB_ID") or self.env.get("PBS_JOBID") or ""
 
     def emit(
         self,
@@ -320,7 +321,7 @@ def save(run: SaveRun) -> SaveResult:
     )
     # The image is in the registry and usable: say so before the local housekeeping
     # (removing the temporary image can take seconds on a busy node).
-    write_result(run.spool / RESULT_FILE, result)
+    run.events.finish(result)
     run.emit(Stage.DONE, "saved")
     warning = cleanup(run)
     if warning:
@@ -350,7 +351,12 @@ def _unexpected(error: BaseException) -> SaveFailed:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Load the spec and site config, run the save, write ``result.json``."""
+    """Load the spec and site config, run the save, write ``result.json``.
+
+    The save without a scheduler, for the centre's admins and the node-side tests: it
+    runs as whoever starts it and trusts the spec it is given. Users never reach it:
+    their jobs enter through the privileged entry (:mod:`api.node_gate`), which builds
+    the spec from the scheduler's record of the job, not from a file."""
     parser = argparse.ArgumentParser(prog="python -m builder_jobs.node_save")
     parser.add_argument("spec_path", type=Path, help="the save's spec.json in the spool")
     args = parser.parse_args(argv)
@@ -360,7 +366,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         spec = SaveSpec.from_json(spec_path.read_text())
         site = load_site_config(spec.site_config)
-        run = SaveRun(spec=spec, site=site, spool=spool)
+        run = SaveRun(spec=spec, site=site, events=EventLog(spool / EVENTS_FILE))
     except (OSError, ImgsaveError) as e:
         message = f"cannot start the save from {spec_path}: {e}"
         if spool.is_dir():
@@ -373,7 +379,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     signal.signal(signal.SIGTERM, _cancelled)  # scancel/qdel: clean up, then fail
     result = save(run)
-    write_result(spool / RESULT_FILE, result)
+    run.events.finish(result)
+    return report_exit(result)
+
+
+def report_exit(result: SaveResult) -> int:
+    """The job's exit status for ``result``, its one line printed (stdout or stderr)."""
     if not result.ok:
         print(_one_line(result.error), file=sys.stderr)
         return 1

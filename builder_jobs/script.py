@@ -1,6 +1,7 @@
 """Render the scheduler-neutral batch script that runs one save on its node.
 
-The script only runs the node-side entry point on the spec; the scheduler's options
+The script only runs the job's unprivileged half on the spec (which asks the node's
+privileged entry for the save); the scheduler's options
 (node pinning, partition/queue, limits, job name, metadata) travel on the
 ``sbatch``/``qsub`` argv built by ``scheduler_glue``. Every value that reaches the
 script goes through the ``shell_quote`` filter, and a variable missing from the
@@ -37,7 +38,7 @@ def _shell_quote(value: object) -> str:
 
 
 def render_job_script(spec_path: Path, python: str, request_id: str) -> str:
-    """The text of the batch script that runs ``python -m builder_jobs.node_save SPEC``.
+    """The text of the batch script that runs ``python -I -m builder_jobs.job_side SPEC``.
 
     ``request_id`` appears in a comment, so it must be our own alphanumeric id (as
     :func:`builder_jobs.spec.spool_dir_for` requires); ``python`` and ``spec_path``

@@ -20,7 +20,6 @@ import json
 import logging
 import os
 import platform
-import pwd
 import shutil
 import stat
 import tempfile
@@ -31,8 +30,9 @@ from typing import TYPE_CHECKING
 
 from builder_jobs.events import FailureKind, Stage
 from builder_jobs.failures import SaveFailed, registry_failure
+from builder_jobs.user_files import write_as_user
 from registry.manifests import OCI_MANIFEST, sha256_digest
-from registry.refs import ImageRef, check_unix_name
+from registry.refs import ImageRef
 from site_configs.errors import ImgsaveError
 from site_configs.schema import Compression
 
@@ -134,48 +134,6 @@ def siftool_argvs(sif: Path, squashfs: Path, machine: str | None = None) -> list
     ]  # fmt: skip
 
 
-def sif_destination(output_dir_rule: str, user: str) -> Path:
-    """The user's SIF directory (created if absent), resolved: nothing may escape it."""
-    check_unix_name(user)
-    directory = Path(output_dir_rule.replace("{user}", user))
-    if not directory.is_absolute():
-        raise SaveFailed(FailureKind.INVALID, f"sif.output_dir {output_dir_rule!r} is relative")
-    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-    resolved = directory.resolve(strict=True)
-    hand_to_user(resolved, user)
-    return resolved
-
-
-def hand_to_user(path: Path, user: str) -> None:
-    """In portal mode the job runs as a service account (root): the user's directory and
-    SIF file must still be the user's own. A no-op when the job already runs as the user."""
-    if os.geteuid() != 0:
-        return
-    try:
-        entry = pwd.getpwnam(user)
-    except KeyError:
-        log.warning("user %s is unknown on this node; %s stays owned by root", user, path)
-        return
-    os.chown(path, entry.pw_uid, entry.pw_gid, follow_symlinks=False)
-
-
-def install_sif(sif: Path, directory: Path, name: str, user: str = "") -> Path:
-    """Copy ``sif`` to ``directory/name`` atomically, never through a symlink."""
-    final = directory / name
-    if final.resolve().parent != directory or Path(name).name != name:
-        raise SaveFailed(FailureKind.INVALID, f"SIF name {name!r} escapes {directory}")
-    if final.is_symlink():
-        raise SaveFailed(FailureKind.INVALID, f"{final} is a symlink; refusing to write it")
-    partial = directory / f".{name}.{os.getpid()}.partial"
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
-    with open(sif, "rb") as src, os.fdopen(os.open(partial, flags, 0o644), "wb") as dst:
-        shutil.copyfileobj(src, dst, CHUNK_BYTES)
-    if user:
-        hand_to_user(partial, user)
-    os.replace(partial, final)  # replaces a file or a link itself, never a link's target
-    return final
-
-
 def file_sha256(path: Path) -> str:
     """``sha256:<hex>`` of a file, read in chunks."""
     digest = hashlib.sha256()
@@ -250,13 +208,8 @@ def save_sif(run: SaveRun, info: ContainerInfo, target: RegistryTarget | None) -
         digest, size = file_sha256(sif), sif.stat().st_size
         path = ""
         if sif_cfg.output_dir:
-            try:
-                directory = sif_destination(sif_cfg.output_dir, run.spec.user)
-                path = str(install_sif(sif, directory, name, run.spec.user))
-            except OSError as e:
-                raise SaveFailed(
-                    FailureKind.INTERNAL, f"cannot write the SIF to {sif_cfg.output_dir}: {e}"
-                ) from e
+            # written by a child with the user's own uid and groups: never root
+            path = str(write_as_user(sif, sif_cfg.output_dir, run.spec.user, name))
         reference = ""
         if target is not None:
             with run.stage(Stage.PUSHING, f"pushing {target.ref} (ORAS)"):

@@ -8,12 +8,14 @@ functions; a :class:`~site_configs.runner.Runner` executes the commands.
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterable, Mapping
+import os
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
 from scheduler_glue.states import JobState
+from site_configs.errors import PermissionDenied
 
 
 @dataclass(frozen=True)
@@ -67,10 +69,25 @@ class JobRecord:
         return None
 
 
+ROOT_SUBMIT_REFUSED = (
+    "imgsave never submits jobs as root: run it as yourself (CLI mode) or through the "
+    "portal's service account (docs/security.md)"
+)
+
+
 class Scheduler(abc.ABC):
     """A batch scheduler backend. Every method raises SchedulerError with a reason."""
 
     name: str = "scheduler"
+    # Whose account a submit runs under; tests that hand the commands to another account
+    # (``runuser -u alice --``) say so by setting it. Root is always refused: on PBS
+    # root's jobs are refused or untracked (fixtures/pbs), and a root job is nobody's.
+    submitter_uid: Callable[[], int] = staticmethod(os.geteuid)
+
+    def check_submitter(self) -> None:
+        """Refuse to submit as root (PermissionDenied)."""
+        if self.submitter_uid() == 0:
+            raise PermissionDenied(ROOT_SUBMIT_REFUSED)
 
     @abc.abstractmethod
     def submit(self, job: BatchJob) -> str:

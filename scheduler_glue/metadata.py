@@ -33,3 +33,22 @@ def decode_metadata(text: str) -> dict[str, str]:
         if sep and key.isidentifier():
             result[key] = unquote(value)
     return result
+
+
+def requester_of(owner: str, metadata: Mapping[str, str], service_account: str) -> str:
+    """Who a job works for, "" if nobody may be believed.
+
+    The scheduler's record of the job's owner decides, never the metadata alone: a job
+    of the portal's ``service_account`` works for the user in the metadata the service
+    itself wrote; any other job works for its owner, and metadata naming someone else
+    is forged (anyone can submit a job with any ``--comment``), so the job counts for
+    nobody.
+    """
+    claimed = metadata.get("user", "")
+    if not owner:
+        return ""
+    if owner == service_account:
+        return claimed
+    if claimed and claimed != owner:
+        return ""
+    return owner

@@ -143,6 +143,7 @@ class PbsScheduler(Scheduler):
     def submit(self, job: BatchJob) -> str:
         """Check the node, write the metadata file, qsub; return the job id."""
         check_job(job)
+        self.check_submitter()
         state = self._node_state(job.node)
         if state is None:
             raise NotFound(f"node {job.node} is not a PBS execution host")

@@ -172,6 +172,7 @@ class SlurmScheduler(Scheduler):
     def submit(self, job: BatchJob) -> str:
         """Submit ``job`` pinned to ``job.node``; the node is checked before sbatch runs."""
         _check_job(job)
+        self.check_submitter()
         if not self.node_exists(job.node):
             known = ", ".join(sorted(self._nodes or ()))
             raise NotFound(f"node {job.node} is not a node of this Slurm cluster (known: {known})")

@@ -3,7 +3,8 @@
 # munge, MariaDB, slurmdbd, slurmctld, two slurmd nodes (n1, n2) each with node-local
 # container storage in its own mount namespace, and a registry on 127.0.0.1:5000.
 #
-#   scripts/cluster.sh install   apt packages, users, config files (idempotent)
+#   scripts/cluster.sh install   apt packages, users, config files, the imgsave runtime in
+#                                /opt/imgsave and the node's privileged entry (idempotent)
 #   scripts/cluster.sh up        install, then start every service that is not running
 #   scripts/cluster.sh down      stop everything this script started
 #   scripts/cluster.sh status    what runs, sinfo, the registry
@@ -23,7 +24,12 @@ BASE_IMAGE=localhost/imgsave-base:latest
 REGISTRY_ADDR=127.0.0.1:5000
 PACKAGES=(slurm-wlm slurmdbd munge mariadb-server podman runc docker-registry siftool
           squashfs-tools busybox-static zstd pigz apache2-utils procps iproute2 util-linux
-          python3-venv curl chromium)
+          python3-venv curl chromium sudo)
+# imgsave as every user runs it: a root-owned venv on Debian's python (not under /root)
+RUNTIME=/opt/imgsave
+SERVICE_ACCOUNT=imgsave
+ENTRY=/usr/local/sbin/imgsave-node-save
+NODE_CONFIG=/etc/imgsave/site.toml
 
 say() { printf '[cluster] %s\n' "$*" >&2; }
 
@@ -59,12 +65,62 @@ install_users() {
     for u in alice bob; do
         id "$u" >/dev/null 2>&1 || useradd --create-home --shell /bin/bash "$u"
     done
+    # the portal's service account (imgsave serve, its tokens database); never root
+    id "$SERVICE_ACCOUNT" >/dev/null 2>&1 ||
+        useradd --system --home-dir /var/lib/imgsave --create-home --shell /usr/sbin/nologin \
+            "$SERVICE_ACCOUNT"
+    mkdir -p /var/lib/imgsave
+    chown -R "$SERVICE_ACCOUNT:" /var/lib/imgsave
+    chmod 0700 /var/lib/imgsave
+}
+
+source_stamp() {  # a hash of everything the runtime is built from
+    (cd "$HERE/.." && find api builder_jobs registry scheduler_glue site_configs pyproject.toml \
+        -type f ! -name '*.pyc' -print0 | sort -z | xargs -0 sha256sum) | sha256sum | cut -c1-64
+}
+
+install_runtime() {  # /opt/imgsave/venv: what users, the service and the node entry run
+    local stamp want
+    if [ ! -x "$RUNTIME/venv/bin/python" ]; then
+        say "creating $RUNTIME/venv on /usr/bin/python3"
+        mkdir -p "$RUNTIME"
+        /usr/bin/python3 -m venv "$RUNTIME/venv"
+        "$RUNTIME/venv/bin/pip" install -q --upgrade pip >/dev/null
+    fi
+    want=$(source_stamp)
+    stamp="$RUNTIME/venv/.imgsave-source"
+    if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+        say "installing imgsave into $RUNTIME/venv"
+        local build
+        build=$(mktemp -d)
+        (cd "$HERE/.." && tar -c --exclude=__pycache__ api builder_jobs registry \
+            scheduler_glue site_configs pyproject.toml README.md) | tar -x -C "$build"
+        "$RUNTIME/venv/bin/pip" install -q "$build" >/dev/null
+        "$RUNTIME/venv/bin/pip" install -q --no-deps --force-reinstall "$build" >/dev/null
+        rm -rf "$build"
+        echo "$want" >"$stamp"
+    fi
+    chown -R root:root "$RUNTIME"
+    chmod -R go-w "$RUNTIME"
+    ln -sf "$RUNTIME/venv/bin/imgsave" /usr/local/bin/imgsave
+}
+
+install_entry() {  # the node's one privileged entry and its sudoers rule
+    mkdir -p /etc/imgsave
+    install -m 0644 "$HERE/../site_configs/local.toml" "$NODE_CONFIG"
+    sed -e "s|@PYTHON@|$RUNTIME/venv/bin/python|" -e "s|@CONFIG@|$NODE_CONFIG|" \
+        "$HERE/../site_configs/deploy/imgsave-node-save.in" >"$ENTRY.new"
+    chown root:root "$ENTRY.new" && chmod 0755 "$ENTRY.new" && mv "$ENTRY.new" "$ENTRY"
+    install -m 0440 "$HERE/../site_configs/deploy/sudoers-imgsave" /etc/sudoers.d/imgsave.new
+    visudo -cqf /etc/sudoers.d/imgsave.new
+    mv /etc/sudoers.d/imgsave.new /etc/sudoers.d/imgsave
+    mkdir -p /var/lib/imgsave-node && chmod 0700 /var/lib/imgsave-node
 }
 
 install_configs() {
-    mkdir -p "$STATE"/{slurmctld,registry,mysql-run} "$RUN" "$LOGS" /etc/slurm \
-             /var/spool/imgsave /var/lib/imgsave /etc/containers
-    chmod 1777 /var/spool/imgsave
+    mkdir -p "$STATE"/{slurmctld,registry,mysql-run} "$RUN" "$LOGS" /etc/slurm /etc/containers
+    # no shared world-writable spool: each account has its own (site config spool_dir)
+    if [ -d /var/spool/imgsave ]; then chmod 0755 /var/spool/imgsave; fi
     local n
     for n in "${NODES[@]}"; do
         mkdir -p "$STATE/nodes/$n"/{containers,run-containers,run-libpod,spool}
@@ -119,7 +175,7 @@ start_slurmdbd() {
     local u
     sacctmgr -n -P list account imgsave | grep -q imgsave ||
         sacctmgr -i add account imgsave Description=imgsave Organization=local >/dev/null
-    for u in root alice bob; do
+    for u in root alice bob "$SERVICE_ACCOUNT"; do
         sacctmgr -n -P list user "$u" | grep -q . ||
             sacctmgr -i add user "$u" Account=imgsave >/dev/null
     done
@@ -218,6 +274,8 @@ cmd_up() {
     install_packages
     install_users
     install_configs
+    install_runtime
+    install_entry
     start_munge
     start_mariadb
     start_slurmdbd
@@ -269,11 +327,11 @@ cmd_status() {
 }
 
 case "${1:-}" in
-    install) install_packages; install_users; install_configs ;;
+    install) install_packages; install_users; install_configs; install_runtime; install_entry ;;
     up) cmd_up ;;
     down) cmd_down ;;
     status) cmd_status ;;
     node-exec) shift; node_exec "$@" ;;
     session) shift; session "$@" ;;
-    *) sed -n '2,14p' "$0"; exit 2 ;;
+    *) sed -n '2,15p' "$0"; exit 2 ;;
 esac

@@ -8,15 +8,25 @@ from __future__ import annotations
 
 import logging
 import subprocess
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import BinaryIO, Protocol
 
 from site_configs.errors import CommandFailed
 
 log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT_SECONDS = 60.0
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """A Unix identity a child process runs with (``setgroups``, ``setgid``, ``setuid``)."""
+
+    uid: int
+    gid: int
+    groups: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -47,8 +57,14 @@ def run_command(
     check: bool = True,
     input_text: str | None = None,
     env: Mapping[str, str] | None = None,
+    stdin_file: BinaryIO | None = None,
+    credentials: Credentials | None = None,
+    cwd: str | None = None,
 ) -> CommandResult:
     """Run ``argv`` (no shell) and return its output.
+
+    ``stdin_file`` feeds the child an open file instead of ``input_text``;
+    ``credentials`` start it with another uid, gid and groups (root only).
 
     Raises :class:`CommandFailed` when the command cannot start, times out, or (with
     ``check``) exits non-zero; the error carries argv, exit code, stdout and stderr.
@@ -63,8 +79,13 @@ def run_command(
             errors="replace",  # a stray non-UTF-8 byte must not hide the output
             timeout=timeout,
             input=input_text,
+            stdin=stdin_file,
             env=dict(env) if env is not None else None,
+            cwd=cwd,
             check=False,
+            user=credentials.uid if credentials else None,
+            group=credentials.gid if credentials else None,
+            extra_groups=list(credentials.groups) if credentials else None,
         )
     except subprocess.TimeoutExpired as e:
         raise CommandFailed(
@@ -76,6 +97,43 @@ def run_command(
     if check and proc.returncode != 0:
         raise CommandFailed(args, proc.returncode, proc.stdout, proc.stderr)
     return result
+
+
+def run_streaming(
+    argv: Sequence[str],
+    on_line: Callable[[str], None],
+    *,
+    timeout: float = DEFAULT_TIMEOUT_SECONDS,
+    on_start: Callable[[subprocess.Popen[str]], None] | None = None,
+) -> int:
+    """Run ``argv`` (no shell), handing each line of its stdout to ``on_line`` as it
+    comes; its stderr goes to ours. Returns the exit status (a negative signal number
+    if it was killed); kills it after ``timeout`` seconds (raising CommandFailed).
+    ``on_start`` receives the process, e.g. to forward signals to it."""
+    args = [str(a) for a in argv]
+    log.debug("run (streaming) %s", args)
+    try:
+        proc = subprocess.Popen(  # noqa: S603 - argv list, never a shell
+            args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True,
+            errors="replace", bufsize=1,
+        )
+    except OSError as e:
+        raise CommandFailed(args, None, "", str(e), retryable=False) from e
+    if on_start is not None:
+        on_start(proc)
+    timer = threading.Timer(timeout, proc.kill)
+    timer.start()
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            on_line(line.rstrip("\n"))
+        returncode = proc.wait()
+    finally:
+        expired = not timer.is_alive() and proc.returncode is not None and proc.returncode < 0
+        timer.cancel()
+    if expired:
+        raise CommandFailed(args, returncode, "", "", timed_out=True)
+    return returncode
 
 
 def _text(value: str | bytes | None) -> str:

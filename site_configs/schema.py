@@ -9,6 +9,7 @@ from __future__ import annotations
 import enum
 import ipaddress
 import os
+import pwd
 import tomllib
 from functools import lru_cache
 from pathlib import Path
@@ -134,16 +135,31 @@ class RegistrySection(_Section):
 class SifSection(_Section):
     compression: Compression = Compression.ZSTD
     processors: Annotated[int, Field(ge=0)] = 0  # 0 = all cores
-    # per-user directory on shared storage; must contain {user}; empty = no file copy
+    # per-user directory on shared storage; must contain {user} or {home}; empty = no
+    # file copy. Written by a process with the user's own uid and groups.
     output_dir: str = ""
     push_oras: bool = True
 
     @field_validator("output_dir")
     @classmethod
     def _output_dir_per_user(cls, value: str) -> str:
-        if value and "{user}" not in value:
-            raise ValueError("must contain {user} so each user writes only their own directory")
+        if value and "{user}" not in value and "{home}" not in value:
+            raise ValueError(
+                "must contain {user} or {home} so each user writes only their own directory"
+            )
         return value
+
+
+class NodeSection(_Section):
+    """The one privileged entry on the nodes (docs/security.md)."""
+
+    # argv the save job (running as its owner) uses to enter it; the sudoers rule in
+    # site_configs/sudoers allows exactly this program, nothing else.
+    privileged_command: list[NonEmpty] = Field(
+        default_factory=lambda: ["sudo", "-n", "/usr/local/sbin/imgsave-node-save"], min_length=1
+    )
+    # root-owned directory where the entry records each request it ran (once only)
+    state_dir: NonEmpty = "/var/lib/imgsave-node"
 
 
 class LimitsSection(_Section):
@@ -175,7 +191,13 @@ class ApiSection(_Section):
 
 class SiteConfig(_Section):
     name: NonEmpty
-    spool_dir: NonEmpty = Field(description="shared directory for specs, events and results")
+    # Each user's own spool (specs, events, results), on storage the nodes share; {user}
+    # and {home} are substituted with the account that submits (the user in CLI mode, the
+    # service account in portal mode). Never a shared world-writable directory.
+    spool_dir: NonEmpty = Field("{home}/.imgsave/spool", description="per-user spool")
+    # The Unix account `imgsave serve` runs as (portal mode); its jobs carry the
+    # requesting user in their metadata. Never root.
+    service_account: NonEmpty = "imgsave"
     node_python: str = Field("", description="python on the nodes; empty = the submitter's")
     formats: list[ImageFormat] = Field(default_factory=lambda: [ImageFormat.OCI])
     categories: list[NonEmpty] = Field(default_factory=lambda: ["cpu", "gpu"])
@@ -185,8 +207,47 @@ class SiteConfig(_Section):
     sif: SifSection = Field(default_factory=SifSection)
     limits: LimitsSection = Field(default_factory=LimitsSection)
     api: ApiSection = Field(default_factory=ApiSection)
+    node: NodeSection = Field(default_factory=NodeSection)
     database_url: str = ""
     source_path: str = Field("", exclude=True)
+
+    def spool_for(self, account: str) -> Path:
+        """The spool of ``account`` (the submitting Unix user): ``spool_dir`` expanded."""
+        return Path(expand_user_path(self.spool_dir, account))
+
+    @field_validator("spool_dir")
+    @classmethod
+    def _spool_per_user(cls, value: str) -> str:
+        if "{user}" not in value and "{home}" not in value:
+            raise ValueError("must contain {user} or {home}: each account has its own spool")
+        return value
+
+    @field_validator("service_account")
+    @classmethod
+    def _service_account_not_root(cls, value: str) -> str:
+        if value == "root":
+            raise ValueError("the portal's service account must not be root")
+        return value
+
+
+def expand_user_path(rule: str, user: str) -> str:
+    """``rule`` with ``{user}`` and ``{home}`` (from the passwd database) substituted.
+
+    Raises :class:`ConfigError` for an account unknown here or a rule that is not an
+    absolute path once expanded.
+    """
+    if not user or "/" in user or user in (".", ".."):
+        raise ConfigError(f"{user!r} is not a user name")
+    home = ""
+    if "{home}" in rule:
+        try:
+            home = pwd.getpwnam(user).pw_dir
+        except KeyError as e:
+            raise ConfigError(f"user {user} is unknown on this machine") from e
+    path = rule.replace("{user}", user).replace("{home}", home)
+    if not os.path.isabs(path):
+        raise ConfigError(f"{rule!r} expands to {path!r}, which is not an absolute path")
+    return path
 
 
 def load_site_config(path: str | os.PathLike[str]) -> SiteConfig:
@@ -228,3 +289,12 @@ def _cached(path: str) -> SiteConfig:
 def get_site_config(path: str | os.PathLike[str] | None = None) -> SiteConfig:
     """The site config, loaded once per path (``$IMGSAVE_SITE_CONFIG`` or local.toml)."""
     return _cached(str(Path(path) if path else config_path()))
+
+
+def current_account() -> str:
+    """The Unix account this process acts as (its effective uid)."""
+    uid = os.geteuid()
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)

@@ -1,0 +1,195 @@
+"""The one privileged entry on a node: ``imgsave-node-save JOBID REQUEST_ID``.
+
+Save jobs run as their owner; this is the only root code they can reach, through the
+sudoers rule that ships in ``site_configs/sudoers`` (no one gets ``sudo podman``). It is
+installed as a root-owned wrapper that fixes the site config (``site_configs/node-entry``)::
+
+    exec /opt/imgsave/venv/bin/python -I -m api.node_gate /etc/imgsave/site.toml "$@"
+
+It trusts nothing a user can write. Who asks comes from the kernel (``SUDO_UID``, set by
+sudo); what was asked comes from the scheduler's record of the job: its owner, its
+state and the request metadata it was submitted with. The job must be running, owned by
+the caller, and carry this request id. A job of the portal's service account works for
+the user in its metadata (the service wrote it); any other job works for its owner only.
+Each request runs at most once per node (a root-owned record in ``node.state_dir``).
+Events and the result go to stdout as JSON lines; the job's unprivileged half writes
+them into the owner's spool. The save itself then checks the container's owner label
+against that user and pushes only into that user's namespace.
+
+Exit status: 0 saved, 1 the save failed, 2 refused (the reason on stderr and as the
+result).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import pwd
+import re
+import signal
+import sys
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from builder_jobs.events import EventStream, FailureKind, ProgressEvent, SaveResult, Stage
+from builder_jobs.failures import SaveFailed
+from builder_jobs.node_save import SaveRun, report_exit, save
+from builder_jobs.spec import SaveSpec
+from scheduler_glue import make_scheduler
+from scheduler_glue.base import JobRecord, Scheduler
+from scheduler_glue.metadata import requester_of
+from scheduler_glue.states import JobState
+from site_configs.errors import ImgsaveError
+from site_configs.schema import ImageFormat, SiteConfig, load_site_config
+
+log = logging.getLogger("api.node_gate")
+
+REFUSED = 2
+_JOB_ID = re.compile(r"[0-9][0-9A-Za-z_+.\[\]-]{0,63}")
+_REQUEST_ID = re.compile(r"[0-9a-f]{32}")
+_CONTAINER = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]{0,253}")
+# How far back the scheduler is asked about the job (it is running now).
+LOOKBACK = timedelta(days=3)
+PR_SET_PDEATHSIG = 1
+
+
+class Refused(Exception):
+    """A request the entry will not run; the message is safe to show the caller."""
+
+
+def caller_name(env: Mapping[str, str]) -> str:
+    """The Unix user who ran sudo (``SUDO_UID``, which sudo itself sets)."""
+    uid_text = env.get("SUDO_UID", "")
+    if not uid_text.isdigit():
+        raise Refused("imgsave-node-save runs only through sudo, from a save job")
+    try:
+        return pwd.getpwuid(int(uid_text)).pw_name
+    except KeyError as e:
+        raise Refused(f"uid {uid_text} has no account on this node") from e
+
+
+def job_record(scheduler: Scheduler, job_id: str) -> JobRecord:
+    since = datetime.now(UTC) - LOOKBACK
+    try:
+        record = scheduler.status([job_id], since).get(job_id)
+    except ImgsaveError as e:
+        raise Refused(f"cannot ask the scheduler about job {job_id}: {e.message}") from e
+    if record is None or record.state is JobState.UNKNOWN:
+        raise Refused(f"job {job_id} is not known to the scheduler")
+    return record
+
+
+def spec_from_job(
+    config: SiteConfig, record: JobRecord, caller: str, request_id: str
+) -> SaveSpec:
+    """The save the scheduler's record of the job asks for, if ``caller`` may run it."""
+    job = record.job_id
+    if record.user != caller:
+        raise Refused(f"job {job} is not yours")  # never say whose it is
+    if record.state is not JobState.RUNNING:
+        raise Refused(f"job {job} is {record.state.name}, not running")
+    meta = record.metadata
+    if meta.get("request_id") != request_id:
+        raise Refused(f"job {job} was not submitted for request {request_id}")
+    user = requester_of(record.user, meta, config.service_account)
+    if not user:
+        raise Refused(f"job {job} names no user it may save for")
+    container = meta.get("container", "")
+    if not _CONTAINER.fullmatch(container):
+        raise Refused(f"job {job} names no valid container")
+    try:
+        formats = tuple(ImageFormat(f) for f in meta.get("formats", "oci").split(",") if f)
+    except ValueError as e:
+        raise Refused(f"job {job} asks for an unknown format") from e
+    if not formats or any(f not in config.formats for f in formats):
+        raise Refused(f"job {job} asks for a format this site does not offer")
+    category = meta.get("category", "")
+    if category not in config.categories:
+        raise Refused(f"job {job} asks for an unknown category")
+    return SaveSpec(
+        request_id=request_id,
+        user=user,
+        container=container,
+        target=meta.get("target", ""),
+        formats=formats,
+        category=category,
+        node=record.node.split(",", 1)[0],
+        site_config=config.source_path,
+        created=datetime.now(UTC).isoformat(timespec="seconds"),
+    )
+
+
+def claim_once(state_dir: Path, request_id: str) -> None:
+    """Record that this node ran ``request_id``; a second run of it is refused."""
+    state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    info = state_dir.lstat()
+    if info.st_uid != 0 or info.st_mode & 0o022 or not state_dir.is_dir():
+        raise Refused(f"{state_dir} must be a directory only root can write")
+    try:
+        fd = os.open(state_dir / request_id, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError as e:
+        raise Refused(f"request {request_id} already ran on this node") from e
+    os.close(fd)
+
+
+def admit(config: SiteConfig, args: Sequence[str], env: Mapping[str, str],
+          scheduler: Scheduler) -> SaveSpec:
+    """Every check before the save; raises Refused with the reason."""
+    if len(args) != 2:
+        raise Refused("usage: imgsave-node-save JOBID REQUEST_ID")
+    job_id, request_id = args
+    if not _JOB_ID.fullmatch(job_id) or not _REQUEST_ID.fullmatch(request_id):
+        raise Refused("give a job id and an imgsave request id")
+    caller = caller_name(env)
+    spec = spec_from_job(config, job_record(scheduler, job_id), caller, request_id)
+    claim_once(Path(config.node.state_dir), request_id)
+    return spec
+
+
+def _die_with_parent() -> None:
+    """If sudo (and so the job) is killed outright, do not save on unattended."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        log.warning("cannot ask to be stopped with the job (prctl)")
+
+
+def _cancelled(signum: int, frame: object) -> None:
+    raise SaveFailed(FailureKind.INTERNAL, f"the save job was cancelled (signal {signum})")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(stream=sys.stderr, level=logging.INFO,
+                        format="imgsave-node-save: %(levelname)s %(message)s")  # fmt: skip
+    events = EventStream(sys.stdout)
+    if os.geteuid() != 0:
+        print("imgsave-node-save: must run as root (through sudo)", file=sys.stderr)
+        return REFUSED
+    if not args:
+        print("imgsave-node-save: no site config given by the wrapper", file=sys.stderr)
+        return REFUSED
+    os.umask(0o077)
+    _die_with_parent()
+    signal.signal(signal.SIGTERM, _cancelled)  # scancel/qdel: clean up, then fail
+    try:
+        config = load_site_config(args[0])
+        spec = admit(config, args[1:], os.environ, make_scheduler(config.scheduler))
+    except (Refused, ImgsaveError, OSError) as e:
+        message = f"refused: {e.message if isinstance(e, ImgsaveError) else e}"
+        events.emit(ProgressEvent(Stage.FAILED, message=message))
+        events.finish(SaveResult(ok=False, failure=FailureKind.INVALID, error=message))
+        print(f"imgsave-node-save: {message}", file=sys.stderr)
+        return REFUSED
+    log.info("job %s: saving %s for %s", args[1], spec.container, spec.user)
+    run = SaveRun(spec=spec, site=config, events=events, env={}, job_id_known=args[1])
+    result = save(run)
+    events.finish(result)
+    return report_exit(result)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
