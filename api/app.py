@@ -26,7 +26,7 @@ from api import (
     routes_saves,
     routes_sessions,
 )
-from api.auth import Unauthorized
+from api.auth import Unauthorized, unix_account_exists
 from api.db import Database, database_url, instance_dir
 from api.sessions import make_locator
 from api.state import EXTENSION, ApiError, ApiState, error_response
@@ -55,7 +55,8 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     """Build the app.
 
     ``test_config`` may set ``SITE_CONFIG`` (a :class:`SiteConfig` or a path),
-    ``SITE_FACTORY`` (config → site services), ``LOCATOR``, ``DATABASE_URL``,
+    ``SITE_FACTORY`` (config → site services), ``LOCATOR``, ``ACCOUNT_EXISTS`` (user
+    name → whether the account exists; default ``pwd``), ``DATABASE_URL``,
     ``INSTANCE_DIR`` and any Flask setting such as ``SECRET_KEY``.
     """
     overrides = dict(test_config or {})
@@ -65,6 +66,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     config = _site_config(overrides.pop("SITE_CONFIG", None))
     factory: Callable[[SiteConfig], Site] = overrides.pop("SITE_FACTORY", None) or _real_site
     locator = overrides.pop("LOCATOR", None) or make_locator(config)
+    account_exists = overrides.pop("ACCOUNT_EXISTS", None) or unix_account_exists
     db = Database(overrides.pop("DATABASE_URL", None) or database_url(config, instance))
     app.config.update(
         MAX_CONTENT_LENGTH=config.api.max_body_bytes,
@@ -77,7 +79,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.config.update(overrides)
     if not app.config.get("SECRET_KEY"):
         app.config["SECRET_KEY"] = os.environ.get(SECRET_ENV) or _secret_key(instance)
-    app.extensions[EXTENSION] = ApiState(config, db, locator, factory)
+    app.extensions[EXTENSION] = ApiState(config, db, locator, factory, account_exists)
     for module in (routes_saves, routes_images, routes_sessions, routes_reports,
                    routes_meta, routes_portal):
         app.register_blueprint(module.bp)
@@ -174,6 +176,7 @@ def _security_headers(response: Response) -> Response:
         "Content-Security-Policy",
         "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'",
     )
-    if request.path.startswith("/api/"):
-        response.headers.setdefault("Cache-Control", "no-store")
+    # Every response: pages carry the session's CSRF token, the API users' data; neither
+    # belongs in a shared proxy or the browser's history cache (static files are small).
+    response.headers["Cache-Control"] = "no-store"
     return response

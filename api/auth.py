@@ -8,6 +8,11 @@
   request is refused and logged, as a forged identity would be.
 - The portal's signed session cookie, set after either of the above; a request that
   changes something must also carry the session's ``X-CSRF-Token``.
+
+A token, and a portal session opened with one, counts only while its user is still an
+account on this machine (``pwd.getpwnam``, so LDAP through NSS too): removing a user's
+account ends their API access without anyone having to revoke their tokens. The lookup
+is a parameter (:data:`AccountExists`), so tests can name users this machine lacks.
 """
 
 from __future__ import annotations
@@ -16,7 +21,9 @@ import hashlib
 import hmac
 import ipaddress
 import logging
+import pwd
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -34,6 +41,9 @@ TOKEN_PREFIX = "isv_"
 PROXY_USER_HEADER = "Remote-User"
 CSRF_HEADER = "X-CSRF-Token"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+BAD_TOKEN = "the token is unknown, expired or revoked"
+
+AccountExists = Callable[[str], bool]
 
 
 class Unauthorized(ImgsaveError):
@@ -48,6 +58,15 @@ class Principal:
     admin: bool
     via: str  # "token", "proxy" or "cookie"
     token_id: int | None = None
+
+
+def unix_account_exists(user: str) -> bool:
+    """Whether ``user`` is an account on this machine (``pwd``: /etc/passwd or NSS)."""
+    try:
+        pwd.getpwnam(user)
+    except KeyError:  # also when NSS cannot answer: refusing is the safe side
+        return False
+    return True
 
 
 def hash_token(token: str) -> str:
@@ -71,20 +90,34 @@ def issue_token(
     return row, token
 
 
-def find_token(db: Database, token: str) -> ApiToken | None:
-    """The usable (not expired, not revoked) token row for ``token``, or None."""
+def find_token(
+    db: Database, token: str, account_exists: AccountExists = unix_account_exists
+) -> ApiToken | None:
+    """The usable token row for ``token`` (not expired, not revoked, its user still an
+    account here), or None."""
     if not token.startswith(TOKEN_PREFIX) or len(token) > 100:
         return None
     with db.session() as s:
         row = s.scalars(select(ApiToken).where(ApiToken.token_hash == hash_token(token))).first()
-    return row if row is not None and row.usable() else None
+    return row if row is not None and _usable(row, account_exists) else None
 
 
-def token_usable(db: Database, token_id: int) -> bool:
+def token_usable(
+    db: Database, token_id: int, account_exists: AccountExists = unix_account_exists
+) -> bool:
     """Whether the token a portal session was opened with is still usable."""
     with db.session() as s:
         row = s.get(ApiToken, token_id)
-    return row is not None and row.usable()
+    return row is not None and _usable(row, account_exists)
+
+
+def _usable(row: ApiToken, account_exists: AccountExists) -> bool:
+    if not row.usable():
+        return False
+    if not account_exists(row.user):
+        log.warning("refused token %d of %r: no such account on this machine", row.id, row.user)
+        return False
+    return True
 
 
 def revoke_tokens(db: Database, *, token_id: int | None = None, user: str | None = None) -> int:
@@ -118,24 +151,29 @@ def from_trusted_proxy(remote_addr: str | None, settings: ApiSection) -> bool:
     return any(address in ipaddress.ip_network(p, strict=False) for p in settings.trusted_proxies)
 
 
-def authenticate(request: Request, db: Database, settings: ApiSection) -> Principal:
+def authenticate(
+    request: Request, db: Database, settings: ApiSection,
+    account_exists: AccountExists = unix_account_exists,
+) -> Principal:
     """The request's principal; raises :class:`Unauthorized` (401) when there is none."""
     header = request.headers.get("Authorization")
     if header is not None:
-        return _bearer(header, db, settings)
+        return _bearer(header, db, settings, account_exists)
     proxy_user = request.headers.get(PROXY_USER_HEADER)
     if proxy_user is not None:
         return _proxy(proxy_user, request, settings)
-    return _cookie(request, db, settings)
+    return _cookie(request, db, settings, account_exists)
 
 
-def _bearer(header: str, db: Database, settings: ApiSection) -> Principal:
+def _bearer(
+    header: str, db: Database, settings: ApiSection, account_exists: AccountExists
+) -> Principal:
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise Unauthorized("use 'Authorization: Bearer <token>'")
-    row = find_token(db, token.strip())
+    row = find_token(db, token.strip(), account_exists)
     if row is None:
-        raise Unauthorized("the token is unknown, expired or revoked")
+        raise Unauthorized(BAD_TOKEN)
     return Principal(row.user, row.admin or row.user in settings.admins, "token", row.id)
 
 
@@ -151,7 +189,9 @@ def _proxy(user: str, request: Request, settings: ApiSection) -> Principal:
     return Principal(user, user in settings.admins, "proxy")
 
 
-def _cookie(request: Request, db: Database, settings: ApiSection) -> Principal:
+def _cookie(
+    request: Request, db: Database, settings: ApiSection, account_exists: AccountExists
+) -> Principal:
     user = session.get("user")
     if not isinstance(user, str) or not user:
         raise Unauthorized("log in, or send 'Authorization: Bearer <token>'")
@@ -159,16 +199,27 @@ def _cookie(request: Request, db: Database, settings: ApiSection) -> Principal:
     if session.get("via") == "proxy":
         if not from_trusted_proxy(request.remote_addr, settings):
             raise Unauthorized("this session was opened through the site's proxy")
-    elif not isinstance(token_id, int) or not token_usable(db, token_id):
+    elif not isinstance(token_id, int) or not token_usable(db, token_id, account_exists):
         session.clear()
         raise Unauthorized("the token this session was opened with is expired or revoked")
     if request.method not in SAFE_METHODS:
-        sent = request.headers.get(CSRF_HEADER, "")
-        expected = session.get("csrf", "")
-        if not sent or not isinstance(expected, str) or not hmac.compare_digest(sent, expected):
+        if not csrf_matches(request.headers.get(CSRF_HEADER), session.get("csrf")):
             raise Unauthorized(f"missing or wrong {CSRF_HEADER} header for this session")
     admin = bool(session.get("admin")) or user in settings.admins
     return Principal(user, admin, "cookie", token_id if isinstance(token_id, int) else None)
+
+
+def csrf_matches(sent: object, expected: object) -> bool:
+    """Whether ``sent`` is the session's CSRF token ``expected`` (both non-empty)."""
+    if not isinstance(sent, str) or not isinstance(expected, str) or not sent or not expected:
+        return False
+    # As bytes: compare_digest refuses non-ASCII str, and a sent value may be anything.
+    return hmac.compare_digest(sent.encode(), expected.encode())
+
+
+def new_csrf() -> str:
+    """A fresh CSRF token."""
+    return secrets.token_urlsafe(32)
 
 
 def open_session(principal: Principal) -> str:
@@ -180,5 +231,5 @@ def open_session(principal: Principal) -> str:
     session["via"] = "proxy" if principal.via == "proxy" else "token"
     if principal.token_id is not None:
         session["token_id"] = principal.token_id
-    session["csrf"] = secrets.token_urlsafe(32)
+    session["csrf"] = new_csrf()
     return str(session["csrf"])

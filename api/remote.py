@@ -21,7 +21,7 @@ import requests
 from api.catalog import ImageInfo
 from api.progress import SaveStatus
 from api.service import SaveRequest, SubmittedSave
-from registry.refs import parse_reference
+from registry.refs import parse_reference, split_name_tag
 from site_configs.errors import (
     ConfigError,
     ImgsaveError,
@@ -154,8 +154,16 @@ class RemoteImages:
                 for i in data["images"]]
 
     def delete(self, user: str, name_tag: str) -> str:
-        data = self.client.call("DELETE", f"/images/{quote(name_tag, safe='/:')}")
+        data = self.client.call("DELETE", f"/images/{image_path(name_tag)}")
         return str(data.get("digest", ""))
+
+
+def image_path(name_tag: str) -> str:
+    """``name:tag`` as a URL path, checked by the OCI grammar first: a '.' or '..' part
+    would be resolved by the HTTP client and name another image, so it never leaves."""
+    name, tag = split_name_tag(name_tag)
+    parts = [quote(part, safe="") for part in name.split("/")]
+    return "/".join(parts) + ":" + quote(tag, safe="")
 
 
 class RemoteSite:

@@ -1,4 +1,9 @@
-"""A usage report as a terminal table, CSV, JSON or a PNG bar chart for a slide."""
+"""A usage report as a terminal table, CSV, JSON or a PNG bar chart for a slide.
+
+Every text the chart draws is plain (``parse_math=False``): group names come from users
+(a category, a node, an account), and matplotlib would read ``$...$`` in one as mathtext
+and fail to draw the whole chart on a bad formula.
+"""
 
 from __future__ import annotations
 
@@ -126,12 +131,13 @@ def build_figure(report: UsageReport) -> Figure:
         bottom = [b + h for b, h in zip(bottom, heights, strict=True)]
     if len(rows) <= 30:
         for x, height in zip(positions, bottom, strict=True):
-            axes.text(x, height, str(height), ha="center", va="bottom", fontsize=12)
+            axes.text(x, height, str(height), ha="center", va="bottom", fontsize=12,
+                      parse_math=False)
     axes.set_ylim(0, max(max(bottom, default=0) * 1.18, 1))  # room for labels and legend
     _label_axes(axes, report, labels, note)
     if not rows:
         axes.text(0.5, 0.5, "no saves in this period", transform=axes.transAxes,
-                  ha="center", va="center", fontsize=18)
+                  ha="center", va="center", fontsize=18, parse_math=False)
     axes.yaxis.set_major_locator(MaxNLocator(integer=True))
     figure.tight_layout()
     return figure
@@ -149,13 +155,15 @@ def _bars(report: UsageReport) -> tuple[list[UsageRow], str]:
 def _label_axes(axes: Axes, report: UsageReport, labels: list[str], note: str) -> None:
     rotate = len(labels) > 8 or max((len(x) for x in labels), default=0) > 12
     step = max(1, -(-len(labels) // MAX_LABELS))  # long series: every n-th label
-    axes.set_xticks(range(0, len(labels), step), labels[::step],
+    axes.set_xticks(range(0, len(labels), step), labels[::step], parse_math=False,
                     rotation=45 if rotate else 0, ha="right" if rotate else "center")
     axes.tick_params(labelsize=13)
-    axes.set_xlabel(" / ".join(report.groupings), fontsize=15)
-    axes.set_ylabel("saves", fontsize=15)
-    axes.set_title(plot_title(report) + note, fontsize=18)
-    axes.legend(fontsize=13, loc="upper right", ncols=3)
+    axes.set_xlabel(" / ".join(report.groupings), fontsize=15, parse_math=False)
+    axes.set_ylabel("saves", fontsize=15, parse_math=False)
+    axes.set_title(plot_title(report) + note, fontsize=18, parse_math=False)
+    legend = axes.legend(fontsize=13, loc="upper right", ncols=3)
+    for text in legend.get_texts():
+        text.set_parse_math(False)
     axes.grid(axis="y", alpha=0.3)
 
 

@@ -1,4 +1,9 @@
-"""``/api/v1/images``: the caller's images in the registry (LIST) and deleting one (DEL)."""
+"""``/api/v1/images``: the caller's images in the registry (LIST) and deleting one (DEL).
+
+An image in a URL is ``name:tag`` by the OCI grammar (:func:`split_name_tag`), checked
+before the catalog sees it: a client or proxy that resolves ``..`` in a path would turn
+``alice/x/../y:v1`` into another image, so any such name is refused, never interpreted.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,7 @@ from flask import Blueprint, Response, jsonify, request
 from api.auth import Principal
 from api.catalog import ImageInfo
 from api.state import principal, state
-from registry.refs import check_unix_name
+from registry.refs import check_unix_name, split_name_tag
 from site_configs.errors import NotFound, PermissionDenied
 
 bp = Blueprint("images", __name__, url_prefix="/api/v1")
@@ -25,6 +30,7 @@ def list_images() -> Response:
 def delete_image(name_tag: str) -> Response:
     """DEL: delete one of the caller's images, ``name:tag`` (name may contain '/')."""
     owner = _owner(principal())
+    split_name_tag(name_tag)  # 400 for '.', '..', empty parts, a host or a digest
     try:
         digest = state().site.images.delete(owner, name_tag)
     except PermissionDenied as e:

@@ -3,16 +3,26 @@
 The page is rendered by Jinja with the user's name, the site's formats and categories,
 and a CSRF token; ``static/portal.js`` then fills it from the same REST API that
 scripts use, with the session cookie this module sets.
+
+Every form carries the session's CSRF token, the login form too: before login the
+session holds only that token (no user), so another site cannot post a token of its
+own choosing and log the browser in as someone else. Logging in replaces the token.
 """
 
 from __future__ import annotations
 
-import hmac
-
 from flask import Blueprint, Response, redirect, render_template, request, session, url_for
 from werkzeug.wrappers import Response as BaseResponse
 
-from api.auth import PROXY_USER_HEADER, Principal, Unauthorized, find_token, open_session
+from api.auth import (
+    PROXY_USER_HEADER,
+    Principal,
+    Unauthorized,
+    csrf_matches,
+    find_token,
+    new_csrf,
+    open_session,
+)
 from api.portal_usage import usage_view
 from api.state import principal, state
 from registry.refs import host_of
@@ -25,7 +35,16 @@ def _login_page(error: Unauthorized) -> tuple[str, int]:
     """The login form; with the reason when credentials were sent and refused."""
     forged = request.headers.get(PROXY_USER_HEADER) is not None
     message = error.message if forged or "Authorization" in request.headers else ""
-    return render_template("login.html", error=message), (401 if message else 200)
+    return render_template("login.html", error=message, csrf=_login_csrf()), (
+        401 if message else 200)
+
+
+def _login_csrf() -> str:
+    """The CSRF token of the login form: the session's, made now if it has none."""
+    csrf = session.get("csrf")
+    if not isinstance(csrf, str) or not csrf:
+        csrf = session["csrf"] = new_csrf()
+    return csrf
 
 
 def _csrf(caller: Principal) -> str:
@@ -73,14 +92,21 @@ def usage() -> str | tuple[str, int]:
                     "saves and their usage are on your page."), 403
     view = usage_view(request.args)
     return render_template("usage.html", **page, view=view), view.status
+
+
 @bp.post("/login")
 def login() -> BaseResponse | tuple[str, int]:
-    """Open a portal session with an API token typed into the login form."""
+    """Open a portal session with an API token typed into the login form (which must
+    carry the CSRF token its page was rendered with)."""
+    if not csrf_matches(request.form.get("csrf"), session.get("csrf")):
+        return render_template("login.html", csrf=_login_csrf(),
+                               error="The login form has expired or came from another "
+                                     "site; please log in again."), 400
     token = request.form.get("token", "").strip()
-    row = find_token(state().db, token) if token else None
+    row = find_token(state().db, token, state().account_exists) if token else None
     if row is None:
-        return render_template("login.html", error="That token is unknown, expired or "
-                               "revoked."), 401
+        return render_template("login.html", csrf=_login_csrf(),
+                               error="That token is unknown, expired or revoked."), 401
     admin = row.admin or row.user in state().config.api.admins
     open_session(Principal(row.user, admin, "token", row.id))
     return redirect(url_for("portal.index"), code=303)
@@ -89,8 +115,6 @@ def login() -> BaseResponse | tuple[str, int]:
 @bp.post("/logout")
 def logout() -> Response | BaseResponse:
     """End the portal session (the form carries the session's CSRF token)."""
-    sent = request.form.get("csrf", "")
-    expected = session.get("csrf", "")
-    if isinstance(expected, str) and expected and hmac.compare_digest(sent, expected):
+    if csrf_matches(request.form.get("csrf"), session.get("csrf")):
         session.clear()
     return redirect(url_for("portal.index"), code=303)

@@ -218,7 +218,6 @@ class SaveService:
         """This account's spool, created 0700; refused if it is not ours alone."""
         try:
             self.spool.mkdir(mode=0o700, parents=True, exist_ok=True)
-            (self.spool / BY_JOB_DIR).mkdir(mode=0o700, exist_ok=True)
             info = self.spool.lstat()
         except OSError as e:
             raise SchedulerError(f"cannot create your spool {self.spool}: {e.strerror}") from e
@@ -244,6 +243,7 @@ class SaveService:
 
     @staticmethod
     def _index_job(spool: Path, job_id: str, request_id: str) -> None:
+        (spool / BY_JOB_DIR).mkdir(mode=0o700, exist_ok=True)
         link = spool / BY_JOB_DIR / job_id
         # Always (re)point the link: one left behind under this job id (a purged
         # scheduler's reused id) must never stand for this save.
@@ -279,10 +279,16 @@ class SaveService:
         else, another user's job included, is "not an imgsave save job of yours".
         """
         ids = list(dict.fromkeys(job_ids))
+        if not ids:
+            return []
         for job_id in ids:
             if not _JOB_ID.fullmatch(job_id):
                 raise InvalidRequest(f"job id {job_id!r} is not a job id")
         mine = {j: self._spec_in(self.spool, j) for j in ids}
+        for job_id, spec in mine.items():
+            # our own spool (0700) says it is someone else's: no need to ask anyone
+            if spec is not None and spec.user != user and not admin:
+                raise NotFound(not_yours(job_id))
         found = [s for s in mine.values() if s is not None]
         since = (min(_parse_time(s.created) for s in found) if len(found) == len(ids)
                  else datetime.now(UTC) - LOOKBACK) - timedelta(minutes=5)  # fmt: skip

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from flask import Response, current_app, g, jsonify, request
 
-from api.auth import Principal, authenticate
+from api.auth import AccountExists, Principal, authenticate, unix_account_exists
 from api.db import Database
 from api.sessions import SessionLocator
 from site_configs.errors import ImgsaveError, InvalidRequest, PermissionDenied
@@ -37,12 +37,13 @@ class ApiError(ImgsaveError):
 
 @dataclass
 class ApiState:
-    """The site, the database and the session locator of one app."""
+    """The site, the database, the session locator and the account lookup of one app."""
 
     config: SiteConfig
     db: Database
     locator: SessionLocator
     site_factory: Callable[[SiteConfig], Site]
+    account_exists: AccountExists = unix_account_exists
     _site: Site | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -67,7 +68,7 @@ def principal() -> Principal:
     found = g.get("principal")
     if found is None:
         st = state()
-        found = authenticate(request, st.db, st.config.api)
+        found = authenticate(request, st.db, st.config.api, st.account_exists)
         g.principal = found
     assert isinstance(found, Principal)
     return found

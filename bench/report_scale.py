@@ -121,6 +121,7 @@ def generate(
         cols = list(base)
         cols[0] = str(1000 + i)
         cols[1] = f"imgsave-{user}"
+        cols[2] = user  # CLI mode: the job is its user's own in accounting
         cols[5], cols[6] = state, exit_code
         cols[7] = slurm_clock(submit)
         cols[8] = "Unknown" if state == "PENDING" else slurm_clock(started)

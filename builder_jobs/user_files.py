@@ -2,31 +2,37 @@
 
 The privileged entry runs as root, and a user's directory is theirs to arrange (a
 symlink to ``/etc`` planted where their SIFs go, say). So root never opens a path
-there: a child process started with the user's uid, gid and groups creates the
+there: a forked child drops to the user's uid, gid and groups, then creates the
 directory and the file, and the kernel decides what it may touch, exactly as if the
-user had copied the file themselves. The child is ``python -I -m
-builder_jobs.user_files DIRECTORY NAME``; it reads the content on stdin and prints the
-path it wrote.
+user had copied the file themselves. The child only makes system calls (no exec, no
+imports, no logging), so forking from the save's process is safe.
 """
 
 from __future__ import annotations
 
 import os
 import pwd
-import shutil
-import sys
-from collections.abc import Sequence
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from builder_jobs.events import FailureKind
 from builder_jobs.failures import SaveFailed
-from site_configs.errors import CommandFailed, ConfigError
-from site_configs.runner import Credentials, run_command
+from site_configs.errors import ConfigError
 from site_configs.schema import expand_user_path
 
-COPY_TIMEOUT_SECONDS = 1800.0
 DIRECTORY_MODE = 0o700
+FILE_MODE = 0o600
 CHUNK_BYTES = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """A Unix identity the writing child takes (``setgroups``, ``setgid``, ``setuid``)."""
+
+    uid: int
+    gid: int
+    groups: tuple[int, ...] = ()
 
 
 def credentials_of(user: str) -> Credentials:
@@ -41,7 +47,8 @@ def credentials_of(user: str) -> Credentials:
 
 def write_as_user(source: Path, directory_rule: str, user: str, name: str) -> Path:
     """Copy ``source`` to ``directory_rule`` (``{user}``/``{home}`` expanded) ``/name``,
-    written by a child process with ``user``'s credentials. Returns the path written."""
+    written by a child process with ``user``'s credentials. Returns the path written;
+    raises SaveFailed with the kernel's reason when the user could not write there."""
     if Path(name).name != name or name.startswith("."):
         raise SaveFailed(FailureKind.INVALID, f"file name {name!r} is not a plain name")
     try:
@@ -51,54 +58,60 @@ def write_as_user(source: Path, directory_rule: str, user: str, name: str) -> Pa
     who = credentials_of(user)
     if os.geteuid() not in (0, who.uid):
         raise SaveFailed(FailureKind.INVALID, f"cannot write as {user} from this account")
-    argv = [sys.executable, "-I", "-m", "builder_jobs.user_files", directory, name]
-    try:
-        with source.open("rb") as src:
-            result = run_command(
-                argv,
-                timeout=COPY_TIMEOUT_SECONDS,
-                stdin_file=src,
-                credentials=who if os.geteuid() == 0 else None,
-                env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"},
-                cwd="/",
-            )
-    except CommandFailed as e:
-        reason = (e.stderr.strip().splitlines() or [str(e)])[-1]
-        raise SaveFailed(
-            FailureKind.INVALID, f"cannot write {name} to {directory} as {user}: {reason}"
-        ) from e
-    return Path(result.stdout.strip())
+    with source.open("rb") as src:
+        reason = _in_child(who, lambda: _write_here(directory, name, src.fileno()))
+    if reason:
+        raise SaveFailed(FailureKind.INVALID, f"cannot write {name} to {directory} as {user}: "
+                         f"{reason}")  # fmt: skip
+    return Path(directory) / name
 
 
-def _write_here(directory: str, name: str) -> str:
-    """In the child, as the user: create ``directory`` and ``name`` in it from stdin."""
+def _in_child(who: Credentials, work: Callable[[], None]) -> str:
+    """Run ``work`` in a forked child with ``who``'s credentials; "" or the error."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns
+        code = 1
+        try:
+            os.close(read_end)
+            if os.geteuid() == 0:
+                os.setgroups(list(who.groups))
+                os.setgid(who.gid)
+                os.setuid(who.uid)
+            work()
+            code = 0
+        except OSError as e:
+            os.write(write_end, f"{e.strerror} ({e.filename or ''})".encode()[:4000])
+        except BaseException as e:  # reported to the parent, then exit
+            os.write(write_end, f"{type(e).__name__}: {e}".encode()[:4000])
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as fh:
+        message = fh.read().decode(errors="replace")
+    _, status = os.waitpid(pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        return message or f"the writer exited with status {status}"
+    return ""
+
+
+def _write_here(directory: str, name: str, source_fd: int) -> None:
+    """In the child, as the user: create ``directory`` and ``name`` in it."""
     os.makedirs(directory, mode=DIRECTORY_MODE, exist_ok=True)
     dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
         partial = f".{name}.{os.getpid()}.partial"
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
-        fd = os.open(partial, flags, 0o644, dir_fd=dir_fd)
-        with os.fdopen(fd, "wb") as dst:
-            shutil.copyfileobj(sys.stdin.buffer, dst, CHUNK_BYTES)
+        fd = os.open(partial, flags, FILE_MODE, dir_fd=dir_fd)
+        try:
+            os.lseek(source_fd, 0, os.SEEK_SET)
+            while chunk := os.read(source_fd, CHUNK_BYTES):
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(fd, view):]
+        finally:
+            os.close(fd)
         # replaces a file or a link itself, never a link's target
         os.replace(partial, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
     finally:
         os.close(dir_fd)
-    return os.path.join(directory, name)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = list(sys.argv[1:] if argv is None else argv)
-    if len(args) != 2:
-        print("usage: python -m builder_jobs.user_files DIRECTORY NAME < CONTENT", file=sys.stderr)
-        return 2
-    try:
-        print(_write_here(args[0], args[1]))
-    except OSError as e:
-        print(f"{e.filename or args[0]}: {e.strerror}", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -233,6 +233,30 @@ def check_reference(reference: str) -> str:
     return reference
 
 
+def split_name_tag(text: str) -> tuple[str, str]:
+    """``"alice/tools/r-env:2024"`` → ``("alice/tools/r-env", "2024")``.
+
+    An image as the API's URLs name it: a repository path (lowercase components joined
+    by '/', so never '.' or '..') and a tag; no registry host, no digest. Raises
+    :class:`InvalidRequest` quoting ``text``.
+    """
+    if "@" in text:
+        raise InvalidRequest(f"image {text!r} has a digest; name the image by its tag "
+                             "(name:tag)")
+    name, colon, tag = text.rpartition(":")
+    if not colon or "/" in tag:
+        raise InvalidRequest(f"image {text!r} has no tag; name it as name:tag, "
+                             "e.g. 'torch-env:v1'")
+    host, _, rest = name.partition("/")
+    if rest and (":" in host or host == "localhost"):
+        raise InvalidRequest(f"image {text!r} names a registry host; leave {host + '/'!r} "
+                             f"out: {rest + ':' + tag!r}")
+    _check_repository(name, text)
+    _check_tag(tag, text)
+    _check_length(name, text)
+    return name, tag
+
+
 def check_unix_name(value: str, what: str = "user name") -> str:
     """Return ``value`` if it is a plain Unix user/group name, else raise InvalidRequest."""
     if len(value) > UNIX_NAME_LENGTH_MAX or not _UNIX_NAME.fullmatch(value):

@@ -11,22 +11,13 @@ import subprocess
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import BinaryIO, Protocol
+from typing import Protocol
 
 from site_configs.errors import CommandFailed
 
 log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT_SECONDS = 60.0
-
-
-@dataclass(frozen=True)
-class Credentials:
-    """A Unix identity a child process runs with (``setgroups``, ``setgid``, ``setuid``)."""
-
-    uid: int
-    gid: int
-    groups: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -57,14 +48,8 @@ def run_command(
     check: bool = True,
     input_text: str | None = None,
     env: Mapping[str, str] | None = None,
-    stdin_file: BinaryIO | None = None,
-    credentials: Credentials | None = None,
-    cwd: str | None = None,
 ) -> CommandResult:
     """Run ``argv`` (no shell) and return its output.
-
-    ``stdin_file`` feeds the child an open file instead of ``input_text``;
-    ``credentials`` start it with another uid, gid and groups (root only).
 
     Raises :class:`CommandFailed` when the command cannot start, times out, or (with
     ``check``) exits non-zero; the error carries argv, exit code, stdout and stderr.
@@ -79,13 +64,8 @@ def run_command(
             errors="replace",  # a stray non-UTF-8 byte must not hide the output
             timeout=timeout,
             input=input_text,
-            stdin=stdin_file,
             env=dict(env) if env is not None else None,
-            cwd=cwd,
             check=False,
-            user=credentials.uid if credentials else None,
-            group=credentials.gid if credentials else None,
-            extra_groups=list(credentials.groups) if credentials else None,
         )
     except subprocess.TimeoutExpired as e:
         raise CommandFailed(

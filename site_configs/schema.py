@@ -193,7 +193,8 @@ class SiteConfig(_Section):
     name: NonEmpty
     # Each user's own spool (specs, events, results), on storage the nodes share; {user}
     # and {home} are substituted with the account that submits (the user in CLI mode, the
-    # service account in portal mode). Never a shared world-writable directory.
+    # service account in portal mode). Never a shared world-writable directory: a spool
+    # that is not the submitting account's own, mode 0700, is refused at submit.
     spool_dir: NonEmpty = Field("{home}/.imgsave/spool", description="per-user spool")
     # The Unix account `imgsave serve` runs as (portal mode); its jobs carry the
     # requesting user in their metadata. Never root.
@@ -214,13 +215,6 @@ class SiteConfig(_Section):
     def spool_for(self, account: str) -> Path:
         """The spool of ``account`` (the submitting Unix user): ``spool_dir`` expanded."""
         return Path(expand_user_path(self.spool_dir, account))
-
-    @field_validator("spool_dir")
-    @classmethod
-    def _spool_per_user(cls, value: str) -> str:
-        if "{user}" not in value and "{home}" not in value:
-            raise ValueError("must contain {user} or {home}: each account has its own spool")
-        return value
 
     @field_validator("service_account")
     @classmethod

@@ -1,7 +1,7 @@
 """Fixtures of the API tests (load with ``pytest_plugins = ["tests.api_fixtures"]``).
 
-The scheduler and registry are the in-memory fakes of tests/api_support.py; why they
-are fakes is explained there.
+The scheduler, registry and account lookup are the fakes of tests/api_support.py; why
+they are fakes is explained there.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from api.app import create_app
-from tests.api_support import MemorySite, bearer, make_token, site_config
+from tests.api_support import MemorySite, any_account, bearer, make_token, site_config
 
 
 @pytest.fixture
@@ -27,6 +27,7 @@ def app(tmp_path: Path, memory_site: MemorySite) -> Flask:
         "TESTING": True,
         "SITE_CONFIG": memory_site.config,
         "SITE_FACTORY": lambda config: memory_site,
+        "ACCOUNT_EXISTS": any_account,
         "INSTANCE_DIR": str(tmp_path / "instance"),
         "SECRET_KEY": "test",
     })

@@ -1,17 +1,20 @@
 """Fixtures for the API tests that run without the cluster (Flask test client).
 
-Two fakes, and why: these tests check HTTP semantics (auth, ownership, error bodies,
+Three fakes, and why: these tests check HTTP semantics (auth, ownership, error bodies,
 idempotency, limits) on every commit, so they must not need Slurm or a registry.
 :class:`MemoryScheduler` stands in for the scheduler and :class:`MemoryRegistry` for
-the registry; everything else (SaveService, ImageCatalog, the spool files, the database)
-is the real code (fixtures: tests/api_fixtures.py). The same flows run against the real
-cluster in test_api_cluster.py and test_portal_browser.py.
+the registry; :func:`any_account` for ``pwd``, as the test users (carol, dave, erin)
+have no account on this machine (test_api_auth.py checks the real lookup). Everything
+else (SaveService, ImageCatalog, the spool files, the database) is the real code
+(fixtures: tests/api_fixtures.py). The same flows run against the real cluster in
+test_api_cluster.py and test_portal_browser.py.
 """
 
 from __future__ import annotations
 
 import hashlib
 import itertools
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -19,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from flask import Flask
+from flask.testing import FlaskClient
+from werkzeug.test import TestResponse
 
 from api.auth import issue_token
 from api.catalog import ImageCatalog
@@ -34,10 +39,15 @@ PROXY = "10.9.8.7"
 LOCAL_TOML = Path(__file__).resolve().parents[1] / "site_configs" / "local.toml"
 
 
+SERVICE_ACCOUNT = "imgsave"  # local.toml's: the portal submits as it, never as root
+
+
 class MemoryScheduler(Scheduler):
-    """A scheduler that keeps jobs in a dict (a fake; see the module docstring)."""
+    """A scheduler that keeps jobs in a dict (a fake; see the module docstring). Jobs
+    are submitted by the portal's service account, as ``imgsave serve`` does."""
 
     name = "memory"
+    submitter_uid = staticmethod(lambda: 999)  # the service account's, never root
 
     def __init__(self) -> None:
         self.jobs: dict[str, JobRecord] = {}
@@ -51,7 +61,7 @@ class MemoryScheduler(Scheduler):
         job_id = str(next(self._ids))
         self.submitted.append(job)
         self.jobs[job_id] = JobRecord(
-            job_id, JobState.PENDING, name=job.name, user="root", node=job.node,
+            job_id, JobState.PENDING, name=job.name, user=SERVICE_ACCOUNT, node=job.node,
             submit_time=datetime.now(UTC), metadata=dict(job.metadata),
         )
         return job_id
@@ -125,7 +135,8 @@ class MemorySite:
 
     @property
     def saves(self) -> SaveService:
-        return SaveService(self.config, self.scheduler, python="/usr/bin/python3")
+        return SaveService(self.config, self.scheduler, python="/usr/bin/python3",
+                           account=SERVICE_ACCOUNT)
 
     @property
     def images(self) -> ImageCatalog:
@@ -138,7 +149,7 @@ def site_config(tmp_path: Path, **api: Any) -> SiteConfig:
     settings = {"trusted_proxies": [PROXY], "admins": ["carol"], **api}
     data = base.model_dump(mode="json")
     data.update(spool_dir=str(tmp_path / "spool"), api=settings, database_url="")
-    (tmp_path / "spool").mkdir(exist_ok=True)
+    (tmp_path / "spool").mkdir(mode=0o700, exist_ok=True)  # the service's own spool
     return SiteConfig.model_validate(data)
 
 
@@ -147,6 +158,20 @@ def make_token(app: Flask, user: str, *, admin: bool = False, ttl_days: int = 1)
     with app.app_context():
         _, token = issue_token(state().db, user, admin=admin, ttl_days=ttl_days)
     return token
+
+
+def any_account(user: str) -> bool:
+    """The account lookup of the API tests: every user exists (a FAKE of ``pwd``: see the
+    module docstring)."""
+    return True
+
+
+def portal_login(client: FlaskClient, token: str) -> TestResponse:
+    """Log in as a browser does: the login page, then its form with the page's CSRF token."""
+    page = client.get("/")
+    found = re.search(r'name="csrf" value="([^"]+)"', page.text)
+    assert found is not None, page.text
+    return client.post("/login", data={"token": token, "csrf": found.group(1)})
 
 
 def bearer(token: str) -> dict[str, str]:

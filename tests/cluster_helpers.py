@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import time
@@ -90,3 +91,54 @@ def registry_tags(repository: str) -> list[str]:
         return []
     r.raise_for_status()
     return list(r.json().get("tags") or [])
+
+
+# --- acting as the real users --------------------------------------------------------------
+# The CLI as every user runs it: the root-owned runtime scripts/cluster.sh installs.
+IMGSAVE = "/opt/imgsave/venv/bin/imgsave"
+SERVICE_ACCOUNT = "imgsave"
+
+
+def as_user(user: str, *argv: str, check: bool = True, timeout: float = 300,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """``runuser -u USER -- ARGV`` from / (never root's cwd), with a login-like env."""
+    full_env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8",
+                "HOME": f"/home/{user}" if user not in ("root", SERVICE_ACCOUNT) else "/"}
+    full_env.update(env or {})
+    return subprocess.run(
+        ["runuser", "-u", user, "--", *argv],
+        capture_output=True, text=True, timeout=timeout, check=check, env=full_env, cwd="/",
+    )
+
+
+def imgsave_as(user: str, *args: str, check: bool = True,
+               timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """``imgsave ARGS`` run by ``user`` themselves."""
+    return as_user(user, IMGSAVE, *args, check=check, timeout=timeout)
+
+
+def submit_as(user: str, container: str, target: str, *options: str,
+              node: str = "n1") -> str:
+    """``imgsave --json submit`` as ``user`` (CLI mode); returns the job id."""
+    done = imgsave_as(user, "--json", "submit", container, target, "--node", node, *options,
+                      check=False)
+    if done.returncode != 0:
+        raise AssertionError(f"submit as {user} failed: {done.stderr.strip()}")
+    return str(json.loads(done.stdout)["job_id"])
+
+
+def sacct_owner(job_id: str) -> str:
+    out = subprocess.run(["sacct", "-X", "-n", "-P", "-j", job_id, "-o", "User"],
+                         capture_output=True, text=True, timeout=30, check=True)
+    return out.stdout.strip().splitlines()[0] if out.stdout.strip() else ""
+
+
+def job_state(job_id: str) -> str:
+    """The job's state as squeue (live) or sacct says."""
+    out = subprocess.run(["squeue", "-h", "-t", "all", "-j", job_id, "-o", "%T"],
+                         capture_output=True, text=True, timeout=30, check=False)
+    if out.stdout.strip():
+        return out.stdout.strip()
+    out = subprocess.run(["sacct", "-X", "-n", "-P", "-j", job_id, "-o", "State"],
+                         capture_output=True, text=True, timeout=30, check=True)
+    return out.stdout.strip().split(" ", 1)[0]

@@ -13,7 +13,9 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
+from scheduler_glue.base import Scheduler
 from site_configs.errors import CommandFailed
 from site_configs.runner import DEFAULT_TIMEOUT_SECONDS, CommandResult
 
@@ -119,3 +121,16 @@ class ReplayRunner:
         assert not left, (
             f"{len(left)} scripted command(s) never ran: {[list(s.argv) for s in left]}"
         )
+
+
+_S = TypeVar("_S", bound=Scheduler)
+
+# The uid a replayed submit runs as: the captures were made by an ordinary user (root is
+# refused before any command runs; tests/test_*_scheduler.py check that).
+REPLAY_USER_UID = 1000
+
+
+def as_ordinary_user(scheduler: _S) -> _S:
+    """``scheduler`` submitting as the ordinary user the captures came from."""
+    scheduler.submitter_uid = lambda: REPLAY_USER_UID  # type: ignore[method-assign]
+    return scheduler

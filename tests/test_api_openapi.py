@@ -20,7 +20,7 @@ from flask.testing import FlaskClient
 from hypothesis import HealthCheck, settings
 
 from api.app import create_app
-from tests.api_support import MemorySite, bearer, make_token, site_config
+from tests.api_support import MemorySite, any_account, bearer, make_token, site_config
 
 pytest_plugins = ["tests.api_fixtures"]
 
@@ -53,7 +53,7 @@ _FUZZ_DIR = tempfile.TemporaryDirectory(prefix="imgsave-fuzz-")
 _FUZZ_SITE = MemorySite(site_config(Path(_FUZZ_DIR.name)))
 _FUZZ_SITE.registry.add("alice/torch-env", "v1")
 FUZZ_APP = create_app({"TESTING": True, "SITE_CONFIG": _FUZZ_SITE.config,
-                       "SITE_FACTORY": lambda config: _FUZZ_SITE,
+                       "SITE_FACTORY": lambda config: _FUZZ_SITE, "ACCOUNT_EXISTS": any_account,
                        "INSTANCE_DIR": str(Path(_FUZZ_DIR.name) / "instance"),
                        "SECRET_KEY": "t"})
 FUZZ_TOKEN = make_token(FUZZ_APP, "alice", admin=True)

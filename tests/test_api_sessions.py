@@ -23,7 +23,7 @@ from scheduler_glue.base import JobRecord
 from scheduler_glue.states import JobState
 from site_configs.errors import CommandFailed, ConfigError
 from site_configs.runner import CommandResult
-from tests.api_support import MemorySite, bearer, make_token, site_config
+from tests.api_support import MemorySite, any_account, bearer, make_token, site_config
 
 pytest_plugins = ["tests.api_fixtures"]
 
@@ -127,6 +127,7 @@ def sessions_app(tmp_path: Path, memory_site: MemorySite) -> Flask:
                             session("jupyter-bob", "n2", "bob")])
     return create_app({"TESTING": True, "SITE_CONFIG": memory_site.config,
                        "SITE_FACTORY": lambda config: memory_site, "LOCATOR": locator,
+                       "ACCOUNT_EXISTS": any_account,
                        "INSTANCE_DIR": str(tmp_path / "instance"), "SECRET_KEY": "t"})
 
 

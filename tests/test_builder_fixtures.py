@@ -10,8 +10,10 @@ internet is needed.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import pwd
 import shutil
 import subprocess
 import sys
@@ -113,6 +115,25 @@ def make_session_container(builder_base_image: str) -> Iterator[Callable[[str], 
         podman("rm", "-f", "-t", "0", name, check=False)
 
 
+def shared_sif_root(directory: Path) -> Path:
+    """Where the SIFs of a test whose files live in ``directory`` go: outside pytest's
+    tmp_path (root's, 0700), since each user's SIF is written with their own uid; one
+    directory per user, owned by them, as their home would be."""
+    digest = hashlib.sha256(str(directory).encode()).hexdigest()[:12]
+    return Path("/tmp") / f"imgsave-sif-{digest}"
+
+
+def _make_sif_root(directory: Path) -> Path:
+    root = shared_sif_root(directory)
+    root.mkdir(mode=0o755, exist_ok=True)
+    for user in ("alice", "bob"):
+        entry = pwd.getpwnam(user)
+        mine = root / user
+        mine.mkdir(mode=0o700, exist_ok=True)
+        os.chown(mine, entry.pw_uid, entry.pw_gid)
+    return root
+
+
 def write_site_config(
     directory: Path,
     registry_url: str,
@@ -149,7 +170,7 @@ namespace = "{{user}}"
 [sif]
 compression = "gzip"
 processors = 1
-output_dir = {json.dumps(str(directory / "sif" / "{user}"))}
+output_dir = {json.dumps(str(_make_sif_root(directory) / "{user}"))}
 push_oras = true
 """
         + (f"\n[limits]\nmax_image_bytes = {max_image_bytes}\n" if max_image_bytes else "")

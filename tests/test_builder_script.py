@@ -35,7 +35,7 @@ def test_script_is_scheduler_neutral_and_strict() -> None:
     assert "set -euo pipefail" in lines
     assert "umask 077" in lines
     assert lines[-1].startswith("exec ")
-    assert " -m builder_jobs.node_save " in lines[-1]
+    assert " -I -m builder_jobs.job_side " in lines[-1]  # the unprivileged half
 
 
 def test_quoting_survives_a_real_shell(tmp_path: Path) -> None:
@@ -54,7 +54,7 @@ def test_quoting_survives_a_real_shell(tmp_path: Path) -> None:
     script = tmp_path / "job.sh"
     script.write_text(render_job_script(NASTY_SPEC, str(fake_python), "abc123"))
     subprocess.run(["bash", str(script)], check=True, timeout=30)  # noqa: S603
-    assert json.loads(record.read_text()) == ["-m", "builder_jobs.node_save", str(NASTY_SPEC)]
+    assert json.loads(record.read_text()) == ["-I", "-m", "builder_jobs.job_side", str(NASTY_SPEC)]
     assert not pwned.exists(), "a $(...) in the spec path was executed"
 
 

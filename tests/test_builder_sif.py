@@ -6,7 +6,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import pwd
+import shutil
+import stat
 import subprocess
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,19 +22,17 @@ from builder_jobs.failures import SaveFailed
 from builder_jobs.sif import (
     SIF_CONFIG_MEDIA_TYPE,
     SIF_LAYER_MEDIA_TYPE,
-    install_sif,
     mksquashfs_argv,
     oras_manifest,
     oras_ref,
-    sif_destination,
     sif_file_name,
     siftool_argvs,
 )
 from builder_jobs.spec import EVENTS_FILE, RESULT_FILE
+from builder_jobs.user_files import write_as_user
 from registry.manifests import OCI_MANIFEST
 from registry.oci import RegistryClient
 from registry.refs import ImageRef
-from site_configs.errors import InvalidRequest
 from site_configs.schema import Compression, ImageFormat
 from tests.registry_server import RunningRegistry
 from tests.test_builder_fixtures import (
@@ -37,6 +40,7 @@ from tests.test_builder_fixtures import (
     podman,
     registry_tags,
     run_node_save,
+    shared_sif_root,
     write_site_config,
     write_spec,
 )
@@ -90,29 +94,85 @@ def test_squash_and_sif_argv() -> None:
     assert siftool_argvs(Path("a"), Path("b"), "aarch64")[1][9] == "4"
 
 
-def test_destination_is_per_user_and_resolved(tmp_path: Path) -> None:
-    rule = str(tmp_path / "sif" / "{user}")
-    assert sif_destination(rule, "alice") == (tmp_path / "sif" / "alice").resolve()
-    with pytest.raises(InvalidRequest):
-        sif_destination(rule, "../../etc")
-    with pytest.raises(SaveFailed):
-        sif_destination("relative/{user}", "alice")
-
-
-def test_install_never_writes_through_a_symlink(tmp_path: Path) -> None:
-    directory = (tmp_path / "alice").resolve()
-    directory.mkdir()
-    outside = tmp_path / "outside.txt"
-    outside.write_text("precious")
-    (directory / "x_v1.sif").symlink_to(outside)
+def test_write_as_user_takes_only_plain_names(tmp_path: Path) -> None:
     sif = tmp_path / "built.sif"
     sif.write_bytes(b"SIF")
+    for bad in ("../escape.sif", "a/b.sif", ".hidden.sif"):
+        with pytest.raises(SaveFailed):
+            write_as_user(sif, str(tmp_path / "{user}"), "alice", bad)
     with pytest.raises(SaveFailed):
-        install_sif(sif, directory, "x_v1.sif")
+        write_as_user(sif, "relative/{user}", "alice", "x_v1.sif")
     with pytest.raises(SaveFailed):
-        install_sif(sif, directory, "../escape.sif")
-    assert outside.read_text() == "precious"
-    assert install_sif(sif, directory, "ok_v1.sif").read_bytes() == b"SIF"
+        write_as_user(sif, str(tmp_path / "{user}"), "no-such-user-here", "x_v1.sif")
+    assert not (tmp_path / "alice").exists()
+
+
+def _shared_dir() -> Path:
+    """A directory every test user can reach (pytest's tmp_path is root's, 0700)."""
+    base = Path(tempfile.mkdtemp(prefix="imgsave-userfiles-", dir="/tmp"))
+    base.chmod(0o755)
+    return base
+
+
+def test_the_user_owns_the_file_and_its_directory() -> None:
+    """Written by a child with alice's uid and groups (the job's root never writes)."""
+    alice = pwd.getpwnam("alice")  # created by scripts/cluster.sh
+    base = _shared_dir()
+    try:
+        users = base / "users"
+        users.mkdir()
+        os.chown(users, alice.pw_uid, alice.pw_gid)  # like her home: hers to write
+        sif = base / "built.sif"
+        sif.write_bytes(b"SIF")
+        final = write_as_user(sif, str(users / "{user}"), "alice", "x_v1.sif")
+        assert final == users / "alice" / "x_v1.sif" and final.read_bytes() == b"SIF"
+        info, dir_info = final.stat(), final.parent.stat()
+        assert (info.st_uid, dir_info.st_uid) == (alice.pw_uid, alice.pw_uid)
+        assert stat.S_IMODE(dir_info.st_mode) == 0o700
+    finally:
+        shutil.rmtree(base)
+
+
+def test_a_symlink_to_a_root_directory_gets_the_kernels_refusal() -> None:
+    """bob points his SIF directory at a root-owned one: nothing is written there and it
+    stays root's (issue 10, attack 1)."""
+    bob = pwd.getpwnam("bob")
+    base = _shared_dir()
+    try:
+        victim = base / "victim"
+        victim.mkdir(mode=0o755)
+        home = base / "bob"
+        home.mkdir()
+        os.chown(home, bob.pw_uid, bob.pw_gid)
+        (home / "sif").symlink_to(victim)
+        os.lchown(home / "sif", bob.pw_uid, bob.pw_gid)
+        sif = base / "built.sif"
+        sif.write_bytes(b"SIF")
+        with pytest.raises(SaveFailed, match="Permission denied"):
+            write_as_user(sif, str(base / "{user}" / "sif"), "bob", "x_v1.sif")
+        assert list(victim.iterdir()) == []
+        assert (victim.stat().st_uid, stat.S_IMODE(victim.stat().st_mode)) == (0, 0o755)
+    finally:
+        shutil.rmtree(base)
+
+
+def test_a_planted_link_at_the_file_name_is_replaced_not_followed() -> None:
+    alice = pwd.getpwnam("alice")
+    base = _shared_dir()
+    try:
+        outside = base / "outside.txt"
+        outside.write_text("precious")
+        mine = base / "alice"
+        mine.mkdir()
+        os.chown(mine, alice.pw_uid, alice.pw_gid)
+        (mine / "x_v1.sif").symlink_to(outside)
+        sif = base / "built.sif"
+        sif.write_bytes(b"SIF")
+        final = write_as_user(sif, str(base / "{user}"), "alice", "x_v1.sif")
+        assert not final.is_symlink() and final.read_bytes() == b"SIF"
+        assert outside.read_text() == "precious"
+    finally:
+        shutil.rmtree(base)
 
 
 # --- real ----------------------------------------------------------------------------------
@@ -156,7 +216,8 @@ def test_sif_save_file_and_oras_push(
     result = read_result(spec_path.parent / RESULT_FILE)
     assert result is not None and result.ok and result.commit_method == "export-squashfs"
     sif = Path(result.sif_path)
-    assert sif == (tmp_path / "sif" / "alice" / "sif-only_v1.sif").resolve()
+    assert sif == shared_sif_root(tmp_path) / "alice" / "sif-only_v1.sif"
+    assert sif.stat().st_uid == pwd.getpwnam("alice").pw_uid  # written as alice
     data = sif.read_bytes()
     assert result.sif_digest == _sha256(data) and result.size_bytes == len(data)
     stages = [e.stage for e in EventLog(spec_path.parent / EVENTS_FILE).read()]
@@ -220,7 +281,6 @@ def test_sif_failure_rolls_back_the_oci_tag(
     """OCI pushed, then the SIF step fails (output dir is a file): no tag is left."""
     container = make_session_container("alice")
     repo = "alice/rolled-back"
-    (tmp_path / "sif").write_text("not a directory")
     spec_path = write_spec(
         tmp_path,
         user="alice",
@@ -229,25 +289,14 @@ def test_sif_failure_rolls_back_the_oci_tag(
         site_config=write_site_config(tmp_path, builder_registry.url),
         formats=(ImageFormat.OCI, ImageFormat.SIF),
     )
+    mine = shared_sif_root(tmp_path) / "alice"
+    mine.rmdir()
+    mine.write_text("not a directory")
 
     done = run_node_save(spec_path)
 
     assert done.returncode == 1
     result = read_result(spec_path.parent / RESULT_FILE)
-    assert result is not None and result.failure is FailureKind.INTERNAL
-    assert result.error.startswith("cannot write the SIF to "), result.error
+    assert result is not None and result.failure is FailureKind.INVALID
+    assert result.error.startswith("cannot write rolled-back_v1.sif to "), result.error
     assert registry_tags(builder_registry, repo) == []
-
-
-def test_portal_mode_hands_the_sif_to_its_user(tmp_path: Path) -> None:
-    """The job runs as root (a portal's service account): alice still owns her SIF."""
-    import pwd
-
-    from builder_jobs.sif import sif_destination
-
-    alice = pwd.getpwnam("alice")  # created by scripts/cluster.sh
-    directory = sif_destination(str(tmp_path / "sif" / "{user}"), "alice")
-    sif = tmp_path / "built.sif"
-    sif.write_bytes(b"SIF")
-    final = install_sif(sif, directory, "x_v1.sif", "alice")
-    assert (directory.stat().st_uid, final.stat().st_uid) == (alice.pw_uid, alice.pw_uid)

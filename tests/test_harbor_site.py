@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from api.context import Site
-from api.service import SaveRequest
+from api.service import SaveRequest, SaveService
 from registry.harbor import QuotaExceeded
 from site_configs.schema import load_site_config
 from tests.harbor_server import (
@@ -21,6 +21,7 @@ from tests.harbor_server import (
     project_robot,
     running_harbor,
 )
+from tests.replay import as_ordinary_user
 
 SECRET = "Robot-Secret-1"
 GIB = 1024**3
@@ -77,7 +78,10 @@ def test_images_of_a_harbor_site_come_from_the_project(tmp_path: Path,
 def test_a_full_project_refuses_the_save_before_any_job(tmp_path: Path,
                                                         harbor: RunningHarbor) -> None:
     site = harbor_site(tmp_path, harbor)
+    # the portal's service account submits (never root); the scheduler is never reached
+    saves = SaveService(site.config, as_ordinary_user(site.scheduler),
+                        registry_check=site.check_registry, account=site.config.service_account)
     with pytest.raises(QuotaExceeded) as raised:
-        site.saves.submit(SaveRequest("alice", "jupyter-alice", "torch-env:v2", node="n1"))
+        saves.submit(SaveRequest("alice", "jupyter-alice", "torch-env:v2", node="n1"))
     assert "quota" in str(raised.value).lower()
     assert list((tmp_path / "spool").iterdir()) == []  # nothing written, nothing submitted

@@ -21,8 +21,8 @@ from scheduler_glue.metadata import encode_metadata
 from scheduler_glue.pbs import PbsScheduler
 from scheduler_glue.pbs_commands import qsub_argv
 from scheduler_glue.states import JobState
-from site_configs.errors import InvalidRequest, NotFound, SchedulerError
-from tests.replay import Capture, ReplayRunner, Step, pbs_capture
+from site_configs.errors import InvalidRequest, NotFound, PermissionDenied, SchedulerError
+from tests.replay import Capture, ReplayRunner, Step, as_ordinary_user, pbs_capture
 
 NOW = datetime(2026, 11, 23, 13, 30, tzinfo=UTC)
 SINCE = datetime(2026, 11, 23, 13, 0, tzinfo=UTC)
@@ -60,13 +60,13 @@ def _pbs(
     steps: list[Step], *, server_history: bool = True, accounting_log_dir: str | None = None
 ) -> tuple[PbsScheduler, ReplayRunner]:
     runner = ReplayRunner(steps)
-    pbs = PbsScheduler(
+    pbs = as_ordinary_user(PbsScheduler(
         runner,
         10.0,
         server_history=server_history,
         accounting_log_dir=accounting_log_dir,
         clock=lambda: NOW,
-    )
+    ))
     return pbs, runner
 
 
@@ -402,3 +402,14 @@ def test_node_of_job() -> None:
     with pytest.raises(NotFound, match="unknown"):
         pbs.node_of_job("9999.vm")
     runner.assert_done()
+
+
+def test_root_never_submits(tmp_path: Path, job: BatchJob) -> None:
+    """qsub as root is refused by OpenPBS without acl_roots, and MoM does not track a
+    root job's processes (fixtures/pbs, root_*): imgsave refuses before any command."""
+    pbs, runner = _pbs([])
+    pbs.submitter_uid = lambda: 0  # type: ignore[method-assign]
+    with pytest.raises(PermissionDenied, match="never submits jobs as root"):
+        pbs.submit(job)
+    assert runner.calls == []
+    assert list(tmp_path.glob("*.metadata*")) == []

@@ -22,7 +22,8 @@ from PIL import Image
 
 from api.app import create_app
 from bench.report_scale import BenchSite, FakeSacct, bench_site, generate, write_spool
-from tests.api_support import bearer, make_token, site_config
+from tests.api_support import any_account, bearer, make_token, portal_login, site_config
+from tests.test_report_output import MATH_CATEGORIES, math_site
 
 NOW = datetime.now(UTC)
 SINCE = (NOW - timedelta(days=10)).strftime("%Y-%m-%d")
@@ -33,7 +34,10 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 def site(tmp_path: Path) -> BenchSite:
     jobs = generate(400, NOW, days=9, live=3)
     write_spool(tmp_path / "spool", jobs)
-    bench = bench_site(tmp_path, FakeSacct(jobs))
+    return with_api_config(bench_site(tmp_path, FakeSacct(jobs)), tmp_path)
+
+
+def with_api_config(bench: BenchSite, tmp_path: Path) -> BenchSite:
     api = site_config(tmp_path).api  # [api] admins = ["carol"], as the other API tests
     bench.config = bench.config.model_copy(update={"api": api})
     return bench
@@ -41,10 +45,15 @@ def site(tmp_path: Path) -> BenchSite:
 
 @pytest.fixture
 def app(tmp_path: Path, site: BenchSite) -> Flask:
+    return site_app(tmp_path, site)
+
+
+def site_app(tmp_path: Path, site: BenchSite) -> Flask:
     return create_app({
         "TESTING": True,
         "SITE_CONFIG": site.config,
         "SITE_FACTORY": lambda config: site,
+        "ACCOUNT_EXISTS": any_account,  # a FAKE of pwd: the users of bench/report_scale.py
         "INSTANCE_DIR": str(tmp_path / "instance"),
         "DATABASE_URL": f"sqlite:///{tmp_path / 'api.db'}",
         "SECRET_KEY": "test",
@@ -54,7 +63,7 @@ def app(tmp_path: Path, site: BenchSite) -> Flask:
 def logged_in(app: Flask, user: str, *, admin: bool = False) -> FlaskClient:
     """A test client with a portal session opened through the token login form."""
     client = app.test_client()
-    r = client.post("/login", data={"token": make_token(app, user, admin=admin)})
+    r = portal_login(client, make_token(app, user, admin=admin))
     assert r.status_code == 303
     return client
 
@@ -217,3 +226,18 @@ def test_the_png_endpoint_draws_the_report_chart(app: Flask) -> None:
         assert image.format == "PNG" and image.size in ((1999, 1125), (2000, 1125))
     bad_user = app.test_client().get("/api/v1/reports/usage.png?user=../x", headers=token)
     assert bad_user.status_code == 400 and bad_user.json["error"]["code"] == "invalid_request"
+
+
+def test_a_category_with_dollar_signs_is_charted_not_a_500(tmp_path: Path) -> None:
+    app = site_app(tmp_path, with_api_config(math_site(tmp_path), tmp_path))
+    client = logged_in(app, "carol")
+    page = client.get(f"/usage?by=category&since={SINCE}")
+    assert page.status_code == 200
+    _, *body, _ = Page(page.text).rows
+    assert set(MATH_CATEGORIES) <= {row[0] for row in body}
+    (chart,) = Page(page.text).images
+    assert chart["src"] is not None
+    png = client.get(chart["src"])  # was: 500 from matplotlib's mathtext parser
+    assert png.status_code == 200 and png.mimetype == "image/png"
+    with Image.open(io.BytesIO(png.data)) as image:
+        assert image.format == "PNG" and image.size in ((1999, 1125), (2000, 1125))

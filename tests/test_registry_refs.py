@@ -12,6 +12,7 @@ from registry.refs import (
     check_unix_name,
     host_of,
     parse_reference,
+    split_name_tag,
     target_for_user,
     user_namespace,
 )
@@ -260,3 +261,36 @@ def test_check_repository_and_digest() -> None:
         check_repository("alice/../x")
     with pytest.raises(InvalidRequest, match="digest 'v1' is invalid"):
         check_digest("v1")
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("torch-env:v1", ("torch-env", "v1")),
+    ("alice/tools/r-env:2024", ("alice/tools/r-env", "2024")),
+    ("john.smith/a__b/c--d:V1.0_rc-2", ("john.smith/a__b/c--d", "V1.0_rc-2")),
+])
+def test_split_name_tag_accepts(text: str, expected: tuple[str, str]) -> None:
+    assert split_name_tag(text) == expected
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("alice/zzz/../real:tag", "part '..'"),
+    ("alice/./x:v1", "part '.'"),
+    ("../x:v1", "part '..'"),
+    ("alice/x/..:v1", "part '..'"),
+    ("alice//x:v1", "empty part"),
+    ("/x:v1", "empty part"),
+    ("Alice/x:v1", "must be lowercase"),
+    ("alice/x", "has no tag"),
+    ("alice/x:", "tag '' is invalid"),
+    ("alice/x:.v1", "tag '.v1' is invalid"),
+    ("alice/x:v1\n", "is invalid"),
+    ("alice/x:v1/../y", "has no tag"),
+    ("alice/x@" + D256, "has a digest"),
+    ("127.0.0.1:5000/alice/x:v1", "leave '127.0.0.1:5000/' out"),
+    ("localhost/alice/x:v1", "leave 'localhost/' out"),
+    (":v1", "no repository name"),
+    ("a/" * 130 + "x:v1", "at most 255"),
+])
+def test_split_name_tag_rejects(text: str, message: str) -> None:
+    with pytest.raises(InvalidRequest, match=message):
+        split_name_tag(text)

@@ -160,7 +160,9 @@ def test_pbs_job_left_running_is_rechecked_by_id_once_out_of_the_window(
         Step.replay(QSTAT_ALL, pbs_capture("09c_qstat_fx_F_json_all_final")),
         Step.replay([*QSTAT_ALL, "0.vm"], pbs_capture("03_qstat_fx_F_json_finished")),
     ])
-    cache = UsageCache(engine, PbsScheduler(runner, clock=clock), SpoolReader(spool), "pbs",
+    # the captures' jobs are pbsuser's: portal mode, pbsuser the service account
+    spool_reader = SpoolReader(spool, service_account="pbsuser")
+    cache = UsageCache(engine, PbsScheduler(runner, clock=clock), spool_reader, "pbs",
                        clock=clock)
     cache.sync(datetime(2026, 11, 23, 13, 0, tzinfo=UTC))
     assert _states(engine) == {"0.vm": ("RUNNING", "succeeded")}  # pushed, cleaning up

@@ -4,6 +4,7 @@ of bench/report_scale.py (see test_report_cache.py for why)."""
 
 from __future__ import annotations
 
+import stat
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -148,12 +149,18 @@ def test_registry_figures_per_group(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 
 
 def test_an_unwritable_cache_falls_back_to_a_private_copy(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The service account's shared cache read-only: a private in-memory copy."""
+    import api.report
+
     now = datetime.now(UTC)
     jobs = generate(30, now, days=1, live=0)
     write_spool(tmp_path / "spool", jobs)
     site = bench_site(tmp_path, FakeSacct(jobs))
+    # as the service account (only it uses the site's database; others, root included,
+    # keep a private cache in their own spool: test_a_users_report_never_opens_the_site_db)
+    monkeypatch.setattr(api.report, "current_account", lambda: site.config.service_account)
     shared = build_report(site, since=(now - timedelta(days=2)).isoformat(), by="outcome")
     read_only = site.config.model_copy(update={
         "database_url": f"sqlite:///file:{tmp_path / 'imgsave.db'}?mode=ro&uri=true"})
@@ -162,6 +169,22 @@ def test_an_unwritable_cache_falls_back_to_a_private_copy(
     assert [r.to_dict() for r in private.rows] == [r.to_dict() for r in shared.rows]
     assert sum(r.saves for r in private.rows) == 30
     assert "usage cache not writable" in caplog.text
+
+
+def test_a_users_report_never_opens_the_site_db(tmp_path: Path) -> None:
+    """Anyone but the service account reports from a private cache in their own spool:
+    the site's database (tokens, every user's usage) is the service account's, 0600."""
+    now = datetime.now(UTC)
+    jobs = generate(30, now, days=1, live=0)
+    write_spool(tmp_path / "spool", jobs)
+    site = bench_site(tmp_path, FakeSacct(jobs))
+    shared_db = tmp_path / "site.db"
+    site.config = site.config.model_copy(update={"database_url": f"sqlite:///{shared_db}"})
+    report = build_report(site, since=(now - timedelta(days=2)).isoformat(), by="outcome")
+    assert sum(r.saves for r in report.rows) == 30
+    assert not shared_db.exists()
+    private = site.config.spool_for("root") / "usage-cache.db"
+    assert private.exists() and stat.S_IMODE(private.stat().st_mode) == 0o600
 
 
 def test_usage_row_dict_has_every_reason() -> None:

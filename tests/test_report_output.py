@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -26,7 +27,8 @@ from api.report_output import (
     write_png,
 )
 from api.usage_report import FIGURE_KEYS
-from bench.report_scale import BenchSite, FakeSacct, bench_site, generate, write_spool
+from bench.report_scale import BenchSite, FakeSacct, SacctJob, bench_site, generate, write_spool
+from scheduler_glue.metadata import encode_metadata
 
 NOW = datetime.now(UTC)
 SINCE = (NOW - timedelta(days=10)).strftime("%Y-%m-%d")
@@ -146,3 +148,55 @@ def test_command_errors(cli_site: BenchSite) -> None:
     mine = runner.invoke(cli.main, ["--user", "user01", "report", "--since", SINCE,
                                     "--format", "json"])
     assert {r["user"] for r in json.loads(mine.output)["rows"]} == {"user01"}
+
+
+# matplotlib reads "$...$" as mathtext: the first is an unknown command (a ValueError
+# when the chart is drawn), the second would be drawn as a formula.
+MATH_CATEGORIES = ("$\\foo$", "$x^2$")
+
+
+def with_category(job: SacctJob, category: str) -> SacctJob:
+    """``job`` with another category in its comment (a finished job; a live one's
+    comes from its spec in the spool)."""
+    meta = {**job.meta, "category": category}
+    cols = job.line.split("|", 13)
+    cols[13] = encode_metadata(meta)
+    return replace(job, line="|".join(cols), meta=meta)
+
+
+def math_site(tmp_path: Path) -> BenchSite:
+    """The saves of the ``site`` fixture, the finished ones in the MATH_CATEGORIES."""
+    jobs = [job if job.end == float("inf") else with_category(job, MATH_CATEGORIES[n % 2])
+            for n, job in enumerate(generate(400, NOW, days=9, live=3))]
+    write_spool(tmp_path / "spool", jobs)
+    return bench_site(tmp_path, FakeSacct(jobs))
+
+
+def test_dollar_signs_in_group_names_are_drawn_as_plain_text(tmp_path: Path) -> None:
+    report = build_report(math_site(tmp_path), since=SINCE, by="category")
+    assert set(MATH_CATEGORIES) <= {r.group["category"] for r in report.rows}
+    figure = build_figure(report)
+    (axes,) = figure.axes
+    labels = [t.get_text() for t in axes.get_xticklabels()]
+    assert set(MATH_CATEGORIES) <= set(labels)
+    texts = [*axes.get_xticklabels(), *axes.texts, axes.title, axes.xaxis.label,
+             *axes.get_legend().get_texts()]
+    assert not any(t.get_parse_math() for t in texts)
+    path = tmp_path / "usage.png"
+    write_png(report, path)  # was: ValueError from matplotlib's mathtext parser
+    with Image.open(path) as image:
+        assert image.format == "PNG" and image.size in ((1999, 1125), (2000, 1125))
+
+
+def test_the_plot_command_draws_dollar_signs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    site = math_site(tmp_path)
+    monkeypatch.setattr(cli.Context, "site", property(lambda self: site))
+    chart = tmp_path / "m.png"
+    out = CliRunner().invoke(cli.main, ["report", "--since", SINCE, "--by", "month,category",
+                                        "--plot", str(chart)])
+    assert out.exit_code == 0, out.output
+    assert "$x^2$" in out.output
+    with Image.open(chart) as image:
+        assert image.format == "PNG"

@@ -79,7 +79,9 @@ def _report_rows(tmp_path: Path, by: list[str]) -> tuple[list[Figures], Figures]
     clock = datetime(2026, 11, 23, 14, 0, tzinfo=UTC)
     scheduler = PbsScheduler(runner, accounting_log_dir=str(logs), clock=lambda: clock)
     engine = create_engine(f"sqlite:///{tmp_path / 'cache.db'}")
-    cache = UsageCache(engine, scheduler, SpoolReader(spool), "pbs", name_prefix="",
+    # the captures' jobs are pbsuser's: portal mode, pbsuser the service account
+    spool_reader = SpoolReader(spool, service_account="pbsuser")
+    cache = UsageCache(engine, scheduler, spool_reader, "pbs", name_prefix="",
                        clock=lambda: clock)
     stats = cache.sync(DAY)
     runner.assert_done()

@@ -7,25 +7,29 @@ import json
 import os
 import re
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
 import pytest
 
-from api.service import SaveRequest
 from builder_jobs.events import Stage
 from scheduler_glue.states import JobState
-from site_configs.errors import InvalidRequest, NotFound, PermissionDenied, RegistryError
-from site_configs.schema import ImageFormat
+from site_configs.errors import InvalidRequest, NotFound, PermissionDenied
 from tests.cluster_helpers import (
+    IMGSAVE,
     REGISTRY,
     REGISTRY_LOG,
     TOP,
+    as_user,
+    imgsave_as,
+    job_state,
     node_exec,
     registry_tags,
     require_cluster,
     session_container,
     site,
+    submit_as,
     unique,
     wait_final,
 )
@@ -48,8 +52,8 @@ def test_saved_image_runs_elsewhere_with_the_users_file() -> None:
     repo = unique("alice/e2e")
     with session_container("n1", "alice") as name:
         _add_file("n1", name, "/home/jovyan/added.txt", "from the session")
-        submitted = s.saves.submit(SaveRequest("alice", name, f"{repo}:v1", node="n1"))
-        status = wait_final(s, submitted.job_id, "alice")
+        job = submit_as("alice", name, f"{repo}:v1", node="n1")
+        status = wait_final(s, job, "alice")
     assert status.state is JobState.COMPLETED, status.reason
     assert status.stage is Stage.DONE and status.percent == 100
     assert status.node == "n1"
@@ -75,12 +79,12 @@ def test_second_save_uploads_only_the_new_layer() -> None:
     repo = unique("alice/layers")
     with session_container("n1", "alice") as name:
         _add_file("n1", name, "/opt/one.txt", "1")
-        first = s.saves.submit(SaveRequest("alice", name, f"{repo}:v1", node="n1"))
+        first = submit_as("alice", name, f"{repo}:v1", node="n1")
         assert wait_final(s, first.job_id, "alice").state is JobState.COMPLETED
         offset = REGISTRY_LOG.stat().st_size
         _add_file("n1", name, "/opt/two.txt", "2")
-        second = s.saves.submit(SaveRequest("alice", name, f"{repo}:v2", node="n1"))
-        assert wait_final(s, second.job_id, "alice").state is JobState.COMPLETED
+        second = submit_as("alice", name, f"{repo}:v2", node="n1")
+        assert wait_final(s, second, "alice").state is JobState.COMPLETED
     with REGISTRY_LOG.open() as fh:
         fh.seek(offset)
         uploaded = set(_uploaded_digests(fh.read(), repo))
@@ -97,8 +101,8 @@ def test_pinned_to_the_wrong_node_fails_with_the_reason() -> None:
     s = site()
     repo = unique("alice/wrongnode")
     with session_container("n1", "alice") as name:
-        submitted = s.saves.submit(SaveRequest("alice", name, f"{repo}:v1", node="n2"))
-        status = wait_final(s, submitted.job_id, "alice")
+        job = submit_as("alice", name, f"{repo}:v1", node="n2")
+        status = wait_final(s, job, "alice")
     assert status.state is JobState.FAILED
     assert status.stage is Stage.FAILED
     assert f"container {name} not found on n2" in status.reason
@@ -109,8 +113,8 @@ def test_another_users_container_is_refused_and_nothing_is_pushed() -> None:
     s = site()
     repo = unique("alice/stolen")
     with session_container("n1", "bob", name=unique("jupyter-lab")) as name:
-        submitted = s.saves.submit(SaveRequest("alice", name, f"{repo}:v1", node="n1"))
-        status = wait_final(s, submitted.job_id, "alice")
+        job = submit_as("alice", name, f"{repo}:v1", node="n1")
+        status = wait_final(s, job, "alice")
     assert status.state is JobState.FAILED
     assert "alice" in status.reason or "owner" in status.reason
     assert "bob" not in status.reason  # never reveal who owns it
@@ -121,23 +125,23 @@ def test_status_comes_from_accounting_after_the_job_leaves_squeue() -> None:
     s = site()
     repo = unique("alice/acct")
     with session_container("n2", "alice") as name:
-        submitted = s.saves.submit(SaveRequest("alice", name, f"{repo}:v1", node="n2"))
-        wait_final(s, submitted.job_id, "alice")
+        job = submit_as("alice", name, f"{repo}:v1", node="n2")
+        wait_final(s, job, "alice")
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
-        out = subprocess.run(["squeue", "-h", "-j", submitted.job_id], capture_output=True,
+        out = subprocess.run(["squeue", "-h", "-j", job], capture_output=True,
                              text=True, check=False)
-        if submitted.job_id not in out.stdout:
+        if job not in out.stdout:
             break
         time.sleep(2)
     else:
         pytest.fail("job never left squeue (MinJobAge)")
-    (status,) = s.saves.status([submitted.job_id], "alice")
+    (status,) = s.saves.status([job], "alice")
     assert status.state is JobState.COMPLETED
     assert status.node == "n2"
     assert status.end_time is not None and status.start_time is not None
     queue = s.saves.queue("alice")
-    assert submitted.job_id in [q.job_id for q in queue]
+    assert job in [q.job_id for q in queue]
 
 
 def _jobs_mentioning(text: str) -> list[str]:
@@ -167,39 +171,43 @@ def test_bad_requests_are_refused_before_anything_runs(
     container: str, target: str, node: str, error: type[Exception], words: str
 ) -> None:
     s = site()
-    spool_before = set(Path(s.config.spool_dir).iterdir())
+    spool = s.config.spool_for("alice")
+    spool_before = set(spool.iterdir()) if spool.exists() else set()
     marker = unique("bad")
     target = target.replace("/x", f"/{marker}")
-    with pytest.raises(error) as raised:
-        s.saves.submit(SaveRequest("alice", container, target, node=node))
-    assert words in str(raised.value)
-    assert set(Path(s.config.spool_dir).iterdir()) == spool_before
+    refused = imgsave_as("alice", "submit", container, target, "--node", node, check=False)
+    assert refused.returncode == 1 and refused.stderr.startswith("imgsave: error: ")
+    assert words in refused.stderr
+    assert (set(spool.iterdir()) if spool.exists() else set()) == spool_before
     assert _jobs_mentioning(marker) == []
 
 
-def test_registry_down_is_refused_at_submit(tmp_path: Path) -> None:
-    config = (TOP / "site_configs" / "local.toml").read_text()
-    down = tmp_path / "down.toml"
-    down.write_text(config.replace("http://127.0.0.1:5000", "http://127.0.0.1:5999"))
-    from api.context import Site
-    from site_configs.schema import load_site_config
+def _shared_config(text: str) -> Path:
+    """A site config file every user may read (pytest's tmp_path is root's, 0700)."""
+    directory = Path(tempfile.mkdtemp(prefix="imgsave-config-", dir="/tmp"))
+    directory.chmod(0o755)
+    path = directory / "site.toml"
+    path.write_text(text)
+    path.chmod(0o644)
+    return path
 
-    s = Site(load_site_config(down))
+
+def test_registry_down_is_refused_at_submit() -> None:
+    config = (TOP / "site_configs" / "local.toml").read_text()
+    down = _shared_config(config.replace("http://127.0.0.1:5000", "http://127.0.0.1:5999"))
     marker = unique("down")
-    with pytest.raises(RegistryError) as raised:
-        s.saves.submit(SaveRequest("alice", "jupyter-alice", f"alice/{marker}:v1", node="n1"))
-    assert "127.0.0.1:5999" in str(raised.value) and raised.value.retryable
+    refused = imgsave_as("alice", "--config", str(down), "submit", "jupyter-alice",
+                         f"alice/{marker}:v1", "--node", "n1", check=False)
+    assert refused.returncode == 1
+    assert "127.0.0.1:5999" in refused.stderr and "try again" in refused.stderr
     assert _jobs_mentioning(marker) == []
 
 
 def test_cli_submit_status_queue_images_delete_cancel() -> None:
-    cli = [str(TOP / ".venv" / "bin" / "imgsave"), "--user", "alice"]
-    env = {**os.environ}
     repo = unique("alice/cli")
 
     def imgsave(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([*cli, *args], capture_output=True, text=True, env=env,
-                              timeout=300, check=check)
+        return imgsave_as("alice", *args, check=check)
 
     with session_container("n1", "alice") as name:
         out = imgsave("submit", name, f"{repo}:v1", "--node", "n1").stdout
@@ -218,30 +226,38 @@ def test_cli_submit_status_queue_images_delete_cancel() -> None:
         # a save that cannot start (its node's share is held) is cancelled cleanly
         bad = imgsave("submit", name, "alice/x:v1", "--node", "n7", check=False)
         assert bad.returncode == 1 and bad.stderr.startswith("imgsave: error: ")
-        other = imgsave("--user", "bob", "status", job, check=False)
+        other = imgsave_as("bob", "status", job, check=False)
         assert other.returncode == 1 and "not an imgsave save job of yours" in other.stderr
-        assert imgsave("--user", "bob", "cancel", job, check=False).returncode == 1
+        assert imgsave_as("bob", "cancel", job, check=False).returncode == 1
+        # alice cannot act as bob; $USER does not make her bob either
+        assert imgsave("--user", "bob", "queue", check=False).returncode == 2
+        as_bob = as_user("alice", IMGSAVE, "--json", "queue", env={"USER": "bob",
+                                                                   "LOGNAME": "bob"})
+        assert job in [row["job_id"] for row in json.loads(as_bob.stdout)]
+
+
+def _block_node(node: str) -> str:
+    """alice's job holding every CPU of ``node`` in the imgsave partition."""
+    cpus = os.cpu_count() or 1
+    return as_user("alice", "sbatch", "--parsable", "-p", "imgsave", "-w", node, "-c", str(cpus),
+                   "-o", "/dev/null", "--wrap", "sleep 120").stdout.strip()
 
 
 def test_cancel_a_queued_save() -> None:
     s = site()
-    cpus = os.cpu_count() or 1
-    blocker = subprocess.run(
-        ["sbatch", "--parsable", "-p", "imgsave", "-w", "n2", "-c", str(cpus), "-o", "/dev/null",
-         "--wrap", "sleep 120"], capture_output=True, text=True, check=True,
-    ).stdout.strip()
+    blocker = _block_node("n2")
     try:
-        submitted = s.saves.submit(SaveRequest("alice", "jupyter-x", unique("alice/c") + ":v1",
-                                               node="n2"))
-        (pending,) = s.saves.status([submitted.job_id], "alice")
+        job = submit_as("alice", "jupyter-x", unique("alice/c") + ":v1", node="n2")
+        (pending,) = s.saves.status([job], "alice")
         assert pending.state in (JobState.PENDING, JobState.UNKNOWN)
         assert pending.stage is Stage.QUEUED
-        s.saves.cancel(submitted.job_id, "alice")
-        status = wait_final(s, submitted.job_id, "alice", timeout=60)
+        refused = imgsave_as("bob", "cancel", job, check=False)
+        assert refused.returncode == 1 and "not an imgsave save job of yours" in refused.stderr
+        assert job_state(job) == "PENDING"
+        imgsave_as("alice", "cancel", job)
+        status = wait_final(s, job, "alice", timeout=60)
         assert status.state is JobState.CANCELLED
         assert status.reason == "the save job was cancelled"
-        with pytest.raises(NotFound):
-            s.saves.cancel(submitted.job_id, "bob")
     finally:
         subprocess.run(["scancel", blocker], check=False)
 
@@ -256,14 +272,14 @@ def test_both_formats_from_one_save_through_slurm(tmp_path: Path) -> None:
     repo = unique("alice/both")
     with session_container("n1", "alice") as name:
         _add_file("n1", name, "/home/jovyan/in-sif.txt", "squashed")
-        request = SaveRequest("alice", name, f"{repo}:v1", node="n1",
-                              formats=(ImageFormat.OCI, ImageFormat.SIF))
-        status = wait_final(s, s.saves.submit(request).job_id, "alice")
+        job = submit_as("alice", name, f"{repo}:v1", "--format", "oci,sif", node="n1")
+        status = wait_final(s, job, "alice")
     assert status.state is JobState.COMPLETED, status.reason
     assert status.result is not None
     sif = Path(status.result.sif_path)
-    assert sif.parent == Path("/var/lib/imgsave/sif/alice")
+    assert sif.parent == Path("/home/alice/sif")
     assert sif.stat().st_uid == pwd.getpwnam("alice").pw_uid
+    assert sif.parent.stat().st_uid == pwd.getpwnam("alice").pw_uid
     listing = subprocess.run(["siftool", "list", str(sif)], capture_output=True, text=True,
                              check=True).stdout
     assert "FS (Squashfs/*System/amd64)" in listing
@@ -284,33 +300,22 @@ def test_both_formats_from_one_save_through_slurm(tmp_path: Path) -> None:
     assert pulled == sif.read_bytes()
 
 
-def test_saves_in_flight_per_user_are_limited(tmp_path: Path) -> None:
+def test_saves_in_flight_per_user_are_limited() -> None:
     """limits.max_saves_in_flight_per_user: a second queued save of alice's is refused
     while the first waits; bob is not affected."""
-    from api.context import Site
-    from site_configs.schema import load_site_config
-
-    config = tmp_path / "one.toml"
-    config.write_text((TOP / "site_configs" / "local.toml").read_text().replace(
+    config = _shared_config((TOP / "site_configs" / "local.toml").read_text().replace(
         "max_saves_in_flight_per_user = 8", "max_saves_in_flight_per_user = 1"))
-    s = Site(load_site_config(config))
-    cpus = os.cpu_count() or 1
-    blocker = subprocess.run(
-        ["sbatch", "--parsable", "-p", "imgsave", "-w", "n2", "-c", str(cpus), "-o", "/dev/null",
-         "--wrap", "sleep 120"], capture_output=True, text=True, check=True,
-    ).stdout.strip()
-    # users of their own (the jobs are cancelled before any node looks for a container)
-    one, two = unique("lim").replace("-", ""), unique("lim").replace("-", "")
+    blocker = _block_node("n2")
     try:
-        first = s.saves.submit(SaveRequest(one, "jupyter-x", "l:v1", node="n2"))
+        first = submit_as("alice", "jupyter-x", "l:v1", "--config", str(config), node="n2")
         marker = unique("second")
-        with pytest.raises(InvalidRequest) as raised:
-            s.saves.submit(SaveRequest(one, "jupyter-x", f"{marker}:v1", node="n2"))
-        assert "allows 1 at a time" in str(raised.value) and first.job_id in str(raised.value)
+        refused = imgsave_as("alice", "--config", str(config), "submit", "jupyter-x",
+                             f"{marker}:v1", "--node", "n2", check=False)
+        assert "allows 1 at a time" in refused.stderr and first in refused.stderr
         assert _jobs_mentioning(marker) == []
-        other = s.saves.submit(SaveRequest(two, "jupyter-y", "l:v1", node="n2"))
-        for job, user in ((first.job_id, one), (other.job_id, two)):
-            s.saves.cancel(job, user)
+        other = submit_as("bob", "jupyter-y", "l:v1", "--config", str(config), node="n2")
+        for job, user in ((first, "alice"), (other, "bob")):
+            imgsave_as(user, "cancel", job)
     finally:
         subprocess.run(["scancel", blocker], check=False)
 
@@ -320,20 +325,20 @@ def test_a_stale_job_index_entry_never_stands_for_a_new_save(tmp_path: Path) -> 
     from api.service import BY_JOB_DIR
 
     s = site()
-    index = Path(s.config.spool_dir) / BY_JOB_DIR
-    probe = subprocess.run(["sbatch", "--parsable", "-p", "imgsave", "-w", "n2", "--hold",
-                            "-o", "/dev/null", "--wrap", "true"], capture_output=True, text=True,
-                           check=True).stdout.strip().split(";")[0]
+    index = s.config.spool_for("alice") / BY_JOB_DIR
+    as_user("alice", "sh", "-c", 'umask 077 && mkdir -p "$1"', "sh", str(index))
+    probe = as_user("alice", "sbatch", "--parsable", "-p", "imgsave", "-w", "n2", "--hold",
+                    "-o", "/dev/null", "--wrap", "true").stdout.strip().split(";")[0]
     subprocess.run(["scancel", probe], check=False)
     planted = index / str(int(probe) + 1)
     planted.unlink(missing_ok=True)
-    planted.symlink_to(tmp_path)  # someone else's "spec"
+    planted.symlink_to(tmp_path)  # a stale "spec"
     with session_container("n2", "alice") as name:
-        submitted = s.saves.submit(SaveRequest("alice", name, unique("alice/idx") + ":v1",
-                                               node="n2"))
-        assert submitted.job_id == planted.name
-        assert os.readlink(planted) == f"../{submitted.request_id}"
-        assert wait_final(s, submitted.job_id, "alice").state is JobState.COMPLETED
+        job = submit_as("alice", name, unique("alice/idx") + ":v1", node="n2")
+        assert job == planted.name
+        (status,) = s.saves.status([job], "alice")
+        assert os.readlink(planted) == f"../{status.request_id}"
+        assert wait_final(s, job, "alice").state is JobState.COMPLETED
 
 
 def test_an_index_entry_that_names_another_request_is_not_this_jobs_status(
@@ -346,10 +351,9 @@ def test_an_index_entry_that_names_another_request_is_not_this_jobs_status(
 
     s = site()
     with session_container("n2", "alice") as name:
-        real = s.saves.submit(SaveRequest("alice", name, unique("alice/real") + ":v1",
-                                          node="n2"))
-        wait_final(s, real.job_id, "alice")
-    spool = Path(s.config.spool_dir)
+        real_job = submit_as("alice", name, unique("alice/real") + ":v1", node="n2")
+        real = wait_final(s, real_job, "alice")
+    spool = s.config.spool_for("alice")
     forged = spool / ("f" * 32)
     shutil.rmtree(forged, ignore_errors=True)
     shutil.copytree(spool / real.request_id, forged)

@@ -25,10 +25,11 @@ from scheduler_glue.pbs import PbsScheduler
 from scheduler_glue.states import JobState
 from site_configs.errors import InvalidRequest, NotFound
 from site_configs.schema import SiteConfig, load_site_config
-from tests.replay import ReplayRunner, Step, pbs_capture
+from tests.replay import ReplayRunner, Step, as_ordinary_user, pbs_capture
 
 CONFIGS = Path(__file__).resolve().parents[1] / "site_configs"
 REQUEST_ID = "0" * 31 + "1"
+SERVICE = "pbsuser"  # the account the captures were made with
 
 
 @pytest.fixture(autouse=True)
@@ -43,7 +44,9 @@ def utc(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 def pbs_site(tmp_path: Path) -> SiteConfig:
     base = load_site_config(CONFIGS / "pbs-sif-oras.toml")
-    return base.model_copy(update={"spool_dir": str(tmp_path), "node_python": "/usr/bin/python3"})
+    # portal mode: the captures' jobs are pbsuser's, the service account here
+    return base.model_copy(update={"spool_dir": str(tmp_path), "node_python": "/usr/bin/python3",
+                                   "service_account": SERVICE})
 
 
 def qsub(spool: Path) -> list[str]:
@@ -63,7 +66,8 @@ def as_submitted(capture: str, job_id: str, spool: Path) -> str:
 
 def service(tmp_path: Path, steps: list[Step]) -> tuple[SaveService, ReplayRunner]:
     runner = ReplayRunner(steps)
-    return SaveService(pbs_site(tmp_path), PbsScheduler(runner, 10.0)), runner
+    return SaveService(pbs_site(tmp_path), as_ordinary_user(PbsScheduler(runner, 10.0)),
+                       account=SERVICE), runner
 
 
 REQUEST = SaveRequest("alice", "jupyter-alice", "torch-env:v1", node="vm",
@@ -124,6 +128,9 @@ def test_cancel_of_a_running_save(tmp_path: Path) -> None:
     steps = [
         Step.replay(["pbsnodes", "-F", "json", "vm"], pbs_capture("19_pbsnodes_av_F_json")),
         Step.replay(qsub(tmp_path), pbs_capture("05_qsub_long_for_qdel")),
+        # cancel asks PBS whose job it is first
+        Step(("qstat", "-fx", "-F", "json", "2.vm"),
+             as_submitted("08a_qstat_fx_F_json_deleted_6s_after_qdel_still_R", "2.vm", tmp_path)),
         Step.replay(["qdel", "2.vm"], pbs_capture("06_qdel_running")),
         Step(("qstat", "-fx", "-F", "json", "2.vm"),
              as_submitted("08_qstat_fx_F_json_deleted", "2.vm", tmp_path)),

@@ -41,7 +41,7 @@ from site_configs.errors import (
     SchedulerError,
 )
 from site_configs.schema import SchedulerKind, SchedulerSection
-from tests.replay import FIXTURES, Capture, ReplayRunner, Step, load_capture
+from tests.replay import FIXTURES, Capture, ReplayRunner, Step, as_ordinary_user, load_capture
 
 SINCE = datetime(2026, 11, 26, 3, 15, tzinfo=UTC)
 JOB = BatchJob(
@@ -66,7 +66,7 @@ def answer(argv: list[str], name: str) -> Step:
 
 def scheduler(*steps: Step) -> tuple[SlurmScheduler, ReplayRunner]:
     runner = ReplayRunner(steps)
-    return SlurmScheduler(runner=runner, timeout=5), runner
+    return as_ordinary_user(SlurmScheduler(runner=runner, timeout=5)), runner
 
 
 @pytest.fixture(autouse=True)
@@ -170,7 +170,7 @@ def test_extra_submit_args_go_before_the_script() -> None:
             answer(sbatch_argv(JOB, ["--mem=1G"]), "01_sbatch_parsable_ok"),
         ]
     )
-    slurm = SlurmScheduler(runner, extra_submit_args=["--mem=1G"])
+    slurm = as_ordinary_user(SlurmScheduler(runner, extra_submit_args=["--mem=1G"]))
     assert slurm.submit(JOB) == "4"
     assert runner.calls[1][-2:] == ("--mem=1G", str(JOB.script))
 
@@ -388,3 +388,12 @@ def test_backend_path_is_cli_without_a_matching_pyslurm(monkeypatch: pytest.Monk
     fake.__version__ = "25.11.2"  # type: ignore[attr-defined]
     assert backend_path(version) == "cli"
     version.assert_done()
+
+
+def test_root_never_submits() -> None:
+    """Issue 10: no path submits as root; refused before sinfo or sbatch runs."""
+    slurm, runner = scheduler()  # no step may run
+    slurm.submitter_uid = lambda: 0  # type: ignore[method-assign]
+    with pytest.raises(PermissionDenied, match="never submits jobs as root"):
+        slurm.submit(JOB)
+    assert runner.calls == []
