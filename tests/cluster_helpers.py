@@ -102,7 +102,7 @@ SERVICE_ACCOUNT = "imgsave"
 def as_user(user: str, *argv: str, check: bool = True, timeout: float = 300,
             env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """``runuser -u USER -- ARGV`` from / (never root's cwd), with a login-like env."""
-    full_env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8",
+    full_env = {"PATH": "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin", "LANG": "C.UTF-8",
                 "HOME": f"/home/{user}" if user not in ("root", SERVICE_ACCOUNT) else "/"}
     full_env.update(env or {})
     return subprocess.run(

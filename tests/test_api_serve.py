@@ -1,17 +1,21 @@
-"""``imgsave serve`` for real: waitress in a subprocess, tokens made with ``imgsave token``.
+"""``imgsave serve`` for real: waitress in a subprocess run by the portal's service
+account (never root), tokens made with ``imgsave token`` as that account.
 
-Only endpoints that need neither Slurm nor the registry are called, so this runs
-anywhere; it checks what the test client cannot: the WSGI server, the command line,
-and that a proxy's ``Remote-User`` header survives waitress.
+Only endpoints that need neither Slurm nor the registry are called here; it checks what
+the test client cannot: the WSGI server, the command line, the account it runs as, and
+that a proxy's ``Remote-User`` header survives waitress. Needs the service account and
+the runtime in /opt that ``scripts/cluster.sh install`` makes.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import pwd
+import shutil
 import socket
 import subprocess
-import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +25,17 @@ import requests
 
 from tests.api_support import LOCAL_TOML
 
-IMGSAVE = [sys.executable, "-m", "api.cli"]
+SERVICE = "imgsave"
+IMGSAVE_BIN = "/opt/imgsave/venv/bin/imgsave"
+
+
+def shared_dir(owner: str, mode: int) -> Path:
+    """A fresh directory under /tmp owned by ``owner`` (pytest's tmp_path is root's)."""
+    directory = Path(tempfile.mkdtemp(prefix=f"imgsave-{owner}-", dir="/tmp"))
+    entry = pwd.getpwnam(owner)
+    os.chown(directory, entry.pw_uid, entry.pw_gid)
+    directory.chmod(mode)
+    return directory
 
 
 def _free_port() -> int:
@@ -32,20 +46,25 @@ def _free_port() -> int:
 
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[tuple[str, list[str], dict[str, str]]]:
-    """A running ``imgsave serve``; its URL, the imgsave argv and environment to reach it."""
+    """A running ``imgsave serve`` as the service account; its URL, the argv of
+    ``imgsave`` as the service account with this config, and the environment."""
     text = LOCAL_TOML.read_text()
     assert "\n[api]\n" in text and "\ndatabase_url = " in text
+    state = shared_dir(SERVICE, 0o700)  # the service's database and instance dir
     text = text.replace("\n[api]\n", '\n[api]\ntrusted_proxies = ["127.0.0.1"]\n')
-    text = "\n".join(f'database_url = "sqlite:///{tmp_path}/api.db"'
+    text = "\n".join(f'database_url = "sqlite:///{state}/api.db"'
                      if line.startswith("database_url = ") else line
                      for line in text.splitlines())
-    config = tmp_path / "site.toml"
+    config = shared_dir("root", 0o755) / "site.toml"  # every user reads the site config
     config.write_text(text)
-    env = {**os.environ, "IMGSAVE_INSTANCE_DIR": str(tmp_path / "instance")}
-    argv = [*IMGSAVE, "--config", str(config)]
+    config.chmod(0o644)
+    env = {"PATH": "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin", "LANG": "C.UTF-8",
+           "HOME": "/var/lib/imgsave", "IMGSAVE_INSTANCE_DIR": str(state / "instance")}
+    argv = ["runuser", "-u", SERVICE, "--", IMGSAVE_BIN, "--config", str(config)]
     port = _free_port()
     server = subprocess.Popen([*argv, "serve", "--port", str(port), "--threads", "2"], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              cwd="/")
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 20
@@ -61,12 +80,23 @@ def served(tmp_path: Path) -> Iterator[tuple[str, list[str], dict[str, str]]]:
     finally:
         server.terminate()
         server.wait(timeout=10)
+        shutil.rmtree(state, ignore_errors=True)
+        shutil.rmtree(config.parent, ignore_errors=True)
+
+
+def _serve_owner(port_url: str) -> str:
+    port = port_url.rsplit(":", 1)[1]
+    out = subprocess.run(["ss", "-Htlnp", f"sport = :{port}"], capture_output=True, text=True,
+                         check=True).stdout
+    pid = out.split("pid=", 1)[1].split(",", 1)[0]
+    return pwd.getpwuid(os.stat(f"/proc/{pid}").st_uid).pw_name
 
 
 def test_serve_answers_with_tokens_from_the_token_command(
     served: tuple[str, list[str], dict[str, str]], tmp_path: Path
 ) -> None:
     url, argv, env = served
+    assert _serve_owner(url) == SERVICE  # never root
     made = subprocess.run([*argv, "--json", "token", "create", "alice"], env=env,
                           capture_output=True, text=True, check=True)
     token = json.loads(made.stdout)["token"]
@@ -77,7 +107,11 @@ def test_serve_answers_with_tokens_from_the_token_command(
     wrong = requests.get(url + "/api/v1/saves", timeout=10,
                          headers={"Authorization": "Bearer isv_wrong"})
     assert wrong.status_code == 401
-    assert (tmp_path / "instance" / "secret_key").stat().st_mode & 0o777 == 0o600
+    instance = Path(env["IMGSAVE_INSTANCE_DIR"])
+    assert (instance / "secret_key").stat().st_mode & 0o777 == 0o600
+    database = instance.parent / "api.db"
+    assert database.stat().st_mode & 0o777 == 0o600
+    assert pwd.getpwuid(database.stat().st_uid).pw_name == SERVICE
     spec = requests.get(url + "/api/v1/openapi.json", timeout=10).json()
     assert "/api/v1/saves" in spec["paths"]
     subprocess.run([*argv, "token", "revoke", "--user", "alice"], env=env, check=True,
@@ -96,6 +130,15 @@ def test_remote_user_passes_through_waitress_from_a_trusted_proxy(
     assert r.status_code == 200, r.text
     page = requests.get(url + "/", headers={"Remote-User": "alice"}, timeout=10)
     assert page.status_code == 200 and "Logged in as" in page.text
+
+
+def test_serve_and_token_refuse_root(served: tuple[str, list[str], dict[str, str]]) -> None:
+    _, argv, env = served
+    as_root = argv[argv.index(IMGSAVE_BIN):]  # the same command, not through runuser
+    for command in (["serve", "--port", "1"], ["token", "list"]):
+        refused = subprocess.run([*as_root, *command], env=env, capture_output=True, text=True,
+                                 timeout=60, check=False)
+        assert refused.returncode == 2 and "service account imgsave" in refused.stderr
 
 
 def test_an_oversized_body_is_413_through_waitress(

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import re
+import shutil
 import subprocess
-import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -16,30 +17,43 @@ import pytest
 from PIL import Image
 
 from tests.cluster_helpers import registry_tags, require_cluster, session_container, unique
-from tests.test_api_serve import served  # noqa: F401 - the running-server fixture
+from tests.test_api_serve import (
+    IMGSAVE_BIN,
+    served,  # noqa: F401 - the running-server fixture
+    shared_dir,
+)
 
 pytestmark = pytest.mark.cluster
-IMGSAVE = [sys.executable, "-m", "api.cli"]
+ALICE = ["runuser", "-u", "alice", "--", IMGSAVE_BIN]  # the CLI as alice runs it
 
 
 @pytest.fixture
 def remote(served: tuple[str, list[str], dict[str, str]],  # noqa: F811
            tmp_path: Path) -> Iterator[tuple[list[str], dict[str, str], Path]]:
+    """alice's ``imgsave --api URL`` with a token in her own 0600 file."""
     require_cluster()
     url, argv, env = served
-    token_file = tmp_path / "alice.token"
+    home = shared_dir("alice", 0o700)
+    token_file = home / "alice.token"
     made = subprocess.run([*argv, "--json", "token", "create", "alice"], env=env,
                           capture_output=True, text=True, check=True)
     token_file.write_text(json.loads(made.stdout)["token"] + "\n")
     token_file.chmod(0o600)
-    client_env = {k: v for k, v in env.items() if k not in ("IMGSAVE_TOKEN", "IMGSAVE_API")}
-    yield [*IMGSAVE, "--api", url, "--token-file", str(token_file)], client_env, token_file
+    alice = pwd.getpwnam("alice")
+    os.chown(token_file, alice.pw_uid, alice.pw_gid)
+    client_env = {k: v for k, v in env.items()
+                  if k not in ("IMGSAVE_TOKEN", "IMGSAVE_API", "IMGSAVE_INSTANCE_DIR")}
+    client_env["HOME"] = "/home/alice"
+    try:
+        yield [*ALICE, "--api", url, "--token-file", str(token_file)], client_env, token_file
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
 
 
 def run(argv: list[str], env: dict[str, str], *args: str,
         check: bool = True) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*argv, *args], env=env, capture_output=True, text=True, timeout=300,
-                          check=check)
+                          check=check, cwd="/")
 
 
 def test_the_cli_saves_through_the_api(remote: tuple[list[str], dict[str, str], Path]) -> None:
@@ -84,22 +98,26 @@ def test_report_through_the_api_prints_what_direct_mode_prints(
         served: tuple[str, list[str], dict[str, str]],  # noqa: F811
         remote: tuple[list[str], dict[str, str], Path], tmp_path: Path) -> None:
     argv, env, _ = remote
-    _, direct_argv, direct_env = served
+    _, service_argv, service_env = served
+    # direct mode as the service account for alice: the same spools readable as the API's
+    # (alice's own CLI-mode results are hers alone, 0600: docs/security.md)
+    direct_argv = [*service_argv, "--user", "alice"]
+    direct_env = service_env
     window = ["--since", (datetime.now(UTC) - timedelta(days=2)).strftime("%Y-%m-%d"),
               "--until", (datetime.now(UTC) - timedelta(minutes=1)).isoformat(timespec="seconds")]
     for fmt in ("csv", "table"):
         through_api = run(argv, env, "report", *window, "--by", "user,category", "--format", fmt)
-        direct = run(direct_argv, direct_env, "--user", "alice", "report", *window,
+        direct = run(direct_argv, direct_env, "report", *window,
                      "--by", "user,category", "--format", fmt)
         assert through_api.stdout == direct.stdout
     doc = json.loads(run(argv, env, "--json", "report", *window).stdout)
     assert {row["user"] for row in doc["rows"]} <= {"alice"}  # a user's token: their own
     assert doc["by"] == ["user"] and doc["total"]["saves"] == sum(r["saves"] for r in doc["rows"])
-    made = subprocess.run([*direct_argv, "--json", "token", "create", "--admin", "carol"],
-                          env=direct_env, capture_output=True, text=True, check=True)
+    made = subprocess.run([*service_argv, "--json", "token", "create", "--admin", "bob"],
+                          env=service_env, capture_output=True, text=True, check=True)
     admin = {**env, "IMGSAVE_TOKEN": json.loads(made.stdout)["token"]}
     admin_argv = argv[: argv.index("--token-file")]  # the token from IMGSAVE_TOKEN
-    chart = tmp_path / "usage.png"
+    chart = shared_dir("alice", 0o755) / "usage.png"  # written by the client (alice)
     everyone = json.loads(run(admin_argv, admin, "--json", "report", *window,
                               "--plot", str(chart)).stdout)
     assert [row for row in everyone["rows"] if row["user"] == "alice"] == doc["rows"]

@@ -80,7 +80,7 @@ def test_second_save_uploads_only_the_new_layer() -> None:
     with session_container("n1", "alice") as name:
         _add_file("n1", name, "/opt/one.txt", "1")
         first = submit_as("alice", name, f"{repo}:v1", node="n1")
-        assert wait_final(s, first.job_id, "alice").state is JobState.COMPLETED
+        assert wait_final(s, first, "alice").state is JobState.COMPLETED
         offset = REGISTRY_LOG.stat().st_size
         _add_file("n1", name, "/opt/two.txt", "2")
         second = submit_as("alice", name, f"{repo}:v2", node="n1")
@@ -300,6 +300,12 @@ def test_both_formats_from_one_save_through_slurm(tmp_path: Path) -> None:
     assert pulled == sif.read_bytes()
 
 
+def _submit_with(config: Path, user: str, container: str, target: str) -> str:
+    done = imgsave_as(user, "--config", str(config), "--json", "submit", container, target,
+                      "--node", "n2")
+    return str(json.loads(done.stdout)["job_id"])
+
+
 def test_saves_in_flight_per_user_are_limited() -> None:
     """limits.max_saves_in_flight_per_user: a second queued save of alice's is refused
     while the first waits; bob is not affected."""
@@ -307,13 +313,13 @@ def test_saves_in_flight_per_user_are_limited() -> None:
         "max_saves_in_flight_per_user = 8", "max_saves_in_flight_per_user = 1"))
     blocker = _block_node("n2")
     try:
-        first = submit_as("alice", "jupyter-x", "l:v1", "--config", str(config), node="n2")
+        first = _submit_with(config, "alice", "jupyter-x", "l:v1")
         marker = unique("second")
         refused = imgsave_as("alice", "--config", str(config), "submit", "jupyter-x",
                              f"{marker}:v1", "--node", "n2", check=False)
         assert "allows 1 at a time" in refused.stderr and first in refused.stderr
         assert _jobs_mentioning(marker) == []
-        other = submit_as("bob", "jupyter-y", "l:v1", "--config", str(config), node="n2")
+        other = _submit_with(config, "bob", "jupyter-y", "l:v1")
         for job, user in ((first, "alice"), (other, "bob")):
             imgsave_as(user, "cancel", job)
     finally:
