@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ from site_configs.schema import EngineSection, SiteConfig
 log = logging.getLogger(__name__)
 
 LOCAL_PID_DIR = Path("/run/imgsave-cluster")  # scripts/cluster.sh: slurmd-<node>.pid
+LOCAL_SESSIONS = ["sudo", "-n", "/usr/local/sbin/imgsave-local-sessions"]
 LIST_TIMEOUT_SECONDS = 20.0
 
 
@@ -110,12 +112,17 @@ class LocalPodmanLocator:
         label = self.engine.owner_label + (f"={user}" if user is not None else "")
         argv = ["nsenter", "-t", pid, "-m", "--", *self.engine.command,
                 "ps", "--filter", f"label={label}", "--format", "json"]
+        if os.geteuid() != 0:
+            # the portal's service account: the cluster's read-only listing, through its
+            # own sudoers rule (never podman itself); filtered by user below
+            argv = [*LOCAL_SESSIONS, node]
         try:
             result = self.run(argv, timeout=LIST_TIMEOUT_SECONDS)
         except ImgsaveError as e:
             log.warning("cannot list containers on %s: %s", node, e.message)
             return []
-        return parse_podman_ps(result.stdout, node, self.engine.owner_label)
+        found = parse_podman_ps(result.stdout, node, self.engine.owner_label)
+        return [s for s in found if user is None or s.owner == user]
 
 
 def parse_podman_ps(output: str, node: str, owner_label: str) -> list[RunningSession]:

@@ -115,6 +115,12 @@ install_entry() {  # the node's one privileged entry and its sudoers rule
     visudo -cqf /etc/sudoers.d/imgsave.new
     mv /etc/sudoers.d/imgsave.new /etc/sudoers.d/imgsave
     mkdir -p /var/lib/imgsave-node && chmod 0700 /var/lib/imgsave-node
+    # the local cluster's session locator for the portal's service account (read-only)
+    install -o root -g root -m 0755 "$TEMPLATES/imgsave-local-sessions" \
+        /usr/local/sbin/imgsave-local-sessions
+    install -m 0440 "$TEMPLATES/sudoers-imgsave-local" /etc/sudoers.d/imgsave-local.new
+    visudo -cqf /etc/sudoers.d/imgsave-local.new
+    mv /etc/sudoers.d/imgsave-local.new /etc/sudoers.d/imgsave-local
 }
 
 install_configs() {

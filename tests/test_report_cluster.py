@@ -1,6 +1,7 @@
 """Usage reports over real saves on the local cluster: Slurm accounting, podman, registry.
 
-Four saves by a user name unique to the run (so other tests' saves never count): one
+Four saves by a Unix user made for the run (so other tests' saves never count), each
+submitted by that user themselves: one
 that succeeds, one pinned to the wrong node (container missing), one of another user's
 container (not owner) and one cancelled while it waits behind a job that holds the
 node's save partition. The report, synced from sacct into a fresh cache, must count
@@ -15,6 +16,7 @@ import os
 import statistics
 import subprocess
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -25,10 +27,18 @@ from api import cli
 from api.context import Site
 from api.progress import SaveStatus
 from api.report import UsageReport, build_report
-from api.service import SaveRequest
 from scheduler_glue.states import JobState
 from site_configs.schema import get_site_config
-from tests.cluster_helpers import TOP, require_cluster, session_container, unique, wait_final
+from tests.cluster_helpers import (
+    TOP,
+    as_user,
+    imgsave_as,
+    require_cluster,
+    session_container,
+    submit_as,
+    unique,
+    wait_final,
+)
 
 pytestmark = pytest.mark.cluster
 
@@ -48,6 +58,19 @@ def _config_file(tmp_path: Path) -> Path:
     return path
 
 
+@pytest.fixture
+def fresh_user() -> Iterator[str]:
+    """A real Unix user made for this test (its saves are its own), removed after."""
+    user = unique("rpt")
+    subprocess.run(["useradd", "--create-home", "--shell", "/bin/sh", user], check=True,
+                   timeout=30)
+    try:
+        yield user
+    finally:
+        subprocess.run(["userdel", "--remove", user], check=False, timeout=30,
+                       capture_output=True)
+
+
 def _squeue_state(job_id: str) -> str:
     out = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True,
                          text=True, timeout=30, check=False)
@@ -57,21 +80,20 @@ def _squeue_state(job_id: str) -> str:
 def _cancelled_while_waiting(s: Site, user: str) -> str:
     """A save pinned to n2 that waits behind a job holding every CPU of n2's save
     partition, then is cancelled; returns its job id."""
-    blocker = subprocess.run(
-        ["sbatch", "--parsable", "-p", "imgsave", "-w", "n2", "-c", str(os.cpu_count()),
-         "--job-name", "report-test-blocker", "--output", "/dev/null", "--wrap", "sleep 120"],
-        capture_output=True, text=True, timeout=30, check=True,
+    blocker = as_user(
+        "alice", "sbatch", "--parsable", "-p", "imgsave", "-w", "n2", "-c", str(os.cpu_count()),
+        "--job-name", "report-test-blocker", "--output", "/dev/null", "--wrap", "sleep 120",
     ).stdout.strip().split(";")[0]
     try:
         deadline = time.monotonic() + 300
         while _squeue_state(blocker) != "RUNNING":
             assert time.monotonic() < deadline, f"blocker job {blocker} never started"
             time.sleep(1)
-        waiting = s.saves.submit(SaveRequest(user, "never-started", "env:v4", node="n2"))
+        waiting = submit_as(user, "never-started", "env:v4", node="n2")
         time.sleep(2)
-        assert _squeue_state(waiting.job_id) == "PENDING"
-        s.saves.cancel(waiting.job_id, user)
-        return waiting.job_id
+        assert _squeue_state(waiting) == "PENDING"
+        imgsave_as(user, "cancel", waiting)
+        return waiting
     finally:
         subprocess.run(["scancel", blocker], capture_output=True, timeout=30, check=False)
 
@@ -87,16 +109,16 @@ def _settled_report(s: Site, since: str, saves: int, **kwargs: object) -> UsageR
         time.sleep(2)
 
 
-def test_report_counts_exactly_the_saves_made(tmp_path: Path) -> None:
+def test_report_counts_exactly_the_saves_made(tmp_path: Path, fresh_user: str) -> None:
     config_path = _config_file(tmp_path)
     s = Site(get_site_config(str(config_path)))
-    user = unique("rpt")
+    user = fresh_user
     since = (datetime.now(UTC) - timedelta(seconds=5)).isoformat(timespec="seconds")
     with session_container("n1", user) as mine, session_container("n1", "bob") as bobs:
         submitted = {
-            "ok": s.saves.submit(SaveRequest(user, mine, "env:v1", node="n1")).job_id,
-            "missing": s.saves.submit(SaveRequest(user, mine, "env:v2", node="n2")).job_id,
-            "not_owner": s.saves.submit(SaveRequest(user, bobs, "env:v3", node="n1")).job_id,
+            "ok": submit_as(user, mine, "env:v1", node="n1"),
+            "missing": submit_as(user, mine, "env:v2", node="n2"),
+            "not_owner": submit_as(user, bobs, "env:v3", node="n1"),
             "cancelled": _cancelled_while_waiting(s, user),
         }
         final: dict[str, SaveStatus] = {k: wait_final(s, j, user) for k, j in submitted.items()}

@@ -1,11 +1,16 @@
 """SlurmScheduler against the real local Slurm 22.05 cluster (``scripts/cluster.sh up``).
 
-Jobs are tiny shell scripts run as root; each test cancels what it leaves running.
+Jobs are tiny shell scripts that alice submits (every command runs as her, through
+``runuser``: imgsave never submits as root); each test cancels what it leaves running.
 Partitions: ``batch`` (users, MaxCPUsPerNode = CPUs-1) and ``imgsave`` on n1, n2.
 """
 
 from __future__ import annotations
 
+import os
+import pwd
+import shutil
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
@@ -25,8 +30,14 @@ pytestmark = pytest.mark.cluster
 T = TypeVar("T")
 
 
+USER = "alice"
+
+
 class RecordingRunner:
-    """The real runner, keeping every argv it ran (to check what was, or was not, run)."""
+    """The real runner, as alice, keeping every argv it ran (to check what was, or was
+    not, run)."""
+
+    submitter = USER
 
     def __init__(self, fail_on: str = "") -> None:
         self.calls: list[tuple[str, ...]] = []
@@ -44,7 +55,8 @@ class RecordingRunner:
         self.calls.append(args)
         if args[0] == self.fail_on:
             raise CommandFailed(list(args), 1, "", f"{args[0]}: error: injected failure")
-        return run_command(args, timeout=timeout, check=check, input_text=input_text)
+        as_alice = ("runuser", "-u", self.submitter, "--", *args)
+        return run_command(as_alice, timeout=timeout, check=check, input_text=input_text)
 
     def ran(self, command: str) -> int:
         return sum(1 for call in self.calls if call[0] == command)
@@ -62,7 +74,20 @@ def runner() -> RecordingRunner:
 
 @pytest.fixture
 def slurm(runner: RecordingRunner) -> SlurmScheduler:
-    return SlurmScheduler(runner=runner, timeout=30)
+    scheduler = SlurmScheduler(runner=runner, timeout=30)
+    # every command runs as alice (runuser), so that is whose jobs these are
+    scheduler.submitter_uid = lambda: pwd.getpwnam(USER).pw_uid  # type: ignore[method-assign]
+    return scheduler
+
+
+@pytest.fixture
+def jobdir() -> Iterator[Path]:
+    """alice's own directory for job scripts and output (pytest's jobdir is root's)."""
+    directory = Path(tempfile.mkdtemp(prefix="imgsave-slurm-", dir="/tmp"))
+    entry = pwd.getpwnam(USER)
+    os.chown(directory, entry.pw_uid, entry.pw_gid)
+    yield directory
+    shutil.rmtree(directory, ignore_errors=True)
 
 
 @pytest.fixture
@@ -74,15 +99,15 @@ def to_cancel() -> Iterator[list[str]]:
         run_command(["scancel", *ids], check=False)
 
 
-def script(tmp_path: Path, name: str, body: str) -> Path:
-    path = tmp_path / f"{name}.sh"
+def script(jobdir: Path, name: str, body: str) -> Path:
+    path = jobdir / f"{name}.sh"
     path.write_text(f'#!/bin/sh\necho "ran on $SLURMD_NODENAME"\n{body}\n')
     path.chmod(0o755)
     return path
 
 
 def job(
-    tmp_path: Path,
+    jobdir: Path,
     name: str,
     body: str,
     node: str,
@@ -93,14 +118,14 @@ def job(
 ) -> BatchJob:
     return BatchJob(
         name=f"imgsave-test-{name}",
-        script=script(tmp_path, name, body),
+        script=script(jobdir, name, body),
         node=node,
-        output_path=tmp_path / f"{name}.out",
+        output_path=jobdir / f"{name}.out",
         metadata=metadata or {},
         partition=partition,
         time_limit_minutes=2,
         cpus=cpus,
-        workdir=tmp_path,
+        workdir=jobdir,
     )
 
 
@@ -145,11 +170,11 @@ def node_cpus(node: str) -> int:
 
 
 def test_pinned_job_completes_and_stays_in_accounting(
-    slurm: SlurmScheduler, runner: RecordingRunner, tmp_path: Path
+    slurm: SlurmScheduler, runner: RecordingRunner, jobdir: Path
 ) -> None:
     since = datetime.now(UTC)
     metadata = {"user": "alice", "request_id": "r-test-1", "target": "alice/nb:v1 x|y"}
-    save = job(tmp_path, "complete", "sleep 1", "n2", metadata=metadata)
+    save = job(jobdir, "complete", "sleep 1", "n2", metadata=metadata)
     job_id = slurm.submit(save)
     record = wait_state(slurm, job_id, since, {s for s in JobState if s.final}, 180)
     assert record.state is JobState.COMPLETED, record
@@ -158,7 +183,7 @@ def test_pinned_job_completes_and_stays_in_accounting(
     assert record.start_time is not None and record.end_time is not None
     assert record.start_time.tzinfo is not None
     assert abs(record.start_time - datetime.now(UTC)) < timedelta(minutes=2)
-    assert (tmp_path / "complete.out").read_text().strip() == "ran on n2"
+    assert (jobdir / "complete.out").read_text().strip() == "ran on n2"
 
     wait_for(f"job {job_id} to leave squeue (MinJobAge)", lambda: left_squeue(job_id), 120, 2)
     squeues = runner.ran("squeue")
@@ -168,14 +193,14 @@ def test_pinned_job_completes_and_stays_in_accounting(
     assert later.node == "n2" and later.end_time == record.end_time
 
 
-def test_cancel_a_running_job(slurm: SlurmScheduler, tmp_path: Path, to_cancel: list[str]) -> None:
+def test_cancel_a_running_job(slurm: SlurmScheduler, jobdir: Path, to_cancel: list[str]) -> None:
     since = datetime.now(UTC)
-    job_id = slurm.submit(job(tmp_path, "cancel", "sleep 60", "n1", metadata={"k": "v"}))
+    job_id = slurm.submit(job(jobdir, "cancel", "sleep 60", "n1", metadata={"k": "v"}))
     to_cancel.append(job_id)
     # generous: other engineers' load tests may fill the imgsave partition for a while
     running = wait_state(slurm, job_id, since, {JobState.RUNNING}, 180)
     assert running.metadata == {"k": "v"}  # from squeue: sacct has no comment yet
-    assert slurm.node_of_job(job_id) == ("n1", "root")
+    assert slurm.node_of_job(job_id) == ("n1", USER)
     slurm.cancel(job_id)
     record = wait_state(slurm, job_id, since, {JobState.CANCELLED}, 60)
     assert record.raw_state.startswith("CANCELLED")
@@ -184,23 +209,23 @@ def test_cancel_a_running_job(slurm: SlurmScheduler, tmp_path: Path, to_cancel: 
 
 
 def test_unknown_node_is_refused_before_sbatch(
-    slurm: SlurmScheduler, runner: RecordingRunner, tmp_path: Path
+    slurm: SlurmScheduler, runner: RecordingRunner, jobdir: Path
 ) -> None:
     with pytest.raises(NotFound, match=r"node n9 is not a node .*\(known: n1, n2\)"):
-        slurm.submit(job(tmp_path, "nonode", "true", "n9"))
+        slurm.submit(job(jobdir, "nonode", "true", "n9"))
     assert runner.ran("sbatch") == 0
 
 
-def test_sbatch_failure_surfaces_stderr(slurm: SlurmScheduler, tmp_path: Path) -> None:
+def test_sbatch_failure_surfaces_stderr(slurm: SlurmScheduler, jobdir: Path) -> None:
     with pytest.raises(SchedulerError, match="invalid partition specified: nosuchpart"):
-        slurm.submit(job(tmp_path, "badpart", "true", "n1", partition="nosuchpart"))
+        slurm.submit(job(jobdir, "badpart", "true", "n1", partition="nosuchpart"))
 
 
 def test_failing_sacct_means_unknown(
-    slurm: SlurmScheduler, tmp_path: Path, to_cancel: list[str]
+    slurm: SlurmScheduler, jobdir: Path, to_cancel: list[str]
 ) -> None:
     since = datetime.now(UTC)
-    job_id = slurm.submit(job(tmp_path, "nosacct", "sleep 30", "n2"))
+    job_id = slurm.submit(job(jobdir, "nosacct", "sleep 30", "n2"))
     to_cancel.append(job_id)
     broken = SlurmScheduler(runner=RecordingRunner(fail_on="sacct"))
     record = state_of(broken, job_id, since)
@@ -209,7 +234,7 @@ def test_failing_sacct_means_unknown(
 
 
 def test_save_job_starts_beside_a_job_filling_the_user_partition(
-    slurm: SlurmScheduler, tmp_path: Path, to_cancel: list[str]
+    slurm: SlurmScheduler, jobdir: Path, to_cancel: list[str]
 ) -> None:
     """The busy-node requirement: n1's batch share is full, a save on n1 still starts."""
     # Measure with the save CPU otherwise free: wait out other engineers' queued saves.
@@ -217,15 +242,15 @@ def test_save_job_starts_beside_a_job_filling_the_user_partition(
     since = datetime.now(UTC)
     user_share = max(node_cpus("n1") - 1, 1)  # batch's MaxCPUsPerNode
     blocker = slurm.submit(
-        job(tmp_path, "blocker", "sleep 60", "n1", partition="batch", cpus=user_share)
+        job(jobdir, "blocker", "sleep 60", "n1", partition="batch", cpus=user_share)
     )
     to_cancel.append(blocker)
     wait_state(slurm, blocker, since, {JobState.RUNNING}, 180)
 
     # control: another batch job on n1 cannot start now
-    other = slurm.submit(job(tmp_path, "queued", "true", "n1", partition="batch"))
+    other = slurm.submit(job(jobdir, "queued", "true", "n1", partition="batch"))
     to_cancel.append(other)
-    save_id = slurm.submit(job(tmp_path, "save", "sleep 1", "n1"))
+    save_id = slurm.submit(job(jobdir, "save", "sleep 1", "n1"))
     to_cancel.append(save_id)
     started = wait_state(
         slurm, save_id, since, {JobState.RUNNING, JobState.COMPLETING, JobState.COMPLETED}, 60
