@@ -143,6 +143,8 @@ def _formats(value: str) -> tuple[ImageFormat, ...]:
 def submit(obj: Context, container: str, target: str, node: str, job_id: str,
            formats: str, category: str) -> None:
     """Save CONTAINER as TARGET (name:tag) with a job pinned to its node."""
+    # the spool's files and the job's output (sbatch passes its umask on) are yours alone
+    os.umask(0o077)
     request = SaveRequest(
         user=obj.user, container=container, target=target, formats=_formats(formats),
         category=category, node=node, job_id=job_id,

@@ -60,10 +60,11 @@ def human_seconds(value: float | None) -> str:
 
 def failures_text(row: Mapping[str, Any]) -> str:
     """``cancelled 2, engine 1``: the failure reasons of a row (its ``failed_REASON``
-    fields) that occurred, most frequent first."""
+    fields) that occurred, most frequent first, ties by name (the same text whatever
+    order the row's keys came in, e.g. sorted by a JSON round trip)."""
     found = [(n, key.removeprefix("failed_")) for key, n in row.items()
              if key.startswith("failed_") and n]  # fmt: skip
-    found.sort(key=lambda pair: -pair[0])
+    found.sort(key=lambda pair: (-pair[0], pair[1]))
     return ", ".join(f"{reason} {n}" for n, reason in found)
 
 

@@ -166,8 +166,6 @@ class SaveService:
         if self.registry_check is not None:
             self.registry_check(request.user)  # a registry down or full fails now
         request_id = uuid.uuid4().hex
-        # spool files, and the job's output (sbatch passes the umask on), are ours alone
-        os.umask(0o077)
         spool = self._own_spool()
         workdir = spool_dir_for(spool, request_id)
         spec = SaveSpec(
@@ -182,10 +180,11 @@ class SaveService:
             created=datetime.now(UTC).isoformat(timespec="seconds"),
         )
         workdir.mkdir(mode=0o700)
-        (workdir / SPEC_FILE).write_text(spec.to_json())
+        workdir.chmod(0o700)  # whatever the umask
+        _write_private(workdir / SPEC_FILE, spec.to_json(), 0o600)
         script = workdir / SCRIPT_FILE
-        script.write_text(render_job_script(workdir / SPEC_FILE, self.python, request_id))
-        script.chmod(0o700)
+        _write_private(script, render_job_script(workdir / SPEC_FILE, self.python, request_id),
+                       0o700)
         EventLog(workdir / EVENTS_FILE).emit(ProgressEvent(Stage.QUEUED, message="submitting"))
         job = BatchJob(
             name=f"{JOB_NAME_PREFIX}-{request.user}",
@@ -217,7 +216,9 @@ class SaveService:
     def _own_spool(self) -> Path:
         """This account's spool, created 0700; refused if it is not ours alone."""
         try:
-            self.spool.mkdir(mode=0o700, parents=True, exist_ok=True)
+            if not self.spool.exists():
+                self.spool.mkdir(mode=0o700, parents=True)
+                self.spool.chmod(0o700)
             info = self.spool.lstat()
         except OSError as e:
             raise SchedulerError(f"cannot create your spool {self.spool}: {e.strerror}") from e
@@ -420,6 +421,7 @@ def _metadata(spec: SaveSpec) -> dict[str, str]:
         "target": spec.target,
         "formats": ",".join(f.value for f in spec.formats),
         "category": spec.category,
+        "node": spec.node,  # the node it is pinned to, for reports of jobs that never ran
     }
 
 
@@ -437,6 +439,14 @@ def _default_python() -> str:
     import sys
 
     return sys.executable
+
+
+def _write_private(path: Path, text: str, mode: int) -> None:
+    """A new file of ours alone (never through a link)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    os.chmod(path, mode)
 
 
 def _remove_tree(path: Path) -> None:

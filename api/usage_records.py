@@ -141,7 +141,7 @@ def request_of(record: JobRecord, spool: SpoolReader) -> tuple[dict[str, str], s
             "category": spec.category,
             "target": spec.target,
         }
-    node = record.node
+    node = record.node or meta.get("node", "")
     if not node:  # never ran (cancelled while pending): the node it was pinned to
         spec = spec or spool.spec_for_job(record.job_id, record.user)
         node = spec.node if spec is not None else ""

@@ -193,7 +193,7 @@ def read_result(path: Path) -> SaveResult | None:
     try:
         return SaveResult.from_json(text)
     except (ValueError, KeyError, TypeError) as e:
-        log.warning("ignoring %s: not a save result (%s)", path, e)
+        log.info("ignoring %s: not a save result (%s)", path, e)
         return None
 
 
@@ -207,10 +207,12 @@ def read_spool_text(path: Path) -> str | None:
     except FileNotFoundError:
         return None
     except OSError as e:
-        log.warning("cannot read %s: %s", path, e.strerror)
+        # the owner's own business (a link they made); status then comes from the
+        # scheduler alone. Not a warning: it would print on every status of theirs.
+        log.info("cannot read %s: %s", path, e.strerror)
         return None
     with os.fdopen(fd, "rb") as fh:
         if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
-            log.warning("ignoring %s: not a regular file", path)
+            log.info("ignoring %s: not a regular file", path)
             return None
         return fh.read(MAX_SPOOL_FILE_BYTES).decode("utf-8", errors="replace")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -107,11 +108,26 @@ def write_metadata_file(script: Path, metadata: Mapping[str, str]) -> Path:
     return path
 
 
+MAX_METADATA_BYTES = 64 * 1024
+
+
 def read_metadata_file(script: Path | None) -> dict[str, str]:
-    """Metadata stored beside ``script``; ``{}`` when there is none or it is unreadable."""
+    """Metadata stored beside ``script``; ``{}`` when there is none or it is unreadable.
+
+    The file is in the job owner's spool and may be read by root (the node's privileged
+    entry asks whose job it is): never through a symlink, only a regular file, bounded.
+    Whose the job is comes from ``Job_Owner``, never from this file."""
     if script is None:
         return {}
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK
     try:
-        return decode_metadata((script.parent / METADATA_FILE).read_text(encoding="utf-8"))
+        fd = os.open(script.parent / METADATA_FILE, flags)
+    except OSError:
+        return {}
+    try:
+        with os.fdopen(fd, "rb") as fh:
+            if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+                return {}
+            return decode_metadata(fh.read(MAX_METADATA_BYTES).decode("utf-8"))
     except (OSError, UnicodeDecodeError):
         return {}

@@ -62,7 +62,7 @@ install_packages() {
 
 install_users() {
     local u
-    for u in alice bob; do
+    for u in alice bob dana; do  # dana: the portal browser test's own user
         id "$u" >/dev/null 2>&1 || useradd --create-home --shell /bin/bash "$u"
     done
     # the portal's service account (imgsave serve, its tokens database); never root
@@ -85,7 +85,8 @@ install_runtime() {  # /opt/imgsave/venv: what users, the service and the node e
         say "creating $RUNTIME/venv on /usr/bin/python3"
         mkdir -p "$RUNTIME"
         /usr/bin/python3 -m venv "$RUNTIME/venv"
-        "$RUNTIME/venv/bin/pip" install -q --upgrade pip >/dev/null
+        "$RUNTIME/venv/bin/pip" install -q --upgrade pip >"$LOGS/runtime-install.log" 2>&1 ||
+            { cat "$LOGS/runtime-install.log" >&2; return 1; }
     fi
     want=$(source_stamp)
     stamp="$RUNTIME/venv/.imgsave-source"
@@ -95,8 +96,12 @@ install_runtime() {  # /opt/imgsave/venv: what users, the service and the node e
         build=$(mktemp -d)
         (cd "$HERE/.." && tar -c --exclude=__pycache__ api builder_jobs registry \
             scheduler_glue site_configs pyproject.toml README.md) | tar -x -C "$build"
-        "$RUNTIME/venv/bin/pip" install -q "$build" >/dev/null
-        "$RUNTIME/venv/bin/pip" install -q --no-deps --force-reinstall "$build" >/dev/null
+        if ! { "$RUNTIME/venv/bin/pip" install -q "$build" &&
+               "$RUNTIME/venv/bin/pip" install -q --no-deps --force-reinstall "$build"; } \
+               >"$LOGS/runtime-install.log" 2>&1; then
+            cat "$LOGS/runtime-install.log" >&2
+            return 1
+        fi
         rm -rf "$build"
         echo "$want" >"$stamp"
     fi
@@ -181,7 +186,7 @@ start_slurmdbd() {
     local u
     sacctmgr -n -P list account imgsave | grep -q imgsave ||
         sacctmgr -i add account imgsave Description=imgsave Organization=local >/dev/null
-    for u in root alice bob "$SERVICE_ACCOUNT"; do
+    for u in root alice bob dana "$SERVICE_ACCOUNT"; do
         sacctmgr -n -P list user "$u" | grep -q . ||
             sacctmgr -i add user "$u" Account=imgsave >/dev/null
     done

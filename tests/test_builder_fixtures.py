@@ -125,7 +125,8 @@ def shared_sif_root(directory: Path) -> Path:
 
 def _make_sif_root(directory: Path) -> Path:
     root = shared_sif_root(directory)
-    root.mkdir(mode=0o755, exist_ok=True)
+    root.mkdir(exist_ok=True)
+    root.chmod(0o755)
     for user in ("alice", "bob"):
         entry = pwd.getpwnam(user)
         mine = root / user

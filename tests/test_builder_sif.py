@@ -140,7 +140,8 @@ def test_a_symlink_to_a_root_directory_gets_the_kernels_refusal() -> None:
     base = _shared_dir()
     try:
         victim = base / "victim"
-        victim.mkdir(mode=0o755)
+        victim.mkdir()
+        victim.chmod(0o755)
         home = base / "bob"
         home.mkdir()
         os.chown(home, bob.pw_uid, bob.pw_gid)

@@ -11,20 +11,18 @@ docs/img/ with IMGSAVE_UPDATE_SCREENSHOTS=1.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
-import threading
-from collections.abc import Iterator
+import subprocess
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from flask import Flask
 from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
-from waitress.server import create_server
 
-from api.app import create_app
-from tests.api_support import make_token
 from tests.cluster_helpers import TOP, registry_tags, require_cluster, session_container, unique
+from tests.test_api_serve import served  # noqa: F401 - the running-server fixture
 
 pytestmark = pytest.mark.cluster
 
@@ -34,7 +32,8 @@ DOCS_IMG = TOP / "docs" / "img"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync"]
 SAVE_TIMEOUT_MS = 180_000
-# A user of its own, so the screenshots show this test's session and image only.
+# A user of its own (scripts/cluster.sh makes it), so the screenshots show this test's
+# session and image only.
 USER = "dana"
 ADMIN = "root"  # the usage page: an imgsave admin by token (`imgsave token create --admin`)
 
@@ -46,20 +45,20 @@ def free_port() -> int:
 
 
 @pytest.fixture
-def portal(tmp_path: Path) -> Iterator[tuple[str, Flask]]:
-    """The app from site_configs/local.toml under waitress, in a thread; its base URL."""
+def portal(served: tuple[str, list[str], dict[str, str]]  # noqa: F811
+           ) -> Iterator[tuple[str, Callable[..., str]]]:
+    """``imgsave serve`` as the portal's service account (site_configs/local.toml); its
+    base URL and a maker of tokens (``imgsave token create`` as that account)."""
     require_cluster()
-    app = create_app({"INSTANCE_DIR": str(tmp_path),
-                      "DATABASE_URL": f"sqlite:///{tmp_path / 'api.db'}"})
-    port = free_port()
-    server = create_server(app, host="127.0.0.1", port=port, threads=4)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{port}", app
-    finally:
-        server.close()
-        thread.join(timeout=10)
+    url, argv, env = served
+
+    def make_token(user: str, *, admin: bool = False) -> str:
+        made = subprocess.run([*argv, "--json", "token", "create", user,
+                               *(["--admin"] if admin else [])], env=env,
+                              capture_output=True, text=True, check=True, timeout=60)
+        return str(json.loads(made.stdout)["token"])
+
+    yield url, make_token
 
 
 @pytest.fixture
@@ -89,10 +88,10 @@ def shot(page: Page, folder: Path, name: str, part: Locator | None = None) -> No
 
 
 def test_save_a_session_from_the_portal(
-    portal: tuple[str, Flask], browser: Browser, screenshots: Path
+    portal: tuple[str, Callable[..., str]], browser: Browser, screenshots: Path
 ) -> None:
-    base, app = portal
-    token = make_token(app, USER)
+    base, make_token = portal
+    token = make_token(USER)
     name = unique("portal")
     context = browser.new_context(viewport={"width": 1200, "height": 900})
     context.grant_permissions(["clipboard-read", "clipboard-write"], origin=base)
@@ -161,12 +160,12 @@ def test_save_a_session_from_the_portal(
 
 
 def test_the_admin_opens_the_usage_page(
-    portal: tuple[str, Flask], browser: Browser, screenshots: Path
+    portal: tuple[str, Callable[..., str]], browser: Browser, screenshots: Path
 ) -> None:
     """From the main page's Usage card to the report of every user, grouped by node and
     outcome from the form: the table of the cluster's real saves, and the chart loaded."""
-    base, app = portal
-    token = make_token(app, ADMIN, admin=True)
+    base, make_token = portal
+    token = make_token(ADMIN, admin=True)
     context = browser.new_context(viewport={"width": 1200, "height": 900})
     page = context.new_page()
     errors: list[str] = []
@@ -197,7 +196,7 @@ def test_the_admin_opens_the_usage_page(
 
     denied = browser.new_context().new_page()  # someone who is not an admin
     denied.goto(base + "/")
-    denied.get_by_label("API token").fill(make_token(app, USER))
+    denied.get_by_label("API token").fill(make_token(USER))
     denied.get_by_role("button", name="Log in").click()
     expect(denied.get_by_role("link", name="Usage of every user")).to_have_count(0)
     response = denied.goto(base + "/usage")

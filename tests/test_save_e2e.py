@@ -140,8 +140,8 @@ def test_status_comes_from_accounting_after_the_job_leaves_squeue() -> None:
     assert status.state is JobState.COMPLETED
     assert status.node == "n2"
     assert status.end_time is not None and status.start_time is not None
-    queue = s.saves.queue("alice")
-    assert job in [q.job_id for q in queue]
+    queue = json.loads(imgsave_as("alice", "--json", "queue").stdout)  # as alice herself
+    assert job in [row["job_id"] for row in queue]
 
 
 def _jobs_mentioning(text: str) -> list[str]:
