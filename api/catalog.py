@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+from builder_jobs.base_image import CACHE_TAG_PREFIX
 from registry.harbor import HarborClient
 from registry.oci import RegistryClient
 from registry.refs import ImageRef, host_of, target_for_user, user_namespace
@@ -12,6 +13,11 @@ from site_configs.errors import NotFound
 from site_configs.schema import SiteConfig
 
 SIF_CONFIG_MEDIA_TYPE = "application/vnd.sylabs.sif.config.v1+json"
+
+
+def is_helper_tag(tag: str) -> bool:
+    """Tags a save makes for itself (the base image pushed once), never the user's."""
+    return tag.startswith(CACHE_TAG_PREFIX)
 
 
 @dataclass(frozen=True)
@@ -65,6 +71,8 @@ class ImageCatalog:
             if not repository.startswith(prefix):
                 continue
             for tag in sorted(self.client.list_tags(repository)):
+                if is_helper_tag(tag):
+                    continue  # a save's own base-image tag, not an image of the user's
                 info = self.client.manifest(repository, tag)
                 if info is None:
                     continue  # deleted between the listing and now
@@ -114,7 +122,7 @@ class HarborCatalog:
         return [
             ImageInfo(i.repository, i.tag, i.digest, i.size_bytes, i.created, i.format,
                       i.category, i.reference)
-            for i in found
+            for i in found if not is_helper_tag(i.tag)
         ]
 
     def delete(self, user: str, name_tag: str) -> str:

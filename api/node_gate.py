@@ -33,8 +33,10 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from builder_jobs.engines import ContainerInfo, engine_for, temporary_image
 from builder_jobs.events import EventStream, FailureKind, ProgressEvent, SaveResult, Stage
 from builder_jobs.failures import SaveFailed
+from builder_jobs.node_guard import GuardedRunner, JobGuard, container_lock, record_path
 from builder_jobs.node_save import SaveRun, report_exit, save
 from builder_jobs.spec import SaveSpec
 from scheduler_glue import make_scheduler
@@ -42,6 +44,7 @@ from scheduler_glue.base import JobRecord, Scheduler
 from scheduler_glue.metadata import requester_of
 from scheduler_glue.states import JobState
 from site_configs.errors import ImgsaveError
+from site_configs.runner import run_command
 from site_configs.schema import ImageFormat, SiteConfig, load_site_config
 
 log = logging.getLogger("api.node_gate")
@@ -185,10 +188,38 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"imgsave-node-save: {message}", file=sys.stderr)
         return REFUSED
     log.info("job %s: saving %s for %s", args[1], spec.container, spec.user)
-    run = SaveRun(spec=spec, site=config, events=events, env={}, job_id_known=args[1])
-    result = save(run)
+    state_dir = Path(config.node.state_dir)
+    engine = engine_for(config.engine)
+    # what the epilog undoes if this process dies outright (builder_jobs/node_guard.py)
+    guard = JobGuard(record_path(state_dir, args[1]), spec.request_id, cleanup=[
+        engine.rmi(engine.local_names_after_push(temporary_image(spec.request_id), spec.target))
+    ])
+    guard.write()
+    run = SaveRun(spec=spec, site=config, events=events, env={}, job_id_known=args[1],
+                  runner=GuardedRunner(run_command, guard, engine.base),
+                  located=lambda info: _lock_container(state_dir, info))
+    try:
+        result = save(run)
+    finally:
+        guard.clear()  # ended on its own, cleaned up: nothing left for the epilog
     events.finish(result)
     return report_exit(result)
+
+
+_HELD_LOCKS: list[int] = []  # kept open for the process's life
+
+
+def _lock_container(state_dir: Path, info: ContainerInfo) -> None:
+    """One save of a container at a time on this node; a second is refused at once."""
+    try:
+        _HELD_LOCKS.append(container_lock(state_dir, info.id))
+    except BlockingIOError as e:
+        raise SaveFailed(
+            FailureKind.BUSY,
+            f"container {info.name} is already being saved by another job; "
+            "try again when that save has ended",
+            retryable=True,
+        ) from e
 
 
 if __name__ == "__main__":

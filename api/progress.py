@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pwd
+import signal
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -195,14 +197,43 @@ def _stage_and_reason(
     if result is not None and not result.ok:
         return Stage.FAILED, result.error
     if state in _FINAL_REASONS:
-        return Stage.FAILED, _FINAL_REASONS[state]
+        return Stage.FAILED, _FINAL_REASONS[state] + _by_whom(record)
     if state is JobState.COMPLETED:
         return Stage.FAILED, "the save job ended without writing a result"
-    exit_code = record.exit_code if record else None
-    return Stage.FAILED, (
-        f"the save job failed (exit code {exit_code}) before writing a result; "
-        "see job.out in the spool"
-    )
+    return Stage.FAILED, _died(record)
+
+
+def _died(record: JobRecord | None) -> str:
+    """Why a job that wrote no result ended, in the scheduler's own words where it has
+    them (a signal, who cancelled), for CLI, API, portal and reports alike."""
+    if record is None:
+        return "the save job ended without writing a result"
+    if record.signal:
+        name = _signal_name(record.signal)
+        return (f"the save job was killed by signal {record.signal} ({name}) before "
+                "writing a result; see job.out in the spool")  # fmt: skip
+    detail = f" ({record.raw_state})" if record.raw_state and " by " in record.raw_state else ""
+    return (f"the save job failed (exit code {record.exit_code}){detail} before writing "
+            "a result; see job.out in the spool")  # fmt: skip
+
+
+def _by_whom(record: JobRecord | None) -> str:
+    """`` by alice`` from Slurm's ``CANCELLED by 1001`` (a uid), else ""."""
+    raw = record.raw_state if record else ""
+    _, by, who = raw.partition(" by ")
+    if not by or not who.strip().isdigit():
+        return ""
+    try:
+        return f" by {pwd.getpwuid(int(who)).pw_name}"
+    except KeyError:
+        return f" by uid {who.strip()}"
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return "unknown signal"
 
 
 def _percent(stage: Stage, last: ProgressEvent) -> int:

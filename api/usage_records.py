@@ -58,6 +58,7 @@ _FROM_FAILURE: Mapping[FailureKind, str] = {
     FailureKind.ENGINE: "engine",
     FailureKind.SIZE_LIMIT: "size_limit",
     FailureKind.INVALID: "other",
+    FailureKind.BUSY: "other",
     FailureKind.INTERNAL: "other",
 }
 

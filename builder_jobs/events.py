@@ -47,6 +47,7 @@ class FailureKind(enum.Enum):
     REGISTRY = "registry"
     SIZE_LIMIT = "size_limit"
     INVALID = "invalid"
+    BUSY = "busy"  # another save of the same container is running
     INTERNAL = "internal"
 
 

@@ -20,7 +20,7 @@ import pwd
 import signal
 import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -74,6 +74,9 @@ class SaveRun:
     env: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
     seconds: dict[str, float] = field(default_factory=dict)
     job_id_known: str = ""  # the job id, when the caller learnt it from the scheduler
+    # called with the container once found and its owner checked, before anything is
+    # paused or made (the privileged entry takes the node's lock on it here)
+    located: Callable[[ContainerInfo], None] | None = None
 
     def __post_init__(self) -> None:
         self.engine: Engine = engine_for(self.site.engine)
@@ -292,6 +295,8 @@ def save(run: SaveRun) -> SaveResult:
     try:
         with run.stage(Stage.LOCATING, f"looking for {run.spec.container} on {run.node}"):
             info = locate(run)
+            if run.located is not None:
+                run.located(info)
             run.target_ref = ref = resolve_target(run)
             targets = open_targets(run, ref, want_oci, want_sif)
         if want_oci:

@@ -120,6 +120,12 @@ install_entry() {  # the node's one privileged entry and its sudoers rule
     visudo -cqf /etc/sudoers.d/imgsave.new
     mv /etc/sudoers.d/imgsave.new /etc/sudoers.d/imgsave
     mkdir -p /var/lib/imgsave-node && chmod 0700 /var/lib/imgsave-node
+    # the epilog that resumes a container whose save was killed outright (slurm.conf)
+    sed -e "s|@PYTHON@|$RUNTIME/venv/bin/python|" -e "s|@STATE_DIR@|/var/lib/imgsave-node|g" \
+        "$HERE/../site_configs/deploy/imgsave-epilog.in" >/usr/local/sbin/imgsave-epilog.new
+    chown root:root /usr/local/sbin/imgsave-epilog.new
+    chmod 0755 /usr/local/sbin/imgsave-epilog.new
+    mv /usr/local/sbin/imgsave-epilog.new /usr/local/sbin/imgsave-epilog
     # the local cluster's session locator for the portal's service account (read-only)
     install -o root -g root -m 0755 "$TEMPLATES/imgsave-local-sessions" \
         /usr/local/sbin/imgsave-local-sessions
@@ -141,7 +147,11 @@ install_configs() {
     mem=$(($(awk '/MemTotal/ {print $2}' /proc/meminfo) / 1024 / 2))
     sed -e "s|@HOST@|$(hostname)|g" -e "s|@STATE@|$STATE|g" -e "s|@RUN@|$RUN|g" \
         -e "s|@LOGS@|$LOGS|g" -e "s|@CPUS@|$cpus|g" -e "s|@USERCPUS@|$((cpus > 1 ? cpus - 1 : 1))|g" \
-        -e "s|@MEM@|$mem|g" "$TEMPLATES/slurm.conf.in" >/etc/slurm/slurm.conf
+        -e "s|@MEM@|$mem|g" "$TEMPLATES/slurm.conf.in" >/etc/slurm/slurm.conf.new
+    if ! cmp -s /etc/slurm/slurm.conf.new /etc/slurm/slurm.conf; then
+        SLURM_CONF_CHANGED=1  # running daemons re-read it (cmd_up)
+    fi
+    mv /etc/slurm/slurm.conf.new /etc/slurm/slurm.conf
     sed -e "s|@RUN@|$RUN|g" -e "s|@LOGS@|$LOGS|g" "$TEMPLATES/slurmdbd.conf.in" >/etc/slurm/slurmdbd.conf
     chmod 600 /etc/slurm/slurmdbd.conf
     install -m 644 "$TEMPLATES/containers.conf" /etc/containers/containers.conf
@@ -281,6 +291,8 @@ session() {  # session NODE USER NAME [extra podman run args...]
         --network none "$@" "$BASE_IMAGE" sleep infinity
 }
 
+SLURM_CONF_CHANGED=0
+
 cmd_up() {
     install_packages
     install_users
@@ -292,6 +304,10 @@ cmd_up() {
     start_slurmdbd
     start_slurmctld
     start_nodes
+    if [ "$SLURM_CONF_CHANGED" = 1 ]; then
+        say "slurm.conf changed: scontrol reconfigure"
+        scontrol reconfigure
+    fi
     start_registry
     say "up: $(sinfo -h -o '%P %D %t' | tr '\n' ' ')"
 }

@@ -257,7 +257,7 @@ def test_cancel_a_queued_save() -> None:
         imgsave_as("alice", "cancel", job)
         status = wait_final(s, job, "alice", timeout=60)
         assert status.state is JobState.CANCELLED
-        assert status.reason == "the save job was cancelled"
+        assert status.reason == "the save job was cancelled by alice"  # who, from accounting
     finally:
         subprocess.run(["scancel", blocker], check=False)
 

@@ -1,0 +1,211 @@
+"""Faults injected on the real local cluster (issue 11): a save that dies outright, two
+saves of one container, helper tags, cancelled saves. Each asserts what the user sees
+and that nothing is left behind: no paused container, no temporary image, no record.
+Saves are submitted by alice herself; see docs/faults.md for the table.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from builder_jobs.events import Stage
+from builder_jobs.node_guard import JobGuard, lock_path, record_path
+from scheduler_glue.states import JobState
+from tests.cluster_helpers import (
+    CLUSTER,
+    REGISTRY,
+    as_user,
+    imgsave_as,
+    job_state,
+    node_exec,
+    require_cluster,
+    session_container,
+    site,
+    submit_as,
+    unique,
+    wait_final,
+)
+
+pytestmark = pytest.mark.cluster
+STATE_DIR = Path("/var/lib/imgsave-node")
+PODMAN = ["podman", "--runtime", "runc", "--cgroup-manager", "cgroupfs"]  # local.toml's
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _cluster() -> None:
+    require_cluster()
+
+
+def container_state(node: str, name: str) -> str:
+    out = node_exec(node, "podman", "inspect", "-f", "{{.State.Status}}", name, check=False)
+    return out.stdout.strip()
+
+
+def container_id(node: str, name: str) -> str:
+    return node_exec(node, "podman", "inspect", "-f", "{{.Id}}", name).stdout.strip()
+
+
+def local_images(node: str, pattern: str) -> list[str]:
+    out = node_exec(node, "podman", "images", "--format", "{{.Repository}}:{{.Tag}}").stdout
+    return [line for line in out.splitlines() if pattern in line]
+
+
+def _fill(node: str, name: str, megabytes: int) -> None:
+    """An afternoon of installs: incompressible files, so the paused read takes a while."""
+    node_exec(node, "podman", "exec", name, "sh", "-c",
+              f"mkdir -p /opt/big && for i in $(seq 1 {megabytes // 10}); do "
+              "dd if=/dev/urandom of=/opt/big/f$i bs=1M count=10 2>/dev/null; done")
+
+
+def test_the_epilog_resumes_a_container_a_dead_save_left_paused() -> None:
+    """The record a killed save leaves, replayed by the real epilog inside node n1:
+    the container runs again, the temporary image is gone, so is the record."""
+    job = "990000" + str(os.getpid())
+    with session_container("n1", "alice") as name:
+        cid = container_id("n1", name)
+        temp = f"localhost/imgsave-tmp-{unique('x').replace('-', '')}:latest"
+        node_exec("n1", "podman", "tag", "localhost/imgsave-base:latest", temp)
+        node_exec("n1", "podman", "pause", name)
+        guard = JobGuard(record_path(STATE_DIR, job), "f" * 32,
+                         cleanup=[[*PODMAN, "rmi", temp]], unpause=[*PODMAN, "unpause", cid])
+        guard.write()
+        assert container_state("n1", name) == "paused"
+        done = subprocess.run([str(CLUSTER), "node-exec", "n1", "env", f"SLURM_JOB_ID={job}",
+                               "/usr/local/sbin/imgsave-epilog"], capture_output=True,
+                              text=True, timeout=120, check=False)
+        assert done.returncode == 0, done.stderr
+        assert container_state("n1", name) == "running"
+        assert local_images("n1", temp.split(":")[0].removeprefix("localhost/")) == []
+        assert not guard.path.exists()
+    # a job without a record: nothing to do, exit 0 (every job on the node runs it)
+    quiet = subprocess.run(["/usr/local/sbin/imgsave-epilog", "12345"], capture_output=True,
+                           text=True, timeout=30, check=False)
+    assert (quiet.returncode, quiet.stderr) == (0, "")
+
+
+def _wait_paused(node: str, name: str, seconds: float) -> bool:
+    """Until the save has the container paused (its 300 MB read takes a second or more)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if container_state(node, name) == "paused":
+            return True
+    return False
+
+
+def _entry_pid(job: str) -> int:
+    """The root entry's process for ``job`` (``python -I -m api.node_gate CONFIG JOB ID``)."""
+    out = subprocess.run(["pgrep", "-f", f"api.node_gate .* {job} "], capture_output=True,
+                         text=True, check=False).stdout.split()
+    assert out, f"no imgsave-node-save process for job {job}"
+    return int(out[0])
+
+
+@pytest.mark.parametrize("kill", ["the save process", "the whole job"])
+def test_a_save_killed_outright_never_leaves_the_container_paused(kill: str) -> None:
+    """SIGKILL while the save reads the paused container, to the root entry alone (the
+    job then ends; the scheduler's epilog resumes the container) or to every process
+    of the job (the entry is told by the kernel that its parent died and cleans up;
+    the epilog covers what it cannot). Either way: the container runs, the save is
+    FAILED or CANCELLED with a reason, no temporary image, no record, no tag."""
+    s = site()
+    repo = unique("alice/killed")
+    with session_container("n1", "alice") as name:
+        _fill("n1", name, 300)
+        job = submit_as("alice", name, f"{repo}:v1", node="n1")
+        record = record_path(STATE_DIR, job)
+        deadline = time.monotonic() + 120
+        guarded = False
+        while time.monotonic() < deadline:
+            guard = JobGuard.load(record)
+            if guard is not None and guard.unpause:
+                guarded = True
+                break
+            if job_state(job) in ("COMPLETED", "FAILED"):
+                break
+            time.sleep(0.02)
+        assert guarded, "the save never recorded a pause before pausing"
+        paused_seen = _wait_paused("n1", name, seconds=5)
+        if kill == "the save process":
+            os.kill(_entry_pid(job), signal.SIGKILL)
+        else:
+            as_user("alice", "scancel", "--signal=KILL", "--full", job)
+        status = wait_final(s, job, "alice")
+        deadline = time.monotonic() + 60
+        while container_state("n1", name) != "running" and time.monotonic() < deadline:
+            time.sleep(0.5)  # the epilog runs as the job completes
+        assert container_state("n1", name) == "running"
+        assert not record.exists()
+    assert paused_seen, "the kill did not land while the container was paused"
+    assert status.state in (JobState.CANCELLED, JobState.FAILED)
+    assert status.stage is Stage.FAILED and status.reason, status
+    if kill == "the save process":
+        assert "signal 9" in status.reason, status.reason
+    assert requests.get(f"http://{REGISTRY}/v2/{repo}/tags/list",
+                        timeout=10).json().get("tags") in (None, [])
+    assert local_images("n1", status.request_id) == []
+
+
+def test_a_second_save_of_a_container_being_saved_is_refused_at_once() -> None:
+    """The node's lock on the container is held (as another save's entry holds it): the
+    save fails at once, says why, and the container is untouched; then it saves."""
+    s = site()
+    with session_container("n1", "alice") as name:
+        cid = container_id("n1", name)
+        path = lock_path(STATE_DIR, cid)
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            job = submit_as("alice", name, unique("alice/busy") + ":v1", node="n1")
+            status = wait_final(s, job, "alice")
+            assert status.state is JobState.FAILED
+            assert "already being saved by another job" in status.reason
+            assert status.result is not None and status.result.failure is not None
+            assert status.result.failure.value == "busy"
+            assert container_state("n1", name) == "running"
+        finally:
+            os.close(fd)
+        again = submit_as("alice", name, unique("alice/notbusy") + ":v1", node="n1")
+        assert wait_final(s, again, "alice").state is JobState.COMPLETED
+
+
+def test_helper_tags_are_never_listed_as_the_users_images() -> None:
+    """A save's own base tag (``imgsave-base-...``) stays out of ``imgsave images``."""
+    repo = unique("alice/helper")
+    with session_container("n1", "alice") as name:
+        job = submit_as("alice", name, f"{repo}:v1", node="n1")
+        wait_final(site(), job, "alice")
+    manifest = requests.get(f"http://{REGISTRY}/v2/{repo}/manifests/v1", timeout=10, headers={
+        "Accept": "application/vnd.oci.image.manifest.v1+json"})
+    planted = requests.put(f"http://{REGISTRY}/v2/{repo}/manifests/imgsave-base-0123abcd",
+                           data=manifest.content, timeout=10,
+                           headers={"Content-Type": manifest.headers["Content-Type"]})
+    assert planted.status_code == 201
+    listed = json.loads(imgsave_as("alice", "--json", "images").stdout)
+    tags = {i["tag"] for i in listed if i["repository"] == repo}
+    assert tags == {"v1"}
+
+
+def test_a_cancelled_save_names_who_cancelled_it() -> None:
+    s = site()
+    cpus = os.cpu_count() or 1
+    blocker = as_user("bob", "sbatch", "--parsable", "-p", "imgsave", "-w", "n2", "-c",
+                      str(cpus), "-o", "/dev/null", "--wrap", "sleep 60").stdout.strip()
+    try:
+        job = submit_as("alice", "jupyter-x", unique("alice/who") + ":v1", node="n2")
+        imgsave_as("alice", "cancel", job)
+        status = wait_final(s, job, "alice", timeout=60)
+        assert status.reason == "the save job was cancelled by alice"
+        shown = imgsave_as("alice", "status", job)
+        assert "cancelled by alice" in shown.stdout
+    finally:
+        subprocess.run(["scancel", blocker], check=False)
