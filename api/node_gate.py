@@ -191,9 +191,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     state_dir = Path(config.node.state_dir)
     engine = engine_for(config.engine)
     # what the epilog undoes if this process dies outright (builder_jobs/node_guard.py)
-    guard = JobGuard(record_path(state_dir, args[1]), spec.request_id, cleanup=[
-        engine.rmi(engine.local_names_after_push(temporary_image(spec.request_id), spec.target))
-    ])
+    names = engine.local_names_after_push(temporary_image(spec.request_id), spec.target)
+    guard = JobGuard(record_path(state_dir, args[1]), spec.request_id,
+                     cleanup=[engine.rmi([name]) for name in names])  # one each: any may be gone
     guard.write()
     run = SaveRun(spec=spec, site=config, events=events, env={}, job_id_known=args[1],
                   runner=GuardedRunner(run_command, guard, engine.base),

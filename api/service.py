@@ -7,12 +7,14 @@ status back from the scheduler's accounting joined with the spool's events and r
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import re
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -162,11 +164,19 @@ class SaveService:
         target, formats = self.validate(request)
         self.check_submitter(request.user)
         node = self.resolve_node(request, admin=admin)
-        self._check_in_flight(request.user)
-        if self.registry_check is not None:
-            self.registry_check(request.user)  # a registry down or full fails now
-        request_id = uuid.uuid4().hex
         spool = self._own_spool()
+        # the in-flight check and the submit, one user's at a time (flock on a file in
+        # our own spool): 30 saves at once cannot all pass a limit of 8
+        with _submit_lock(spool, request.user):
+            self._check_in_flight(request.user)
+            if self.registry_check is not None:
+                self.registry_check(request.user)  # a registry down or full fails now
+            return self._submit_locked(request, target, formats, node, spool)
+
+    def _submit_locked(self, request: SaveRequest, target: ImageRef,
+                       formats: tuple[ImageFormat, ...], node: str,
+                       spool: Path) -> SubmittedSave:
+        request_id = uuid.uuid4().hex
         workdir = spool_dir_for(spool, request_id)
         spec = SaveSpec(
             request_id=request_id,
@@ -394,8 +404,13 @@ class SaveService:
         return statuses
 
     def cancel(self, job_id: str, user: str, *, admin: bool = False) -> None:
-        """Cancel a save the scheduler says is ``user``'s (or any, for an admin)."""
-        self.status([job_id], user, admin=admin)  # NotFound unless it is theirs
+        """Cancel a save the scheduler says is ``user``'s (or any, for an admin); one
+        that already ended is refused with its state (nothing was cancelled)."""
+        (status,) = self.status([job_id], user, admin=admin)  # NotFound unless theirs
+        if status.state.final:
+            raise InvalidRequest(
+                f"job {job_id} has already ended ({status.state.label}); nothing to cancel"
+            )
         self.scheduler.cancel(job_id)
 
 
@@ -439,6 +454,17 @@ def _default_python() -> str:
     import sys
 
     return sys.executable
+
+
+@contextmanager
+def _submit_lock(spool: Path, user: str) -> Iterator[None]:
+    path = spool / f".submit-{user}.lock"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def _write_private(path: Path, text: str, mode: int) -> None:

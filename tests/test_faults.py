@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -22,7 +23,9 @@ from builder_jobs.node_guard import JobGuard, lock_path, record_path
 from scheduler_glue.states import JobState
 from tests.cluster_helpers import (
     CLUSTER,
+    IMGSAVE,
     REGISTRY,
+    TOP,
     as_user,
     imgsave_as,
     job_state,
@@ -207,5 +210,46 @@ def test_a_cancelled_save_names_who_cancelled_it() -> None:
         assert status.reason == "the save job was cancelled by alice"
         shown = imgsave_as("alice", "status", job)
         assert "cancelled by alice" in shown.stdout
+    finally:
+        subprocess.run(["scancel", blocker], check=False)
+
+
+def test_cancel_of_a_finished_save_says_so_and_fails() -> None:
+    s = site()
+    with session_container("n1", "alice") as name:
+        job = submit_as("alice", name, unique("alice/ended") + ":v1", node="n1")
+        assert wait_final(s, job, "alice").state is JobState.COMPLETED
+    late = imgsave_as("alice", "cancel", job, check=False)
+    assert late.returncode == 1
+    assert f"job {job} has already ended (completed); nothing to cancel" in late.stderr
+    assert "Cancelled" not in late.stdout
+
+
+def test_saves_submitted_at_once_never_pass_the_limit(tmp_path: Path) -> None:
+    """Six submits at once with ``max_saves_in_flight_per_user = 2`` while n2 is busy:
+    exactly two jobs, four clear refusals (the check and the submit are one step)."""
+    text = (TOP / "site_configs" / "local.toml").read_text().replace(
+        "max_saves_in_flight_per_user = 8", "max_saves_in_flight_per_user = 2")
+    config = Path(tempfile.mkdtemp(prefix="imgsave-config-", dir="/tmp")) / "site.toml"
+    config.parent.chmod(0o755)
+    config.write_text(text)
+    config.chmod(0o644)
+    cpus = os.cpu_count() or 1
+    blocker = as_user("bob", "sbatch", "--parsable", "-p", "imgsave", "-w", "n2", "-c",
+                      str(cpus), "-o", "/dev/null", "--wrap", "sleep 120").stdout.strip()
+    marker = unique("burst")
+    try:
+        burst = [subprocess.Popen(
+            ["runuser", "-u", "alice", "--", IMGSAVE, "--config", str(config), "--json",
+             "submit", "jupyter-x", f"{marker}:v{i}", "--node", "n2"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd="/")
+            for i in range(6)]
+        outcomes = [(p.wait(timeout=120), *p.communicate()) for p in burst]
+        accepted = [json.loads(out)["job_id"] for code, out, _ in outcomes if code == 0]
+        refused = [err for code, _, err in outcomes if code != 0]
+        assert len(accepted) == 2, outcomes
+        assert len(refused) == 4 and all("allows 2 at a time" in e for e in refused), refused
+        for job in accepted:
+            imgsave_as("alice", "cancel", job)
     finally:
         subprocess.run(["scancel", blocker], check=False)
