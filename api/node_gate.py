@@ -29,10 +29,12 @@ import pwd
 import re
 import signal
 import sys
+import tempfile
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from builder_jobs import cancel
 from builder_jobs.engines import ContainerInfo, engine_for, temporary_image
 from builder_jobs.events import EventStream, FailureKind, ProgressEvent, SaveResult, Stage
 from builder_jobs.failures import SaveFailed
@@ -160,10 +162,6 @@ def _die_with_parent() -> None:
         log.warning("cannot ask to be stopped with the job (prctl)")
 
 
-def _cancelled(signum: int, frame: object) -> None:
-    raise SaveFailed(FailureKind.INTERNAL, f"the save job was cancelled (signal {signum})")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(stream=sys.stderr, level=logging.INFO,
@@ -177,7 +175,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return REFUSED
     os.umask(0o077)
     _die_with_parent()
-    signal.signal(signal.SIGTERM, _cancelled)  # scancel/qdel: clean up, then fail
+    signal.signal(signal.SIGTERM, cancel.on_signal)  # scancel/qdel: clean up, then fail
     try:
         config = load_site_config(args[0])
         spec = admit(config, args[1:], os.environ, make_scheduler(config.scheduler))
@@ -192,8 +190,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     engine = engine_for(config.engine)
     # what the epilog undoes if this process dies outright (builder_jobs/node_guard.py)
     names = engine.local_names_after_push(temporary_image(spec.request_id), spec.target)
-    guard = JobGuard(record_path(state_dir, args[1]), spec.request_id,
-                     cleanup=[engine.rmi([name]) for name in names])  # one each: any may be gone
+    cleanup = [engine.rmi([name]) for name in names]  # one each: any may be gone
+    # the SIF step's work directory (builder_jobs/sif.py), if it got that far
+    cleanup.append(["find", tempfile.gettempdir(), "-maxdepth", "1", "-name",
+                    f"imgsave-sif-{spec.request_id}-*", "-exec", "rm", "-rf", "{}", "+"])
+    guard = JobGuard(record_path(state_dir, args[1]), spec.request_id, cleanup=cleanup)
     guard.write()
     run = SaveRun(spec=spec, site=config, events=events, env={}, job_id_known=args[1],
                   runner=GuardedRunner(run_command, guard, engine.base),

@@ -165,9 +165,9 @@ class SaveService:
         self.check_submitter(request.user)
         node = self.resolve_node(request, admin=admin)
         spool = self._own_spool()
-        # the in-flight check and the submit, one user's at a time (flock on a file in
-        # our own spool): 30 saves at once cannot all pass a limit of 8
-        with _submit_lock(spool, request.user):
+        # the in-flight check and the submit as one step (flock on our own spool): 30
+        # saves at once cannot all pass a limit of 8
+        with _submit_lock(spool):
             self._check_in_flight(request.user)
             if self.registry_check is not None:
                 self.registry_check(request.user)  # a registry down or full fails now
@@ -457,9 +457,10 @@ def _default_python() -> str:
 
 
 @contextmanager
-def _submit_lock(spool: Path, user: str) -> Iterator[None]:
-    path = spool / f".submit-{user}.lock"
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+def _submit_lock(spool: Path) -> Iterator[None]:
+    """This account's submits one at a time: flock on the spool directory itself (no
+    file is made, so a refused request leaves nothing behind)."""
+    fd = os.open(spool, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import cast
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from builder_jobs import cancel
 from builder_jobs.layer_codecs import Codec
 from registry.oci import RegistryClient
 from registry.tokens import repository_scope
@@ -75,6 +76,8 @@ class _OnceBody:
             )
         self._used = True
         for chunk in self._chunks:
+            if cancel.requested.is_set():
+                return  # end the body cleanly: the upload can then be deleted
             self.hasher.update(chunk)
             self.size += len(chunk)
             if self._progress:
@@ -109,7 +112,9 @@ def push_layer(
     producer.start()
     body = _OnceBody(producer.chunks(), progress)
     try:
-        location = _patch(client, repository, location, body, scope)
+        with cancel.deferred():
+            location = _patch(client, repository, location, body, scope)
+        cancel.raise_if_requested()  # the upload ended early: delete it, then fail
         if producer.error is not None:
             raise producer.error
         digest = "sha256:" + body.hasher.hexdigest()

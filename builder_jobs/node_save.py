@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from builder_jobs import sif
+from builder_jobs import cancel, sif
 from builder_jobs.annotations import SaveProvenance
 from builder_jobs.engines import (
     ContainerInfo,
@@ -382,7 +382,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         print(_one_line(message), file=sys.stderr)
         return 2
-    signal.signal(signal.SIGTERM, _cancelled)  # scancel/qdel: clean up, then fail
+    signal.signal(signal.SIGTERM, cancel.on_signal)  # scancel/qdel: clean up, then fail
     result = save(run)
     run.events.finish(result)
     return report_exit(result)
@@ -395,10 +395,6 @@ def report_exit(result: SaveResult) -> int:
         return 1
     print(f"saved {result.reference} {result.digest}".strip())
     return 0
-
-
-def _cancelled(signum: int, frame: object) -> None:
-    raise SaveFailed(FailureKind.INTERNAL, f"the save job was cancelled (signal {signum})")
 
 
 def _one_line(text: str) -> str:

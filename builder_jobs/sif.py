@@ -175,6 +175,7 @@ def build_sif(run: SaveRun, info: ContainerInfo, work: Path, name: str) -> Path:
         rootfs.mkdir(mode=0o700)
         run.run(extract_argv(tar, rootfs), timeout)
         tar.unlink()
+        check_rootfs(rootfs, info.name)
     with run.stage(Stage.SQUASHING, f"building {name}"):
         if shutil.which("singularity"):
             return _build_with_spython(rootfs, sif)
@@ -184,6 +185,16 @@ def build_sif(run: SaveRun, info: ContainerInfo, work: Path, name: str) -> Path:
         for argv in siftool_argvs(sif, squashfs):
             run.run(argv, timeout)
     return sif
+
+
+def check_rootfs(rootfs: Path, container: str) -> None:
+    """An export that holds no files (the engine could not see the container's root
+    filesystem) must fail the save, never become an empty SIF reported as saved."""
+    if not any(rootfs.iterdir()):
+        raise SaveFailed(
+            FailureKind.ENGINE,
+            f"the export of {container} is empty: the engine could not read its filesystem",
+        )
 
 
 def _build_with_spython(rootfs: Path, sif: Path) -> Path:

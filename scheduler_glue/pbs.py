@@ -66,6 +66,8 @@ from scheduler_glue.pbs_logs import (
     record_from_facts,
 )
 from scheduler_glue.pbs_parse import (
+    HISTORY_OFF,
+    QstatAnswer,
     parse_pbsnodes_json,
     parse_qstat_json,
     parse_qsub_job_id,
@@ -115,6 +117,19 @@ class PbsScheduler(Scheduler):
         self.clock = clock
 
     # -- commands -------------------------------------------------------------------
+
+    def _qstat(self, job_ids: list[str]) -> QstatAnswer:
+        """``qstat -f[x] -F json``: with ``-x`` while the server keeps history. A server
+        that says it keeps none (whatever the site config claims; switching history off
+        also purges what was kept) is asked again without ``-x``, and from then on the
+        logs stand in for finished jobs (fixtures/pbs 31*)."""
+        result = self._run(qstat_argv(job_ids, history=self.server_history))
+        if self.server_history and HISTORY_OFF in result.stderr:
+            log.warning("PBS keeps no job history (job_history_enable is False on the "
+                        "server): finished jobs come from the accounting log and tracejob")
+            self.server_history = False
+            result = self._run(qstat_argv(job_ids, history=False))
+        return parse_qstat_json(result.stdout, result.stderr, result.returncode)
 
     def _run(self, argv: list[str]) -> CommandResult:
         """Run without raising on exit codes; a command that cannot run → SchedulerError."""
@@ -170,8 +185,7 @@ class PbsScheduler(Scheduler):
             return {}
         since = since.astimezone()  # a naive time is taken as local
         try:
-            result = self._run(qstat_argv(wanted, history=self.server_history))
-            answer = parse_qstat_json(result.stdout, result.stderr, result.returncode)
+            answer = self._qstat(wanted)
         except SchedulerError as e:
             log.warning("PBS status unavailable, every job UNKNOWN: %s", e.message)
             return {job_id: _unknown(job_id, e.message) for job_id in wanted}
@@ -258,8 +272,14 @@ class PbsScheduler(Scheduler):
         """
         since = since.astimezone()  # a naive time is taken as local
         until = until.astimezone() if until is not None else None
-        result = self._run(qstat_argv([], history=self.server_history))
-        answer = parse_qstat_json(result.stdout, result.stderr, result.returncode)
+        answer = self._qstat([])
+        if not self.server_history and self.accounting_log_dir is None:
+            # only live jobs are listed: a report would take the window as covered
+            raise SchedulerError(
+                "PBS keeps no job history and no accounting log directory is configured "
+                "(scheduler.pbs_accounting_log_dir): finished jobs cannot be listed; turn "
+                "job_history_enable on or give the log directory (docs/install-pbs.md)"
+            )
         prefix = NAME_CHARS.sub("-", name_prefix)
 
         def wanted(name: str, submitted: datetime | None) -> bool:

@@ -160,6 +160,10 @@ def parse_qsub_job_id(stdout: str) -> str:
     )
 
 
+# qstat -x on a server with job_history_enable = False (exit 0, header-only JSON)
+HISTORY_OFF = "is not configured to maintain job history"
+
+
 def parse_qstat_json(stdout: str, stderr: str, returncode: int) -> QstatAnswer:
     """Parse ``qstat -f[x] -F json [ids]``, keeping the jobs of a partial answer.
 
@@ -175,6 +179,8 @@ def parse_qstat_json(stdout: str, stderr: str, returncode: int) -> QstatAnswer:
         line = line.strip()
         if not line:
             continue
+        if HISTORY_OFF in line:
+            continue  # the caller asks again without -x (PbsScheduler._qstat)
         if match := _UNKNOWN_JOB.match(line):
             unknown.add(match.group(1))
         elif match := _FINISHED_JOB.match(line):

@@ -16,6 +16,7 @@ import requests
 
 from api.context import Site
 from api.progress import SaveStatus
+from site_configs.errors import NotFound
 from site_configs.schema import get_site_config
 
 TOP = Path(__file__).resolve().parents[1]
@@ -77,7 +78,15 @@ def site() -> Site:
 def wait_final(s: Site, job_id: str, user: str, timeout: float = 180) -> SaveStatus:
     deadline = time.monotonic() + timeout
     while True:
-        (status,) = s.saves.status([job_id], user)
+        try:
+            (status,) = s.saves.status([job_id], user)
+        except NotFound:
+            # root's view here: a job the scheduler does not list yet (its owner's own
+            # spool index covers that moment for them) is asked again
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+            continue
         if status.state.final:  # the job ended (a save is "finished" a moment earlier)
             return status
         if time.monotonic() > deadline:

@@ -301,3 +301,16 @@ def test_sif_failure_rolls_back_the_oci_tag(
     assert result is not None and result.failure is FailureKind.INVALID
     assert result.error.startswith("cannot write rolled-back_v1.sif to "), result.error
     assert registry_tags(builder_registry, repo) == []
+
+
+def test_an_empty_export_fails_the_sif_save(tmp_path: Path) -> None:
+    """Issue 11: an engine export with no files is a failed save, never an empty SIF."""
+    from builder_jobs.sif import check_rootfs
+
+    empty = tmp_path / "rootfs"
+    empty.mkdir()
+    with pytest.raises(SaveFailed, match="export of c1 is empty") as raised:
+        check_rootfs(empty, "c1")
+    assert raised.value.kind is FailureKind.ENGINE
+    (empty / "etc").mkdir()
+    check_rootfs(empty, "c1")  # anything at all is a filesystem

@@ -253,3 +253,36 @@ def test_saves_submitted_at_once_never_pass_the_limit(tmp_path: Path) -> None:
             imgsave_as("alice", "cancel", job)
     finally:
         subprocess.run(["scancel", blocker], check=False)
+
+
+REGISTRY_ROOT = Path("/var/lib/imgsave-cluster/registry/docker/registry/v2/repositories")
+
+
+def test_a_save_cancelled_while_uploading_leaves_no_partial_upload() -> None:
+    """``imgsave cancel`` while the layer streams: the upload's body is ended cleanly,
+    the registry accepts the DELETE of the partial upload, the container runs on."""
+    s = site()
+    repo = unique("alice/cut")
+    with session_container("n1", "alice") as name:
+        _fill("n1", name, 300)
+        job = submit_as("alice", name, f"{repo}:v1", node="n1")
+        record = record_path(STATE_DIR, job)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            guard = JobGuard.load(record)
+            if guard is not None and guard.unpause:
+                break  # the upload has started; the read (the pause) begins
+            time.sleep(0.02)
+        assert _wait_paused("n1", name, seconds=5), "the save never paused the container"
+        imgsave_as("alice", "cancel", job)
+        status = wait_final(s, job, "alice")
+        assert container_state("n1", name) == "running"
+    assert status.state is JobState.CANCELLED
+    # distribution 2.8 accepts the DELETE and removes the upload's data; it keeps its
+    # hash state at offset 0 (108 bytes)
+    uploads = REGISTRY_ROOT / repo / "_uploads"
+    left = [p for p in uploads.rglob("*") if p.is_file()] if uploads.exists() else []
+    assert not [p for p in left if p.name == "data"], left
+    assert sum(p.stat().st_size for p in left) < 4096, left
+    assert requests.get(f"http://{REGISTRY}/v2/{repo}/tags/list",
+                        timeout=10).json().get("tags") in (None, [])

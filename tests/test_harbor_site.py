@@ -78,6 +78,7 @@ def test_images_of_a_harbor_site_come_from_the_project(tmp_path: Path,
 def test_a_full_project_refuses_the_save_before_any_job(tmp_path: Path,
                                                         harbor: RunningHarbor) -> None:
     site = harbor_site(tmp_path, harbor)
+    (tmp_path / "spool").chmod(0o700)  # the service account's own spool
     # the portal's service account submits (never root); the scheduler is never reached
     saves = SaveService(site.config, as_ordinary_user(site.scheduler),
                         registry_check=site.check_registry, account=site.config.service_account)

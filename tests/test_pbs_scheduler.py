@@ -413,3 +413,36 @@ def test_root_never_submits(tmp_path: Path, job: BatchJob) -> None:
         pbs.submit(job)
     assert runner.calls == []
     assert list(tmp_path.glob("*.metadata*")) == []
+
+
+def test_history_switched_off_on_the_server_is_detected_whatever_the_config_says() -> None:
+    """The site config says history is on; the server answers ``qstat -fx`` with "not
+    configured to maintain job history" (exit 0, no jobs; captures 31e, 31g): the live
+    job is asked again without -x and is RUNNING, not UNKNOWN; later polls skip -x."""
+    pbs, runner = _pbs([
+        Step.replay(_qstat("44.vm"), pbs_capture("31e_qstat_fx_F_json_live_job_history_off")),
+        Step.replay(["qstat", "-f", "-F", "json", "44.vm"],
+                    pbs_capture("31g_qstat_f_F_json_live_job_history_off")),
+        Step.replay(["qstat", "-f", "-F", "json", "44.vm"],
+                    pbs_capture("31g_qstat_f_F_json_live_job_history_off")),
+    ])
+    record = pbs.status(["44.vm"], SINCE)["44.vm"]
+    assert record.state is JobState.RUNNING and record.user == "alice"
+    assert pbs.server_history is False
+    assert pbs.status(["44.vm"], SINCE)["44.vm"].state is JobState.RUNNING
+    runner.assert_done()
+
+
+def test_a_listing_without_history_or_logs_fails_rather_than_covering_the_window() -> None:
+    """qstat -fx of every job with history off lists nothing (capture 31i); without an
+    accounting log the finished jobs cannot be listed: an error, so the usage cache
+    never records that window as covered by an empty answer."""
+    pbs, runner = _pbs([
+        Step.replay(["qstat", "-fx", "-F", "json"],
+                    pbs_capture("31i_qstat_fx_F_json_all_history_off")),
+        Step.replay(["qstat", "-f", "-F", "json"],
+                    pbs_capture("31g_qstat_f_F_json_live_job_history_off")),
+    ])
+    with pytest.raises(SchedulerError, match="keeps no job history"):
+        pbs.list_jobs(SINCE)
+    runner.assert_done()
