@@ -191,6 +191,8 @@ def _stage_and_reason(
     if not state.final:
         if state is JobState.PENDING:
             return Stage.QUEUED, (record.reason if record else "")
+        if state is JobState.UNKNOWN:  # why the scheduler cannot tell (slurmdbd down...)
+            return last.stage, (record.reason if record else "")
         return last.stage, ""
     if state is JobState.COMPLETED and result is not None and result.ok:
         return Stage.DONE, ""

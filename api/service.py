@@ -243,8 +243,11 @@ class SaveService:
         """Refuse a save beyond the site's limit of queued and running saves per user."""
         limit = self.config.limits.max_saves_in_flight_per_user
         window = self.config.scheduler.time_limit_minutes * 60 + RECENT_SECONDS
+        # UNKNOWN is not "in flight": the controller has forgotten the job (it ended)
+        # and accounting cannot say how (slurmdbd down); counting it would lock the
+        # user out for as long as accounting is away
         mine = [s for s in self._statuses_for(self._recent_job_ids(window), user, admin=False)
-                if not s.finished]
+                if not s.finished and s.state is not JobState.UNKNOWN]
         if len(mine) >= limit:
             raise InvalidRequest(
                 f"you have {len(mine)} saves queued or running (jobs "

@@ -202,8 +202,13 @@ class SlurmScheduler(Scheduler):
             output = self.runner(sacct_status_argv(ids, since), timeout=self.timeout).stdout
             accounted = {r.job_id: r for r in parse_sacct_rows(output) if r.job_id in ids}
         except (CommandFailed, ValueError) as e:
-            log.warning("sacct failed, every job's state is UNKNOWN for now: %s", e)
-            return {i: _unknown(i, f"sacct failed: {e}") for i in ids}
+            # slurmdbd or its database down: the controller still knows live jobs (and
+            # finished ones for MinJobAge); the rest are UNKNOWN, saying why
+            log.warning("sacct failed, asking squeue only: %s", e)
+            live = self._live_records(ids)
+            why = (f"Slurm accounting (slurmdbd) does not answer ({slurm_errors(_stderr(e))}); "
+                   "the state is known again when it does")  # fmt: skip
+            return {i: live.get(i) or _unknown(i, why) for i in ids}
         ask_live = [i for i in ids if i not in accounted or _incomplete(accounted[i])]
         live = self._live_records(ask_live) if ask_live else {}
         records = {}
@@ -317,6 +322,10 @@ def _check_ids(job_ids: Iterable[str]) -> list[str]:
 
 def _incomplete(record: JobRecord) -> bool:
     return not record.state.final or is_partial_record(record)
+
+
+def _stderr(error: Exception) -> str:
+    return error.stderr if isinstance(error, CommandFailed) else str(error)
 
 
 def _unknown(job_id: str, reason: str) -> JobRecord:

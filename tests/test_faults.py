@@ -13,6 +13,7 @@ import signal
 import subprocess
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -37,6 +38,7 @@ from tests.cluster_helpers import (
     unique,
     wait_final,
 )
+from tests.test_api_serve import served  # noqa: F401 - the running-server fixture
 
 pytestmark = pytest.mark.cluster
 STATE_DIR = Path("/var/lib/imgsave-node")
@@ -286,3 +288,99 @@ def test_a_save_cancelled_while_uploading_leaves_no_partial_upload() -> None:
     assert sum(p.stat().st_size for p in left) < 4096, left
     assert requests.get(f"http://{REGISTRY}/v2/{repo}/tags/list",
                         timeout=10).json().get("tags") in (None, [])
+
+
+def _slurmdbd_running() -> bool:
+    return subprocess.run(["pgrep", "-x", "slurmdbd"], capture_output=True,
+                          check=False).returncode == 0
+
+
+def test_slurmdbd_down_status_says_so_and_recovers() -> None:
+    """slurmdbd stopped for real: a save the controller has forgotten and that left no
+    result (cancelled while queued) is UNKNOWN with the reason, never FAILED or lost; a
+    finished save with its result is still COMPLETED (from the node's result); a live
+    one has its state from the controller; once slurmdbd is back, all are right."""
+    s = site()
+    cpus = os.cpu_count() or 1
+    with session_container("n1", "alice") as name:
+        done_job = submit_as("alice", name, unique("alice/dbd") + ":v1", node="n1")
+        assert wait_final(s, done_job, "alice").state is JobState.COMPLETED
+    blocker = as_user("bob", "sbatch", "--parsable", "-p", "imgsave", "-w", "n2", "-c",
+                      str(cpus), "-o", "/dev/null", "--wrap", "sleep 120").stdout.strip()
+    try:
+        gone_job = submit_as("alice", "jupyter-x", unique("alice/dbdgone") + ":v1", node="n2")
+        imgsave_as("alice", "cancel", gone_job)
+        deadline = time.monotonic() + 60  # MinJobAge: until the controller forgets them
+        while (job_in_squeue(done_job) or job_in_squeue(gone_job)) and \
+                time.monotonic() < deadline:
+            time.sleep(1)
+        subprocess.run(["pkill", "-x", "slurmdbd"], check=True)
+        deadline = time.monotonic() + 30
+        while _slurmdbd_running() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        live = submit_as("alice", "jupyter-x", unique("alice/dbdlive") + ":v1", node="n2")
+        shown = json.loads(imgsave_as("alice", "--json", "status", done_job, gone_job,
+                                      live).stdout)
+        by_id = {row["job_id"]: row for row in shown}
+        assert by_id[done_job]["state"] == "completed"  # the node's result says so
+        assert by_id[gone_job]["state"] == "unknown" and not by_id[gone_job]["final"]
+        assert "slurmdbd" in by_id[gone_job]["reason"], by_id[gone_job]
+        assert by_id[live]["state"] == "pending"
+        imgsave_as("alice", "cancel", live)
+    finally:
+        subprocess.run(["scancel", blocker], check=False)
+        subprocess.run([str(CLUSTER), "up"], capture_output=True, timeout=300, check=True)
+    (back,) = s.saves.status([gone_job], "alice")
+    assert back.state is JobState.CANCELLED
+
+
+def job_in_squeue(job: str) -> bool:
+    out = subprocess.run(["squeue", "-h", "-t", "all", "-j", job], capture_output=True, text=True,
+                         check=False)
+    return job in out.stdout
+
+
+def test_concurrent_api_saves_lose_nothing(
+    served: tuple[str, list[str], dict[str, str]],  # noqa: F811
+) -> None:
+    """60 save requests at once through ``imgsave serve`` (the service account) for three
+    users: every request gets a job or a retryable error, never a 500; every job
+    answered exists in the scheduler exactly once; the per-user limit holds."""
+    url, argv, env = served
+    tokens = {}
+    for user in ("alice", "bob", "dana"):
+        made = subprocess.run([*argv, "--json", "token", "create", user], env=env,
+                              capture_output=True, text=True, check=True, timeout=60)
+        tokens[user] = json.loads(made.stdout)["token"]
+    marker = unique("load").replace("-", "")
+    cpus = os.cpu_count() or 1
+    blocker = as_user("bob", "sbatch", "--parsable", "-p", "imgsave", "-w", "n2", "-c",
+                      str(cpus), "-o", "/dev/null", "--wrap", "sleep 120").stdout.strip()
+
+    def post(i: int) -> tuple[str, int, dict[str, object]]:
+        user = ("alice", "bob", "dana")[i % 3]
+        r = requests.post(f"{url}/api/v1/saves", timeout=120,
+                          headers={"Authorization": f"Bearer {tokens[user]}"},
+                          json={"container": "jupyter-x", "target": f"{marker}:v{i}",
+                                "node": "n2"})
+        return user, r.status_code, r.json()
+
+    answers: list[tuple[str, int, dict[str, object]]] = []
+    try:
+        with ThreadPoolExecutor(max_workers=30) as pool:
+            answers = list(pool.map(post, range(60)))
+        assert [a for a in answers if a[1] >= 500] == []
+        accepted = [(user, body["job_id"]) for user, code, body in answers if code == 202]
+        refused = [body for _, code, body in answers if code != 202]
+        assert all(b["error"]["retryable"] for b in refused), refused  # type: ignore[index]
+        per_user = {u: sum(1 for a, _ in accepted if a == u) for u in tokens}
+        assert all(0 < n <= 8 for n in per_user.values()), per_user
+        # the controller's record of the queued jobs, with their comments
+        listed = subprocess.run(["squeue", "-h", "-a", "-t", "all", "-o", "%i|%u|%k"],
+                                capture_output=True, text=True, check=True).stdout
+        jobs = [line.split("|") for line in listed.splitlines() if marker in line]
+        assert sorted(j for j, _, _ in jobs) == sorted(j for _, j in accepted)
+        assert {owner for _, owner, _ in jobs} == {"imgsave"}  # the service account's
+    finally:
+        ids = [str(body["job_id"]) for _, code, body in answers if code == 202]
+        subprocess.run(["scancel", blocker, *ids], check=False)

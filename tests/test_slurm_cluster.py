@@ -221,16 +221,20 @@ def test_sbatch_failure_surfaces_stderr(slurm: SlurmScheduler, jobdir: Path) -> 
         slurm.submit(job(jobdir, "badpart", "true", "n1", partition="nosuchpart"))
 
 
-def test_failing_sacct_means_unknown(
+def test_failing_sacct_falls_back_to_the_controller(
     slurm: SlurmScheduler, jobdir: Path, to_cancel: list[str]
 ) -> None:
+    """sacct fails (as with slurmdbd down): a live job's state comes from squeue; an id
+    the controller does not know is UNKNOWN, saying accounting does not answer."""
     since = datetime.now(UTC)
     job_id = slurm.submit(job(jobdir, "nosacct", "sleep 30", "n2"))
     to_cancel.append(job_id)
     broken = SlurmScheduler(runner=RecordingRunner(fail_on="sacct"))
-    record = state_of(broken, job_id, since)
-    assert record.state is JobState.UNKNOWN and "injected failure" in record.reason
-    assert not record.state.final
+    record = wait_state(broken, job_id, since, {JobState.RUNNING}, 60)
+    assert record.user == USER and record.node == "n2"
+    gone = state_of(broken, "1", since)  # long out of the controller's memory
+    assert gone.state is JobState.UNKNOWN and "injected failure" in gone.reason
+    assert "slurmdbd" in gone.reason
 
 
 def test_save_job_starts_beside_a_job_filling_the_user_partition(

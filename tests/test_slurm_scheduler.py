@@ -257,14 +257,22 @@ def test_status_when_only_unknown_ids_remain() -> None:
     runner.assert_done()
 
 
-def test_failing_sacct_makes_every_job_unknown(caplog: pytest.LogCaptureFixture) -> None:
+def test_failing_sacct_asks_squeue_and_says_accounting_is_down(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """slurmdbd down: the controller is asked for what it still knows; what it does not
+    know is UNKNOWN with the reason (never finished, never lost)."""
     down = "sacct: error: Problem talking to the database: Connection refused\n"
-    slurm, runner = scheduler(Step(tuple(sacct_status_argv(["4", "7"], SINCE)), "", down, 1))
+    slurm, runner = scheduler(
+        Step(tuple(sacct_status_argv(["4", "7"], SINCE)), "", down, 1),
+        answer(squeue_status_argv(["4", "7"]), "42b_squeue_status_only_unknown"),
+    )
     with caplog.at_level(logging.WARNING):
         records = slurm.status(["4", "7", "4"], SINCE)
-    runner.assert_done()  # no squeue guesswork either
+    runner.assert_done()
     assert {r.state for r in records.values()} == {JobState.UNKNOWN} and len(records) == 2
-    assert "Connection refused" in records["4"].reason and "sacct failed" in caplog.text
+    assert "slurmdbd" in records["4"].reason and "Connection refused" in records["4"].reason
+    assert "sacct failed" in caplog.text
 
 
 def test_failing_squeue_keeps_what_sacct_said(caplog: pytest.LogCaptureFixture) -> None:
