@@ -35,6 +35,7 @@ def _pbs(section: SchedulerSection, runner: Runner) -> Scheduler:
         timeout=section.command_timeout_seconds,
         server_history=section.pbs_job_history,
         accounting_log_dir=section.pbs_accounting_log_dir or None,
+        server_timezone=section.pbs_server_timezone,
     )
 
 

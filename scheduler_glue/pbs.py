@@ -44,6 +44,7 @@ import logging
 from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 from scheduler_glue.base import BatchJob, JobRecord, Scheduler
 from scheduler_glue.pbs_commands import (
@@ -109,8 +110,12 @@ class PbsScheduler(Scheduler):
         server_history: bool = True,
         accounting_log_dir: str | None = None,
         clock: Callable[[], datetime] = _utcnow,
+        server_timezone: str = "",
     ) -> None:
         self.runner = runner
+        # tracejob prints the server's local time; "" = this machine's zone
+        self.server_timezone = server_timezone
+        self.server_tz = ZoneInfo(server_timezone) if server_timezone else None
         self.timeout = timeout
         self.server_history = server_history
         self.accounting_log_dir = Path(accounting_log_dir) if accounting_log_dir else None
@@ -221,14 +226,14 @@ class PbsScheduler(Scheduler):
             if job_id in found and found[job_id].state.final:
                 continue
             try:
-                result = self._run(tracejob_argv(job_id, days))
+                result = self._run(tracejob_argv(job_id, days, self.server_timezone))
             except SchedulerError as e:
                 log.warning("tracejob unavailable for %s: %s", job_id, e.message)
                 continue
             if result.returncode != 0:
                 log.warning("tracejob %s failed: %s", job_id, scheduler_message(result.stderr))
                 continue
-            trace = parse_tracejob(result.stdout, job_id)
+            trace = parse_tracejob(result.stdout, job_id, self.server_tz)
             if trace is not None:
                 found[job_id] = record_from_facts(trace, "tracejob")
         for job_id in job_ids:

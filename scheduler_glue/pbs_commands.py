@@ -73,9 +73,13 @@ def pbsnodes_argv(node: str) -> list[str]:
     return ["pbsnodes", "-F", "json", node]
 
 
-def tracejob_argv(job_id: str, days: int) -> list[str]:
-    """tracejob reads only the last day of logs unless told ``-n DAYS``."""
-    return ["tracejob", "-n", str(max(1, days)), job_id]
+def tracejob_argv(job_id: str, days: int, server_timezone: str = "") -> list[str]:
+    """tracejob reads only the last day of logs unless told ``-n DAYS``. It picks the
+    daily log files by the date in the caller's zone, while the files are named and
+    stamped in the server's (captures 28e/28f: a caller in Los Angeles does not find a
+    job of today's UTC file): with ``server_timezone`` it runs in that zone."""
+    argv = ["tracejob", "-n", str(max(1, days)), job_id]
+    return ["env", f"TZ={server_timezone}", *argv] if server_timezone else argv
 
 
 def check_job(job: BatchJob) -> None:

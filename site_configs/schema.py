@@ -14,6 +14,7 @@ import tomllib
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -82,6 +83,19 @@ class SchedulerSection(_Section):
     # (the fallback for finished jobs when history is off or purged)?
     pbs_job_history: bool = True
     pbs_accounting_log_dir: str = ""
+    # PBS only: the server's time zone (IANA name), in which tracejob prints its times;
+    # "" = this machine's
+    pbs_server_timezone: str = ""
+
+    @field_validator("pbs_server_timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        if value:
+            try:
+                ZoneInfo(value)
+            except (ZoneInfoNotFoundError, ValueError) as e:
+                raise ValueError(f"{value!r} is not a time zone name (e.g. UTC)") from e
+        return value
 
 
 class EngineSection(_Section):

@@ -446,3 +446,28 @@ def test_a_listing_without_history_or_logs_fails_rather_than_covering_the_window
     with pytest.raises(SchedulerError, match="keeps no job history"):
         pbs.list_jobs(SINCE)
     runner.assert_done()
+
+
+def test_tracejob_runs_and_is_read_in_the_servers_time_zone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A user in Asia/Seoul: tracejob runs with the server's TZ (so it picks the right
+    daily files, captures 28e/28f) and its times are read in that zone (28d: the job
+    started 00:56:48 UTC), not 9 h off."""
+    monkeypatch.setenv("TZ", "Asia/Seoul")
+    time.tzset()
+    try:
+        runner = ReplayRunner([
+            Step.replay(_qstat("36.vm"), _unknown_both("36.vm", "36.vm")),
+            Step.replay(["env", "TZ=UTC", "tracejob", "-n", "1", "36.vm"],
+                        pbs_capture("28d_tracejob_n1_as_alice_TZ_UTC")),
+        ])
+        pbs = as_ordinary_user(PbsScheduler(runner, 10.0, clock=lambda: datetime(
+            2026, 11, 30, 1, 0, tzinfo=UTC), server_timezone="UTC"))
+        record = pbs.status(["36.vm"], datetime(2026, 11, 30, 0, 50, tzinfo=UTC))["36.vm"]
+        runner.assert_done()
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    assert record.start_time == datetime(2026, 11, 30, 0, 56, 48, tzinfo=UTC)
+    assert record.end_time == datetime(2026, 11, 30, 0, 57, 0, tzinfo=UTC)
