@@ -278,6 +278,18 @@ class SaveService:
         except InvalidRequest:
             return None
 
+    def _full_id(self, job_id: str) -> str:
+        """``7`` for the ``7.server`` this account submitted (PBS prints the full id; users
+        type the number, as ``--job`` accepts it); any other id as given."""
+        if not job_id.isdigit() or (self.spool / BY_JOB_DIR / job_id).is_symlink():
+            return job_id
+        try:
+            names = os.listdir(self.spool / BY_JOB_DIR)
+        except OSError:
+            return job_id
+        matches = [n for n in names if n.split(".", 1)[0] == job_id and _JOB_ID.fullmatch(n)]
+        return matches[0] if len(matches) == 1 else job_id
+
     def _spool_of(self, owner: str) -> Path | None:
         try:
             return self.config.spool_for(owner) if owner else None
@@ -292,12 +304,12 @@ class SaveService:
         spool and not yet known to the scheduler, if its spec here says so. Anything
         else, another user's job included, is "not an imgsave save job of yours".
         """
-        ids = list(dict.fromkeys(job_ids))
-        if not ids:
-            return []
-        for job_id in ids:
+        for job_id in job_ids:
             if not _JOB_ID.fullmatch(job_id):
                 raise InvalidRequest(f"job id {job_id!r} is not a job id")
+        ids = list(dict.fromkeys(self._full_id(j) for j in job_ids))
+        if not ids:
+            return []
         mine = {j: self._spec_in(self.spool, j) for j in ids}
         for job_id, spec in mine.items():
             # our own spool (0700) says it is someone else's: no need to ask anyone

@@ -99,8 +99,9 @@ def test_submit_pins_to_the_host_and_status_reads_history(tmp_path: Path) -> Non
     assert running.state is JobState.RUNNING and running.stage is Stage.QUEUED
     write_result(tmp_path / REQUEST_ID / RESULT_FILE,  # what the node writes at the end
                  SaveResult(ok=True, reference=str(submitted.target), sif_path="/x.sif"))
-    (done,) = saves.status(["0.vm"], "alice")
-    assert (done.state, done.stage, done.percent) == (JobState.COMPLETED, Stage.DONE, 100)
+    (done,) = saves.status(["0"], "alice")  # the number alone, as users type it
+    assert (done.job_id, done.state, done.stage, done.percent) == (
+        "0.vm", JobState.COMPLETED, Stage.DONE, 100)
     with pytest.raises(NotFound):
         saves.status(["0.vm"], "bob")
     runner.assert_done()
