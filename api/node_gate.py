@@ -38,7 +38,13 @@ from builder_jobs import cancel
 from builder_jobs.engines import ContainerInfo, engine_for, temporary_image
 from builder_jobs.events import EventStream, FailureKind, ProgressEvent, SaveResult, Stage
 from builder_jobs.failures import SaveFailed
-from builder_jobs.node_guard import GuardedRunner, JobGuard, container_lock, record_path
+from builder_jobs.node_guard import (
+    UNDO_TIMEOUT_SECONDS,
+    GuardedRunner,
+    JobGuard,
+    container_lock,
+    record_path,
+)
 from builder_jobs.node_save import SaveRun, report_exit, save
 from builder_jobs.spec import SaveSpec
 from scheduler_glue import make_scheduler
@@ -202,6 +208,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         result = save(run)
     finally:
+        if guard.unpause:
+            # a pause was begun and never seen undone (e.g. scancel's SIGTERM also hit
+            # the `podman pause` child, which paused the container, then failed): resume
+            run_command(guard.unpause, timeout=UNDO_TIMEOUT_SECONDS, check=False)
         guard.clear()  # ended on its own, cleaned up: nothing left for the epilog
     events.finish(result)
     return report_exit(result)

@@ -97,6 +97,20 @@ def test_the_epilog_resumes_a_container_a_dead_save_left_paused() -> None:
     assert (quiet.returncode, quiet.stderr) == (0, "")
 
 
+def _wait_guarded(job: str, seconds: float = 120) -> bool:
+    """Until the job's record holds an unpause (written just before the save pauses)."""
+    record = record_path(STATE_DIR, job)
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        guard = JobGuard.load(record)
+        if guard is not None and guard.unpause:
+            return True
+        if job_state(job) in ("COMPLETED", "FAILED"):
+            return False
+        time.sleep(0.02)
+    return False
+
+
 def _wait_paused(node: str, name: str, seconds: float) -> bool:
     """Until the save has the container paused (its 300 MB read takes a second or more)."""
     deadline = time.monotonic() + seconds
@@ -127,17 +141,7 @@ def test_a_save_killed_outright_never_leaves_the_container_paused(kill: str) -> 
         _fill("n1", name, 300)
         job = submit_as("alice", name, f"{repo}:v1", node="n1")
         record = record_path(STATE_DIR, job)
-        deadline = time.monotonic() + 120
-        guarded = False
-        while time.monotonic() < deadline:
-            guard = JobGuard.load(record)
-            if guard is not None and guard.unpause:
-                guarded = True
-                break
-            if job_state(job) in ("COMPLETED", "FAILED"):
-                break
-            time.sleep(0.02)
-        assert guarded, "the save never recorded a pause before pausing"
+        assert _wait_guarded(job), "the save never recorded a pause before pausing"
         paused_seen = _wait_paused("n1", name, seconds=5)
         if kill == "the save process":
             os.kill(_entry_pid(job), signal.SIGKILL)
@@ -268,13 +272,8 @@ def test_a_save_cancelled_while_uploading_leaves_no_partial_upload() -> None:
     with session_container("n1", "alice") as name:
         _fill("n1", name, 300)
         job = submit_as("alice", name, f"{repo}:v1", node="n1")
-        record = record_path(STATE_DIR, job)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            guard = JobGuard.load(record)
-            if guard is not None and guard.unpause:
-                break  # the upload has started; the read (the pause) begins
-            time.sleep(0.02)
+        # once the pause is recorded, the upload has started and the read begins
+        assert _wait_guarded(job), "the save never recorded a pause before pausing"
         assert _wait_paused("n1", name, seconds=5), "the save never paused the container"
         imgsave_as("alice", "cancel", job)
         status = wait_final(s, job, "alice")
@@ -384,3 +383,37 @@ def test_concurrent_api_saves_lose_nothing(
     finally:
         ids = [str(body["job_id"]) for _, code, body in answers if code == 202]
         subprocess.run(["scancel", blocker, *ids], check=False)
+
+
+def test_a_pause_whose_command_failed_stays_on_record() -> None:
+    """The engine's ``pause`` paused the container but its command failed (scancel's
+    SIGTERM reaches every process of the job, ``podman pause`` too): the save's runner
+    keeps the unpause on record, which the entry runs as the save ends (and the epilog,
+    should the entry die first)."""
+    from builder_jobs.node_guard import GuardedRunner
+    from site_configs.errors import CommandFailed
+    from site_configs.runner import run_command
+
+    with session_container("n1", "alice") as name:
+        cid = container_id("n1", name)
+        guard = JobGuard(record_path(STATE_DIR, "990001" + str(os.getpid())), "e" * 32)
+        node = ["nsenter", "-t", _slurmd_pid("n1"), "-m", "--", *PODMAN]
+
+        def pause_then_fail(argv: object, **kwargs: object) -> object:
+            run_command([*node, "pause", cid])  # the pause happens ...
+            raise CommandFailed(list(map(str, argv)), -15, "", "killed")  # type: ignore[call-overload]
+
+        runner = GuardedRunner(pause_then_fail, guard, node)  # type: ignore[arg-type]
+        with pytest.raises(CommandFailed):
+            runner([*node, "pause", cid])
+        try:
+            assert guard.unpause == [*node, "unpause", cid]  # ... and is still on record
+            assert JobGuard.load(guard.path) == guard
+            assert container_state("n1", name) == "paused"
+        finally:
+            run_command([*node, "unpause", cid], check=False)
+            guard.clear()
+
+
+def _slurmd_pid(node: str) -> str:
+    return Path(f"/run/imgsave-cluster/slurmd-{node}.pid").read_text().strip()
