@@ -134,7 +134,7 @@ def _engine(url: str) -> Engine:
     if not url.startswith("sqlite"):
         return create_engine(url, pool_pre_ping=True)
     path = url.split(":///", 1)[1] if ":///" in url else ""
-    if path and path != ":memory:":
+    if path and path != ":memory:" and not path.startswith("file:"):  # not a URI
         Path(path).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         # created 0600 before SQLite opens it: tokens and usage are nobody else's
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600))
