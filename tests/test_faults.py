@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from api.catalog import is_helper_tag
 from builder_jobs.events import Stage
 from builder_jobs.node_guard import JobGuard, lock_path, record_path
 from scheduler_glue.states import JobState
@@ -158,8 +159,10 @@ def test_a_save_killed_outright_never_leaves_the_container_paused(kill: str) -> 
     assert status.stage is Stage.FAILED and status.reason, status
     if kill == "the save process":
         assert "signal 9" in status.reason, status.reason
-    assert requests.get(f"http://{REGISTRY}/v2/{repo}/tags/list",
-                        timeout=10).json().get("tags") in (None, [])
+    # no tag of the user's; a kill during the base image's one-off push may leave its
+    # helper tag, which is never listed (row 6) and not yet removed (docs/faults.md)
+    tags = requests.get(f"http://{REGISTRY}/v2/{repo}/tags/list", timeout=10).json()
+    assert [t for t in tags.get("tags") or [] if not is_helper_tag(t)] == []
     assert local_images("n1", status.request_id) == []
 
 
