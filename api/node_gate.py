@@ -43,6 +43,7 @@ from builder_jobs.node_guard import (
     GuardedRunner,
     JobGuard,
     container_lock,
+    is_job_id,
     record_path,
 )
 from builder_jobs.node_save import SaveRun, report_exit, save
@@ -58,7 +59,6 @@ from site_configs.schema import ImageFormat, SiteConfig, load_site_config
 log = logging.getLogger("api.node_gate")
 
 REFUSED = 2
-_JOB_ID = re.compile(r"[0-9][0-9A-Za-z_+.\[\]-]{0,63}")
 _REQUEST_ID = re.compile(r"[0-9a-f]{32}")
 _CONTAINER = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]{0,253}")
 # How far back the scheduler is asked about the job (it is running now).
@@ -151,7 +151,7 @@ def admit(config: SiteConfig, args: Sequence[str], env: Mapping[str, str],
     if len(args) != 2:
         raise Refused("usage: imgsave-node-save JOBID REQUEST_ID")
     job_id, request_id = args
-    if not _JOB_ID.fullmatch(job_id) or not _REQUEST_ID.fullmatch(request_id):
+    if not is_job_id(job_id) or not _REQUEST_ID.fullmatch(request_id):
         raise Refused("give a job id and an imgsave request id")
     caller = caller_name(env)
     spec = spec_from_job(config, job_record(scheduler, job_id), caller, request_id)
@@ -213,7 +213,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             # the `podman pause` child, which paused the container, then failed): resume
             run_command(guard.unpause, timeout=UNDO_TIMEOUT_SECONDS, check=False)
         guard.clear()  # ended on its own, cleaned up: nothing left for the epilog
-    events.finish(result)
     return report_exit(result)
 
 

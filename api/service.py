@@ -315,17 +315,22 @@ class SaveService:
             # our own spool (0700) says it is someone else's: no need to ask anyone
             if spec is not None and spec.user != user and not admin:
                 raise NotFound(not_yours(job_id))
-        found = [s for s in mine.values() if s is not None]
-        since = (min(_parse_time(s.created) for s in found) if len(found) == len(ids)
-                 else datetime.now(UTC) - LOOKBACK) - timedelta(minutes=5)  # fmt: skip
-        records = self.scheduler.status(ids, since)
-        statuses = []
-        for job_id in ids:
-            status = self._authorized(job_id, mine[job_id], records.get(job_id), user, admin)
+        statuses = self._join(mine, user, admin)
+        for job_id, status in statuses.items():
             if status is None:
                 raise NotFound(not_yours(job_id))
-            statuses.append(status)
-        return statuses
+        return [status for status in statuses.values() if status is not None]
+
+    def _join(self, own: dict[str, SaveSpec | None], user: str,
+              admin: bool) -> dict[str, SaveStatus | None]:
+        """Each job (with its spec from our own spool, if there) joined with one batched
+        scheduler query; None where ``user`` may not see it."""
+        found = [s for s in own.values() if s is not None]
+        since = (min(_parse_time(s.created) for s in found) if len(found) == len(own)
+                 else datetime.now(UTC) - LOOKBACK) - timedelta(minutes=5)  # fmt: skip
+        records = self.scheduler.status(list(own), since)
+        return {job_id: self._authorized(job_id, spec, records.get(job_id), user, admin)
+                for job_id, spec in own.items()}
 
     def _authorized(
         self, job_id: str, own_spec: SaveSpec | None, record: JobRecord | None, user: str,
@@ -409,14 +414,8 @@ class SaveService:
                 specs[job_id] = spec
         if not specs:
             return []
-        since = min(_parse_time(s.created) for s in specs.values()) - timedelta(minutes=5)
-        records = self.scheduler.status(list(specs), since)
-        statuses = []
-        for job_id, spec in specs.items():
-            status = self._authorized(job_id, spec, records.get(job_id), user, admin)
-            if status is not None:
-                statuses.append(status)
-        return statuses
+        joined = self._join(dict(specs), user, admin)
+        return [status for status in joined.values() if status is not None]
 
     def cancel(self, job_id: str, user: str, *, admin: bool = False) -> None:
         """Cancel a save the scheduler says is ``user``'s (or any, for an admin); one

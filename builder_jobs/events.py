@@ -19,6 +19,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Protocol
 
+from builder_jobs.spec import RESULT_FILE
+
 log = logging.getLogger(__name__)
 # Spool files are their owner's only (the service reads its own; root reads all).
 FILE_MODE = 0o600
@@ -147,7 +149,7 @@ class EventLog:
         self.path = path
 
     def finish(self, result: SaveResult) -> None:
-        write_result(self.path.with_name(RESULT_NAME), result)
+        write_result(self.path.with_name(RESULT_FILE), result)
 
     def emit(self, event: ProgressEvent) -> None:
         line = event.to_json() + "\n"
@@ -170,9 +172,6 @@ class EventLog:
                 except (ValueError, KeyError, TypeError):
                     continue  # a torn or foreign line is skipped, not fatal
         return events
-
-
-RESULT_NAME = "result.json"
 
 
 def write_result(path: Path, result: SaveResult) -> None:

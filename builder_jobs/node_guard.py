@@ -38,8 +38,13 @@ UNDO_TIMEOUT_SECONDS = 60.0
 _JOB_ID = re.compile(r"[0-9][0-9A-Za-z_+.\[\]-]{0,63}")
 
 
+def is_job_id(text: str) -> bool:
+    """A Slurm or PBS job id, safe as a file name (the node side's one grammar)."""
+    return bool(_JOB_ID.fullmatch(text))
+
+
 def record_path(state_dir: Path, job_id: str) -> Path:
-    if not _JOB_ID.fullmatch(job_id):
+    if not is_job_id(job_id):
         raise ValueError(f"{job_id!r} is not a job id")
     return state_dir / JOBS_DIR / f"{job_id}.json"
 
@@ -130,10 +135,9 @@ class GuardedRunner:
 def container_lock(state_dir: Path, container_id: str) -> int:
     """Hold the node's lock on a container for this process's life (released on any
     exit, SIGKILL included); raises BlockingIOError if another save holds it."""
-    directory = state_dir / LOCKS_DIR
-    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    name = hashlib.sha256(container_id.encode()).hexdigest()[:32]
-    fd = os.open(directory / name, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    path = lock_path(state_dir, container_id)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

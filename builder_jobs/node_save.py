@@ -285,7 +285,8 @@ def cleanup(run: SaveRun) -> str:
 
 
 def save(run: SaveRun) -> SaveResult:
-    """Every stage of one save; always cleans up; returns the result (never raises)."""
+    """Every stage of one save; always cleans up; reports the result to ``run.events``
+    (once, as soon as it is known) and returns it (never raises)."""
     want_oci = ImageFormat.OCI in run.spec.formats
     want_sif = ImageFormat.SIF in run.spec.formats
     pushed: PushedImage | None = None
@@ -339,13 +340,15 @@ def _failed(run: SaveRun, failure: SaveFailed) -> SaveResult:
         warning = cleanup(run)
     message = failure.message + (f" (also: {warning})" if warning else "")
     run.emit(Stage.FAILED, message)
-    return SaveResult(
+    result = SaveResult(
         ok=False,
         reference=run.spec.target,
         seconds=dict(run.seconds),
         failure=failure.kind,
         error=message,
     )
+    run.events.finish(result)
+    return result
 
 
 def _unexpected(error: BaseException) -> SaveFailed:
@@ -383,9 +386,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(_one_line(message), file=sys.stderr)
         return 2
     signal.signal(signal.SIGTERM, cancel.on_signal)  # scancel/qdel: clean up, then fail
-    result = save(run)
-    run.events.finish(result)
-    return report_exit(result)
+    return report_exit(save(run))
 
 
 def report_exit(result: SaveResult) -> int:

@@ -168,7 +168,7 @@ class NodeSection(_Section):
     """The one privileged entry on the nodes (docs/security.md)."""
 
     # argv the save job (running as its owner) uses to enter it; the sudoers rule in
-    # site_configs/sudoers allows exactly this program, nothing else.
+    # site_configs/deploy/sudoers-imgsave allows exactly this program, nothing else.
     privileged_command: list[NonEmpty] = Field(
         default_factory=lambda: ["sudo", "-n", "/usr/local/sbin/imgsave-node-save"], min_length=1
     )
