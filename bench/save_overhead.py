@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -24,7 +23,7 @@ TOP = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(TOP))
 
 from api.context import Site  # noqa: E402
-from api.service import SaveRequest  # noqa: E402
+from bench.as_users import site_config, submit_as  # noqa: E402
 from bench.docs_table import replace_section  # noqa: E402
 from builder_jobs.spec import RESULT_FILE, spool_dir_for  # noqa: E402
 from site_configs.schema import load_site_config  # noqa: E402
@@ -33,7 +32,6 @@ from tests.cluster_helpers import (  # noqa: E402
     node_exec,
     require_cluster,
     session_container,
-    site,
     unique,
 )
 
@@ -59,26 +57,32 @@ done
 """
 
 
-def engine_site(tmp: Path) -> Site:
+LOCAL_TEXT = (TOP / "site_configs" / "local.toml").read_text()
+
+
+def engine_config_text() -> str:
     """The local site with the engine's commit forced (no streaming)."""
-    text = (TOP / "site_configs" / "local.toml").read_text()
-    path = tmp / "local-engine.toml"
-    path.write_text(text.replace("[engine]\n", '[engine]\ncommit_method = "engine"\n', 1))
-    return Site(load_site_config(path))
+    return LOCAL_TEXT.replace("[engine]\n", '[engine]\ncommit_method = "engine"\n', 1)
 
 
-def imgsave_save(container: str, repo: str, tag: str, s: Site | None = None) -> float:
-    """Submit, then wait for the node's result file (a cheap stat every 50 ms: polling
-    sacct/squeue that often would load the 2 cores the save runs on) and ask the status
-    until it says the save is over."""
-    s = s or site()
+def imgsave_save(container: str, repo: str, tag: str, text: str = LOCAL_TEXT) -> float:
+    """alice submits (the CLI, as users do) with ``text`` as the site config of the CLI
+    and of the node, then wait for the node's result file (a cheap stat every 50 ms:
+    polling sacct/squeue that often would load the 2 cores the save runs on) and ask the
+    status until it says the save is over."""
+    with site_config(text) as config:
+        return _timed_save(container, repo, tag, config)
+
+
+def _timed_save(container: str, repo: str, tag: str, config: Path) -> float:
+    s = Site(load_site_config(config))
     start = time.perf_counter()
-    submitted = s.saves.submit(SaveRequest("alice", container, f"{repo}:{tag}", node=NODE))
-    result = spool_dir_for(s.config.spool_dir, submitted.request_id) / RESULT_FILE
+    job_id, request_id = submit_as("alice", config, container, f"{repo}:{tag}", NODE)
+    result = spool_dir_for(s.config.spool_for("alice"), request_id) / RESULT_FILE
     while not result.exists() and time.perf_counter() - start < 600:
         time.sleep(0.05)
     while True:
-        (status,) = s.saves.status([submitted.job_id], "alice")
+        (status,) = s.saves.status([job_id], "alice")
         if status.finished:
             break
         time.sleep(0.1)
@@ -111,10 +115,9 @@ def main() -> None:
     parser.add_argument("--update-docs", action="store_true")
     args = parser.parse_args()
     require_cluster()
-    tmp = Path(tempfile.mkdtemp(prefix="bench-save-"))
-    engine = engine_site(tmp)
+    engine = engine_config_text()
     cases: list[tuple[str, Callable[[str, str, str], float]]] = [
-        ("imgsave (auto: streaming commit)", imgsave_save),
+        ("imgsave (auto: streaming commit)", lambda c, r, t: imgsave_save(c, r, t)),
         ("imgsave (engine commit + push)",
          lambda c, r, t: imgsave_save(c, r, t, engine)),
         ("bare `podman commit && podman push`", bare_save),
@@ -149,8 +152,9 @@ def main() -> None:
                   f"With the streaming commit: {medians[cases[0][0]] / bare:.2f}x.**",
               "", "Each imgsave row is submit → Slurm job on n1 → status says done (the "
                   "node's result file is watched, then the status asked), so it includes "
-                  "validation, the registry check, sbatch, the job's start, Python start-up "
-                  "on the node and the OCI annotations."]
+                  "alice's `imgsave submit` process (start-up, validation, the registry "
+                  "check, sbatch), the job's start, sudo into the node's entry, Python "
+                  "start-up on the node and the OCI annotations."]
     table = "\n".join(lines)
     print(table)
     if args.update_docs:
