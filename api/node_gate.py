@@ -43,6 +43,7 @@ from builder_jobs.node_guard import (
     GuardedRunner,
     JobGuard,
     container_lock,
+    drop_helper_tags,
     is_job_id,
     record_path,
 )
@@ -64,6 +65,9 @@ _CONTAINER = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]{0,253}")
 # How far back the scheduler is asked about the job (it is running now).
 LOOKBACK = timedelta(days=3)
 PR_SET_PDEATHSIG = 1
+# every command the save runs dies with the thread that started it: a push must not
+# finish after the entry was killed and the epilog removed its helper tag
+DIE_WITH_ENTRY = ("setpriv", "--pdeathsig", "KILL", "--")
 
 
 class Refused(Exception):
@@ -203,7 +207,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     guard = JobGuard(record_path(state_dir, args[1]), spec.request_id, cleanup=cleanup)
     guard.write()
     run = SaveRun(spec=spec, site=config, events=events, env={}, job_id_known=args[1],
-                  runner=GuardedRunner(run_command, guard, engine.base),
+                  runner=GuardedRunner(run_command, guard, engine.base, bound=DIE_WITH_ENTRY),
                   located=lambda info: _lock_container(state_dir, info))
     try:
         result = save(run)
@@ -212,6 +216,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             # a pause was begun and never seen undone (e.g. scancel's SIGTERM also hit
             # the `podman pause` child, which paused the container, then failed): resume
             run_command(guard.unpause, timeout=UNDO_TIMEOUT_SECONDS, check=False)
+        for line in drop_helper_tags(guard, args[0]):  # normally already gone: one 404
+            log.info("helper tag: %s", line)
         guard.clear()  # ended on its own, cleaned up: nothing left for the epilog
     return report_exit(result)
 

@@ -5,13 +5,14 @@ A save pauses the user's container (the streaming commit's read, or the engine's
 cleaned up by the save itself; SIGKILL of the save, of the whole job, or a node daemon
 restart is not. So before anything is paused or made, the privileged entry writes a
 root-only record per job (``{node.state_dir}/jobs/JOBID.json``): the commands that undo
-it (``unpause`` while a pause may be in force, ``rmi`` of the temporary names). The
-save's runner (:class:`GuardedRunner`) adds the unpause before each pause and drops it
-once the engine has resumed the container; the entry removes the record when the save
-ends. The scheduler's epilog, run as root on the node after every job
-(``imgsave-epilog``, ``python -I -m builder_jobs.node_guard epilog STATE_DIR JOBID``),
-replays what a record still holds, then removes it. Jobs without a record cost one
-``stat`` in the epilog's shell wrapper.
+it (``unpause`` while a pause may be in force, ``rmi`` of the temporary names, the base
+image's helper tag in the registry once its one-off push begins). The save's runner
+(:class:`GuardedRunner`) adds the unpause before each pause and drops it once the engine
+has resumed the container, and adds the helper tag before the push that makes it; the
+entry removes the record when the save ends. The scheduler's epilog, run as root on the
+node after every job (``imgsave-epilog``: ``python -I -m builder_jobs.node_guard epilog
+STATE_DIR JOBID CONFIG``), replays what a record still holds, then removes it. Jobs
+without a record cost one ``stat`` in the epilog's shell wrapper.
 """
 
 from __future__ import annotations
@@ -26,7 +27,9 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
+from builder_jobs.base_image import CACHE_TAG_PREFIX
 from site_configs.errors import CommandFailed
 from site_configs.runner import DEFAULT_TIMEOUT_SECONDS, CommandResult, Runner, run_command
 
@@ -57,11 +60,13 @@ class JobGuard:
     request_id: str
     cleanup: list[list[str]] = field(default_factory=list)
     unpause: list[str] = field(default_factory=list)
+    drop_tags: list[str] = field(default_factory=list)  # "registry/repository:tag"
 
     def write(self) -> None:
         """Replace the record atomically (root-only, 0600)."""
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        data = {"request_id": self.request_id, "cleanup": self.cleanup, "unpause": self.unpause}
+        data = {"request_id": self.request_id, "cleanup": self.cleanup,
+                "unpause": self.unpause, "drop_tags": self.drop_tags}  # fmt: skip
         partial = self.path.with_suffix(".partial")
         fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
         with os.fdopen(fd, "w") as fh:
@@ -80,7 +85,8 @@ class JobGuard:
             data = json.loads(path.read_text())
             return cls(path, str(data["request_id"]),
                        [[str(a) for a in argv] for argv in data.get("cleanup", [])],
-                       [str(a) for a in data.get("unpause", [])])  # fmt: skip
+                       [str(a) for a in data.get("unpause", [])],
+                       [str(t) for t in data.get("drop_tags", [])])  # fmt: skip
         except FileNotFoundError:
             return None
         except (OSError, ValueError, KeyError, TypeError) as e:
@@ -90,12 +96,20 @@ class JobGuard:
 
 class GuardedRunner:
     """The save's runner: records how to resume the container before each pause (the
-    engine's ``pause``, or ``commit --pause=true``) and forgets it once resumed."""
+    engine's ``pause``, or ``commit --pause=true``) and forgets it once resumed, and
+    records the base image's helper tag before the push that makes it.
 
-    def __init__(self, runner: Runner, guard: JobGuard, base: Sequence[str]) -> None:
+    ``bound`` is put before every command so that it dies with the thread that ran it
+    (``setpriv --pdeathsig KILL --``): a push the entry started must not finish after
+    the entry was killed and the epilog removed its tag."""
+
+    def __init__(
+        self, runner: Runner, guard: JobGuard, base: Sequence[str], bound: Sequence[str] = ()
+    ) -> None:
         self.runner = runner
         self.guard = guard
         self.base = list(base)
+        self.bound = list(bound)
 
     def __call__(
         self,
@@ -116,8 +130,13 @@ class GuardedRunner:
         if container:
             self.guard.unpause = [*self.base, "unpause", container]
             self.guard.write()  # before: a kill during the command is covered too
+        if verb == "push" and is_helper_reference(args[-1]):
+            reference = args[-1].removeprefix("docker://")  # podman's transport prefix
+            self.guard.drop_tags = list(dict.fromkeys([*self.guard.drop_tags, reference]))
+            self.guard.write()
         try:
-            result = self.runner(args, timeout=timeout, check=check, input_text=input_text)
+            result = self.runner([*self.bound, *args], timeout=timeout, check=check,
+                                 input_text=input_text)  # fmt: skip
         except CommandFailed:
             if verb == "commit" and container:
                 self._resumed()  # the engine's commit resumes on its own failure
@@ -130,6 +149,46 @@ class GuardedRunner:
         if self.guard.unpause:
             self.guard.unpause = []
             self.guard.write()
+
+
+def is_helper_reference(reference: str) -> bool:
+    """``registry/repository:imgsave-base-...``: the base's helper tag (base_image.py)."""
+    return reference.rpartition(":")[2].startswith(CACHE_TAG_PREFIX) and "/" in reference
+
+
+def drop_helper_tags(guard: JobGuard, config_path: str | Path) -> list[str]:
+    """Remove the helper tags a save recorded, with the node's registry credentials
+    (the site config the node entry uses). Only references on the configured registry
+    are touched; a tag already gone is fine. Returns what was done; never raises."""
+    if not guard.drop_tags:
+        return []
+    from registry.auth import load_credentials  # the epilog imports these only when needed
+    from registry.oci import RegistryClient
+    from registry.refs import parse_reference
+    from site_configs.errors import ImgsaveError, NotFound
+    from site_configs.schema import load_site_config
+
+    done = []
+    try:
+        section = load_site_config(config_path).registry
+        client = RegistryClient.from_section(section, load_credentials(section))
+        host = urlsplit(section.url).netloc
+    except (ImgsaveError, OSError) as e:
+        return [f"helper tags kept: no registry client ({e})"]
+    with client:
+        for text in guard.drop_tags:
+            try:
+                ref = parse_reference(text, default_registry="")
+                if ref.registry != host or not is_helper_reference(text):
+                    done.append(f"{text}: not this site's helper tag, left")
+                    continue
+                client.delete_tag_or_digest(ref.repository, ref.reference)
+                done.append(f"{text} removed")
+            except NotFound:
+                done.append(f"{text} already gone")
+            except ImgsaveError as e:
+                done.append(f"{text} kept: {e}")
+    return done
 
 
 def container_lock(state_dir: Path, container_id: str) -> int:
@@ -166,8 +225,9 @@ def undo(guard: JobGuard, runner: Runner = run_command) -> list[str]:
     return done
 
 
-def epilog(state_dir: Path, job_id: str) -> int:
-    """The scheduler's epilog for ``job_id``: undo what its save left, if anything."""
+def epilog(state_dir: Path, job_id: str, config_path: str = "") -> int:
+    """The scheduler's epilog for ``job_id``: undo what its save left, if anything
+    (helper tags too, given the node's site config)."""
     try:
         path = record_path(state_dir, job_id)
     except ValueError:
@@ -176,6 +236,8 @@ def epilog(state_dir: Path, job_id: str) -> int:
     if guard is None:
         return 0
     done = undo(guard)
+    if config_path:
+        done += drop_helper_tags(guard, config_path)
     print(f"imgsave-epilog: job {job_id} request {guard.request_id}: {'; '.join(done)}",
           file=sys.stderr)  # fmt: skip
     return 0
@@ -183,14 +245,14 @@ def epilog(state_dir: Path, job_id: str) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
-    if len(args) != 3 or args[0] != "epilog":
-        print("usage: python -I -m builder_jobs.node_guard epilog STATE_DIR JOBID",
+    if len(args) not in (3, 4) or args[0] != "epilog":
+        print("usage: python -I -m builder_jobs.node_guard epilog STATE_DIR JOBID [CONFIG]",
               file=sys.stderr)  # fmt: skip
         return 2
     if os.geteuid() != 0:
         print("imgsave-epilog: must run as root (the scheduler's epilog)", file=sys.stderr)
         return 2
-    return epilog(Path(args[1]), args[2])
+    return epilog(Path(args[1]), args[2], args[3] if len(args) == 4 else "")
 
 
 if __name__ == "__main__":

@@ -122,6 +122,7 @@ install_entry() {  # the node's one privileged entry and its sudoers rule
     mkdir -p /var/lib/imgsave-node && chmod 0700 /var/lib/imgsave-node
     # the epilog that resumes a container whose save was killed outright (slurm.conf)
     sed -e "s|@PYTHON@|$RUNTIME/venv/bin/python|" -e "s|@STATE_DIR@|/var/lib/imgsave-node|g" \
+        -e "s|@CONFIG@|$NODE_CONFIG|" \
         "$HERE/../site_configs/deploy/imgsave-epilog.in" >/usr/local/sbin/imgsave-epilog.new
     chown root:root /usr/local/sbin/imgsave-epilog.new
     chmod 0755 /usr/local/sbin/imgsave-epilog.new
@@ -294,6 +295,9 @@ session() {  # session NODE USER NAME [extra podman run args...]
 SLURM_CONF_CHANGED=0
 
 cmd_up() {
+    # one at a time: parallel runs (two test sessions) must not install the runtime at once
+    exec 9>/run/imgsave-cluster-up.lock
+    flock 9
     install_packages
     install_users
     install_configs

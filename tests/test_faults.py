@@ -159,11 +159,42 @@ def test_a_save_killed_outright_never_leaves_the_container_paused(kill: str) -> 
     assert status.stage is Stage.FAILED and status.reason, status
     if kill == "the save process":
         assert "signal 9" in status.reason, status.reason
-    # no tag of the user's; a kill during the base image's one-off push may leave its
-    # helper tag, which is never listed (row 6) and not yet removed (docs/faults.md)
-    tags = requests.get(f"http://{REGISTRY}/v2/{repo}/tags/list", timeout=10).json()
-    assert [t for t in tags.get("tags") or [] if not is_helper_tag(t)] == []
+    # no tag at all: not the user's, not the base's helper tag (the epilog removes it)
+    assert registry_tags(repo) == []
     assert local_images("n1", status.request_id) == []
+
+
+def registry_tags(repo: str) -> list[str]:
+    answer = requests.get(f"http://{REGISTRY}/v2/{repo}/tags/list", timeout=10)
+    return [] if answer.status_code == 404 else list(answer.json().get("tags") or [])
+
+
+def test_a_save_killed_after_its_base_push_leaves_no_helper_tag() -> None:
+    """The base image is not in this new repository, so the save pushes it once under a
+    helper tag while it reads the container. SIGKILL to the entry once that tag is in
+    the registry: the record named it before the push, and the epilog removes it with
+    the node's registry credentials. Fails without the epilog's tag step (the tag stays)."""
+    s = site()
+    repo = unique("alice/killedbase")
+    with session_container("n1", "alice") as name:
+        _fill("n1", name, 300)
+        job = submit_as("alice", name, f"{repo}:v1", node="n1")
+        deadline = time.monotonic() + 120
+        while not [t for t in registry_tags(repo) if is_helper_tag(t)]:
+            assert time.monotonic() < deadline, "the base push never made its helper tag"
+            assert job_state(job) not in ("COMPLETED", "FAILED"), "the save ended first"
+            time.sleep(0.02)
+        guard = JobGuard.load(record_path(STATE_DIR, job))
+        os.kill(_entry_pid(job), signal.SIGKILL)
+        status = wait_final(s, job, "alice")
+        deadline = time.monotonic() + 60
+        while registry_tags(repo) and time.monotonic() < deadline:
+            time.sleep(0.5)  # the epilog runs as the job completes
+        assert container_state("n1", name) == "running"
+    assert guard is not None and [t for t in guard.drop_tags if is_helper_tag(t.rpartition(":")[2])]
+    assert status.state is JobState.FAILED and "signal 9" in status.reason, status
+    assert registry_tags(repo) == []
+    assert not record_path(STATE_DIR, job).exists()
 
 
 def test_a_second_save_of_a_container_being_saved_is_refused_at_once() -> None:
