@@ -61,21 +61,9 @@ def served(tmp_path: Path) -> Iterator[tuple[str, list[str], dict[str, str]]]:
     env = {"PATH": "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin", "LANG": "C.UTF-8",
            "HOME": "/var/lib/imgsave", "IMGSAVE_INSTANCE_DIR": str(state / "instance")}
     argv = ["runuser", "-u", SERVICE, "--", IMGSAVE_BIN, "--config", str(config)]
-    port = _free_port()
-    server = subprocess.Popen([*argv, "serve", "--port", str(port), "--threads", "2"], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              cwd="/")
-    url = f"http://127.0.0.1:{port}"
+    url = f"http://127.0.0.1:{_free_port()}"
+    server = start_serve(url, argv, env)
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                requests.get(url + "/healthz", timeout=1).raise_for_status()
-                break
-            except requests.RequestException:
-                assert server.poll() is None, server.communicate()[0]
-                assert time.monotonic() < deadline, "imgsave serve did not answer in 20 s"
-                time.sleep(0.1)
         yield url, argv, env
     finally:
         server.terminate()
@@ -84,12 +72,33 @@ def served(tmp_path: Path) -> Iterator[tuple[str, list[str], dict[str, str]]]:
         shutil.rmtree(config.parent, ignore_errors=True)
 
 
-def _serve_owner(port_url: str) -> str:
-    port = port_url.rsplit(":", 1)[1]
+def start_serve(url: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
+    """``imgsave serve`` on ``url``'s port, once it answers ``/healthz``."""
+    port = url.rsplit(":", 1)[1]
+    server = subprocess.Popen([*argv, "serve", "--port", port, "--threads", "2"], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              cwd="/")
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            requests.get(url + "/healthz", timeout=1).raise_for_status()
+            return server
+        except requests.RequestException:
+            assert server.poll() is None, server.communicate()[0]
+            assert time.monotonic() < deadline, "imgsave serve did not answer in 20 s"
+            time.sleep(0.1)
+
+
+def serve_pid(url: str) -> int:
+    """The process listening on ``url``'s port (waitress, as the service account)."""
+    port = url.rsplit(":", 1)[1]
     out = subprocess.run(["ss", "-Htlnp", f"sport = :{port}"], capture_output=True, text=True,
                          check=True).stdout
-    pid = out.split("pid=", 1)[1].split(",", 1)[0]
-    return pwd.getpwuid(os.stat(f"/proc/{pid}").st_uid).pw_name
+    return int(out.split("pid=", 1)[1].split(",", 1)[0])
+
+
+def _serve_owner(port_url: str) -> str:
+    return pwd.getpwuid(os.stat(f"/proc/{serve_pid(port_url)}").st_uid).pw_name
 
 
 def test_serve_answers_with_tokens_from_the_token_command(

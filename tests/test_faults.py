@@ -451,3 +451,46 @@ def test_a_pause_whose_command_failed_stays_on_record() -> None:
 
 def _slurmd_pid(node: str) -> str:
     return Path(f"/run/imgsave-cluster/slurmd-{node}.pid").read_text().strip()
+
+
+def test_serve_killed_mid_save_loses_nothing(
+    served: tuple[str, list[str], dict[str, str]],  # noqa: F811
+) -> None:
+    """``imgsave serve`` is SIGKILLed while a save it submitted runs, then started again
+    on the same database: the save goes on (the scheduler holds it, not the server), its
+    status is its true one, and the same request sent again (same Idempotency-Key)
+    answers the same job instead of submitting a second."""
+    from tests.test_api_cluster import token_for, wait_done
+    from tests.test_api_serve import serve_pid, start_serve
+
+    url, argv, env = served
+    alice = token_for(served, "alice")
+    name = unique("servekill")
+    with session_container("n1", "alice") as container:
+        _fill("n1", container, 300)
+        body = {"container": container, "target": f"{name}:v1", "node": "n1"}
+        headers = {**alice, "Idempotency-Key": f"key-{name}"}
+        first = requests.post(f"{url}/api/v1/saves", json=body, headers=headers, timeout=60)
+        assert first.status_code == 202, first.text
+        job = str(first.json()["job_id"])
+        assert _wait_guarded(job), "the save never began its read"
+        os.kill(serve_pid(url), signal.SIGKILL)
+        with pytest.raises(requests.ConnectionError):
+            requests.get(f"{url}/healthz", timeout=5)
+        restarted = start_serve(url, argv, env)
+        try:
+            during = requests.get(f"{url}/api/v1/saves/{job}", headers=alice, timeout=30)
+            again = requests.post(f"{url}/api/v1/saves", json=body, headers=headers,
+                                  timeout=60)
+            status = wait_done(url, job, alice)
+        finally:
+            restarted.terminate()
+            restarted.wait(timeout=10)
+        assert container_state("n1", container) == "running"
+    assert during.status_code == 200 and during.json()["state"] in ("running", "completed")
+    assert again.status_code == 202 and str(again.json()["job_id"]) == job, again.text
+    assert status["state"] == "completed" and status["digest"].startswith("sha256:"), status
+    listed = subprocess.run(["squeue", "-h", "-a", "-t", "all", "-o", "%i %k"],
+                            capture_output=True, text=True, check=True).stdout
+    assert [line.split()[0] for line in listed.splitlines() if f"/{name}:" in line] == [job]
+    assert registry_tags(f"alice/{name}") == ["v1"]
