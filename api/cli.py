@@ -25,6 +25,7 @@ from api.report_output import render, render_document, write_png
 from api.service import SaveRequest
 from api.tables import human_bytes, render_table
 from builder_jobs.events import Stage
+from scheduler_glue.states import JobState
 from site_configs.errors import ImgsaveError
 from site_configs.schema import CONFIG_ENV, ImageFormat, current_account, get_site_config
 
@@ -222,6 +223,8 @@ def _bar(s: SaveStatus, width: int = 24) -> str:
     if s.bytes_total:
         detail = f" {human_bytes(s.bytes_done)}/{human_bytes(s.bytes_total)}"
     bar = "#" * filled + "." * (width - filled)
+    if s.state is JobState.UNKNOWN and s.reason:
+        detail += f" ({s.reason})"  # e.g. accounting down: say so while waiting
     return f"{s.job_id} [{bar}] {s.percent:3d}% {s.stage.value}{detail}"
 
 

@@ -8,6 +8,7 @@ status back from the scheduler's accounting joined with the spool's events and r
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import logging
 import os
 import re
@@ -51,6 +52,7 @@ _CONTAINER_NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]{0,253}")
 _JOB_ID = re.compile(r"[0-9]+(?:\.[A-Za-z0-9_.-]+)?|[0-9]+\[[0-9]*\](?:\.[A-Za-z0-9_.-]+)?")
 _NODE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 BY_JOB_DIR = "by-job"
+SUBMIT_LOCKS_DIR = "submit-locks"
 RECENT_SECONDS = 600.0
 # How far back the scheduler is asked about a job whose spec is not in our own spool.
 LOOKBACK = timedelta(days=31)
@@ -165,9 +167,10 @@ class SaveService:
         self.check_submitter(request.user)
         node = self.resolve_node(request, admin=admin)
         spool = self._own_spool()
-        # the in-flight check and the submit as one step (flock on our own spool): 30
-        # saves at once cannot all pass a limit of 8
-        with _submit_lock(spool):
+        # the in-flight check and the submit as one step per requester (flock in our own
+        # spool): 30 saves at once cannot all pass a limit of 8; users do not wait on
+        # each other's submits in the portal
+        with _submit_lock(spool, request.user if self.portal_mode else ""):
             self._check_in_flight(request.user)
             if self.registry_check is not None:
                 self.registry_check(request.user)  # a registry down or full fails now
@@ -471,10 +474,18 @@ def _default_python() -> str:
 
 
 @contextmanager
-def _submit_lock(spool: Path) -> Iterator[None]:
-    """This account's submits one at a time: flock on the spool directory itself (no
-    file is made, so a refused request leaves nothing behind)."""
-    fd = os.open(spool, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+def _submit_lock(spool: Path, requester: str = "") -> Iterator[None]:
+    """One requester's submits one at a time. For an account's own saves, flock on the
+    spool directory itself (no file is made, so a refused request leaves nothing
+    behind); for the service account's, one lock file per requester under
+    ``submit-locks/`` (kept: a few bytes per user)."""
+    if requester:
+        locks = spool / SUBMIT_LOCKS_DIR
+        locks.mkdir(mode=0o700, exist_ok=True)
+        name = hashlib.sha256(requester.encode()).hexdigest()[:32]
+        fd = os.open(locks / name, os.O_RDONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    else:
+        fd = os.open(spool, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield

@@ -153,7 +153,8 @@ def test_unknown_host_is_refused_before_qsub(tmp_path: Path) -> None:
     saves, runner = service(tmp_path, steps)
     with pytest.raises(NotFound, match="nosuchnode"):
         saves.submit(request(node="nosuchnode"))
-    assert list(tmp_path.iterdir()) == []
+    # nothing of the request's: only the requester's submit lock (reused, a few bytes)
+    assert [p.name for p in tmp_path.iterdir()] in ([], ["submit-locks"])
     runner.assert_done()
 
 
