@@ -2,16 +2,21 @@
 
 One pass over the tar chunks gives the layer's ``diff_id`` (sha256 of the tar) and its
 blob digest (sha256 of the compressed bytes), and sends the compressed bytes to the
-registry in a single streamed ``PATCH`` (chunked transfer encoding, the way docker's own
-push streams a layer of unknown size), closed by ``PUT ?digest=``. The digest is known
-only at the end, which is why :meth:`RegistryClient.push_blob` (digest first) is not used.
+registry as they come, in ``PATCH`` chunks of ``chunk_bytes`` (OCI chunked upload, with
+``Content-Range``), closed by ``PUT ?digest=``. The digest is known only at the end,
+which is why :meth:`RegistryClient.push_blob` (digest first) is not used. Each chunk is
+held until the registry has acknowledged it, so a chunk that fails (connection lost,
+5xx) is resent from the offset the registry reports (:class:`registry.upload.BlobUpload`,
+bounded by the site's ``[registry]`` retry keys); a registry that lost the upload ends
+the save with a retryable error.
 
 Three threads (plus zstd's or pigz's own): a reader reads the tar; a compressor hashes
 it and compresses it; the caller's thread hashes the compressed bytes and sends them.
 Reading, hashing and compressing all leave the GIL, so they overlap. Up to
 ``buffer_bytes`` of compressed data may wait for the upload, so the read (during which
 the container is paused) can run ahead of a slower registry; past that, the upload
-slows the reader. Size it to the save job's memory limit.
+slows the reader. Memory: ``buffer_bytes`` plus about twice ``chunk_bytes``. Size it to
+the save job's memory limit.
 
 The codecs are in :mod:`builder_jobs.layer_codecs`; measured speeds in
 ``docs/benchmarks.md``.
@@ -26,15 +31,14 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import cast
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from builder_jobs import cancel
 from builder_jobs.layer_codecs import Codec
 from registry.oci import RegistryClient
-from registry.tokens import repository_scope
-from site_configs.errors import ImgsaveError, RegistryError
+from registry.upload import BlobUpload
 
 BUFFER_BYTES = 256 << 20  # compressed bytes the reader may run ahead of the upload
+CHUNK_BYTES = 16 << 20  # compressed bytes per PATCH, held until the registry has them
 RAW_BUFFER_BYTES = 32 << 20  # tar bytes read ahead of the compressor
 _DONE = object()
 _CLOSED = object()
@@ -53,38 +57,6 @@ class PushedLayer:
     seconds: float  # until the registry had the whole blob
 
 
-class ReplayedBody(RegistryError):
-    """The registry asked for credentials again mid-upload; a stream cannot be resent."""
-
-
-class _OnceBody:
-    """The PATCH body: the queue's chunks, hashed and counted; iterable exactly once."""
-
-    def __init__(self, chunks: Iterator[bytes], progress: Callable[[int], None] | None) -> None:
-        self._chunks = chunks
-        self._progress = progress
-        self._used = False
-        self.hasher = hashlib.sha256()
-        self.size = 0
-
-    def __iter__(self) -> Iterator[bytes]:
-        if self._used:
-            raise ReplayedBody(
-                "the registry asked to authenticate again in the middle of a streamed "
-                "layer upload, which cannot be resent; run the save again",
-                retryable=True,
-            )
-        self._used = True
-        for chunk in self._chunks:
-            if cancel.requested.is_set():
-                return  # end the body cleanly: the upload can then be deleted
-            self.hasher.update(chunk)
-            self.size += len(chunk)
-            if self._progress:
-                self._progress(self.size)
-            yield chunk
-
-
 def push_layer(
     client: RegistryClient,
     repository: str,
@@ -94,47 +66,44 @@ def push_layer(
     on_read_done: Callable[[], None] | None = None,
     progress: Callable[[int], None] | None = None,
     buffer_bytes: int = BUFFER_BYTES,
+    chunk_bytes: int = CHUNK_BYTES,
 ) -> PushedLayer:
     """Compress ``tar`` with ``codec`` and upload it to ``repository`` as it is made.
 
     ``on_read_done`` runs in the producer thread as soon as ``tar`` is exhausted (the
-    caller unpauses the container there); ``progress`` gets the compressed bytes sent so
-    far. A failure cancels the upload and stops the producer; the error is raised here.
+    caller unpauses the container there); ``progress`` gets the compressed bytes the
+    registry has so far. The upload goes in chunks of ``chunk_bytes``, each kept until
+    the registry has it, so a failed chunk is resent from where the registry stands
+    (:class:`~registry.upload.BlobUpload`). A failure cancels the upload and stops the
+    producer; the error is raised here.
     """
     started = time.monotonic()
-    scope = repository_scope(repository, "pull", "push")
-    response = client.send("POST", f"/v2/{repository}/blobs/uploads/", scope=scope)
-    client.check(response, f"start a blob upload to {repository}", 202)
-    location = response.headers.get("Location", "")
-    if not location:
-        raise RegistryError(f"registry at {client.base_url} started an upload without a Location")
+    upload = BlobUpload(client, repository)
+    upload.start()
     producer = _Producer(tar, codec, on_read_done, _Buffer(buffer_bytes))
     producer.start()
-    body = _OnceBody(producer.chunks(), progress)
+    hasher = hashlib.sha256()
     try:
-        with cancel.deferred():
-            location = _patch(client, repository, location, body, scope)
+        with cancel.deferred():  # a cancel ends the upload between chunks (see cancel)
+            for chunk in _chunks(producer.chunks(), chunk_bytes):
+                hasher.update(chunk)
+                upload.append(chunk)
+                if progress:
+                    progress(upload.offset)
         cancel.raise_if_requested()  # the upload ended early: delete it, then fail
         if producer.error is not None:
             raise producer.error
-        digest = "sha256:" + body.hasher.hexdigest()
-        response = client.send(
-            "PUT",
-            _with_digest(location, digest),
-            scope=scope,
-            headers={"Content-Type": "application/octet-stream"},
-            data=b"",
-        )
-        client.check(response, f"push blob {digest} to {repository}", 201, 204)
+        digest = "sha256:" + hasher.hexdigest()
+        upload.finish(digest)
     except BaseException:
         producer.stop()
-        _cancel(client, location, scope)
+        upload.cancel()
         raise
     finally:
         producer.join()
     return PushedLayer(
         digest=digest,
-        size=body.size,
+        size=upload.offset,
         diff_id="sha256:" + producer.diff_hasher.hexdigest(),
         tar_size=producer.tar_size,
         media_type=codec.media_type,
@@ -143,33 +112,19 @@ def push_layer(
     )
 
 
-def _patch(
-    client: RegistryClient, repository: str, location: str, body: _OnceBody, scope: str
-) -> str:
-    # ``send`` types its body as bytes so that a 401 can resend it; requests streams
-    # any iterable with chunked transfer encoding, and _OnceBody refuses a resend.
-    response = client.send(
-        "PATCH",
-        location,
-        scope=scope,
-        headers={"Content-Type": "application/octet-stream"},
-        data=cast(bytes, body),
-    )
-    client.check(response, f"upload a layer to {repository}", 202)
-    return response.headers.get("Location", location)
-
-
-def _cancel(client: RegistryClient, location: str, scope: str) -> None:
-    try:
-        client.send("DELETE", location, scope=scope)
-    except ImgsaveError:
-        pass  # best effort: registries purge abandoned uploads themselves
-
-
-def _with_digest(location: str, digest: str) -> str:
-    parts = urlsplit(location)
-    query = parse_qsl(parts.query, keep_blank_values=True) + [("digest", digest)]
-    return urlunsplit(parts._replace(query=urlencode(query)))
+def _chunks(pieces: Iterator[bytes], size: int) -> Iterator[bytes]:
+    """``pieces`` cut into chunks of ``size`` bytes (the last one shorter); a cancel
+    request ends them at the next piece."""
+    held = bytearray()
+    for piece in pieces:
+        if cancel.requested.is_set():
+            return
+        held += piece
+        while len(held) >= size:
+            yield bytes(held[:size])
+            del held[:size]
+    if held and not cancel.requested.is_set():
+        yield bytes(held)
 
 
 class _Buffer:

@@ -10,9 +10,8 @@ digest read back is checked against its content.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import replace
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import requests
 
@@ -26,15 +25,16 @@ from registry.manifests import (
     verify_digest,
 )
 from registry.refs import check_digest, check_reference, check_repository
+from registry.retry import RetryPolicy
 from registry.tokens import CATALOG_SCOPE, repository_scope
 from registry.transport import RegistryTransport
+from registry.upload import BlobUpload
 from site_configs.errors import ImgsaveError, InvalidRequest, NotFound, RegistryError
 from site_configs.schema import RegistrySection
 
 PAGE_SIZE = 1000
 MAX_PAGES = 10_000  # a registry whose Link header loops must not hang a save
 CONFIG_FETCH_LIMIT = 4 * 1024 * 1024  # read `created` from configs up to this size
-OCTET_STREAM = {"Content-Type": "application/octet-stream"}
 
 
 class RegistryClient(RegistryTransport):
@@ -48,9 +48,13 @@ class RegistryClient(RegistryTransport):
     def from_section(
         cls, section: RegistrySection, credentials: Credentials | None = None
     ) -> RegistryClient:
-        """A client for the site's registry (credentials from :func:`load_credentials`)."""
+        """A client for the site's registry (credentials from :func:`load_credentials`),
+        retrying by the site's policy."""
         verify: bool | str = section.ca_bundle if section.ca_bundle else section.tls_verify
-        return cls(section.url, credentials, verify=verify, timeout=section.timeout_seconds)
+        retry = RetryPolicy(section.retry_attempts, section.retry_wait_seconds)
+        return cls(
+            section.url, credentials, verify=verify, timeout=section.timeout_seconds, retry=retry
+        )
 
     def __enter__(self) -> RegistryClient:
         return self
@@ -192,17 +196,18 @@ class RegistryClient(RegistryTransport):
         check_digest(digest)
         if self.blob_exists(repository, digest):
             return False
+        upload = BlobUpload(self, repository)
         if isinstance(data, bytes | bytearray):
             _check_content(bytes(data), digest)
-            location = self._start_upload(repository)
-            self._finish_upload(repository, location, digest, bytes(data))
+            upload.start()
+            upload.finish(digest, bytes(data))
             return True
-        location = self._start_upload(repository)
+        upload.start()
         try:
-            location = self._upload_chunks(repository, location, iter(data), digest)
-            self._finish_upload(repository, location, digest, b"")
+            _append_checked(upload, data, digest)
+            upload.finish(digest)
         except (ImgsaveError, OSError):
-            self._cancel_upload(repository, location)
+            upload.cancel()
             raise
         return True
 
@@ -230,7 +235,9 @@ class RegistryClient(RegistryTransport):
         self.check(response, what, 201, 202)
         if response.status_code == 201:
             return True
-        self._cancel_upload(repository, response.headers.get("Location", ""))
+        opened = BlobUpload(self, repository)
+        opened.location = response.headers.get("Location", "")
+        opened.cancel()
         return False
 
     # --- manifests ----------------------------------------------------------------------
@@ -323,60 +330,17 @@ class RegistryClient(RegistryTransport):
             params = None  # the Link URL carries its own query
         return items
 
-    def _start_upload(self, repository: str) -> str:
-        response = self.send(
-            "POST",
-            f"/v2/{repository}/blobs/uploads/",
-            scope=repository_scope(repository, "pull", "push"),
-        )
-        self.check(response, f"start a blob upload to {repository}", 202)
-        location = response.headers.get("Location", "")
-        if not location:
-            raise RegistryError(f"registry at {self.base_url} started an upload without a Location")
-        return location
 
-    def _upload_chunks(
-        self, repository: str, location: str, chunks: Iterator[bytes], digest: str
-    ) -> str:
-        hasher = hashlib.new(digest.split(":", 1)[0])
-        offset = 0
-        for chunk in chunks:
-            if not chunk:
-                continue
+def _append_checked(upload: BlobUpload, chunks: Iterable[bytes], digest: str) -> None:
+    """Send ``chunks``, hashing them; a content that is not ``digest`` is refused."""
+    hasher = hashlib.new(digest.split(":", 1)[0])
+    for chunk in chunks:
+        if chunk:
             hasher.update(chunk)
-            headers = {**OCTET_STREAM, "Content-Range": f"{offset}-{offset + len(chunk) - 1}"}
-            response = self.send(
-                "PATCH",
-                location,
-                scope=repository_scope(repository, "pull", "push"),
-                headers=headers,
-                data=bytes(chunk),
-            )
-            self.check(response, f"upload a chunk of {digest} to {repository}", 202)
-            location = response.headers.get("Location", location)
-            offset += len(chunk)
-        actual = f"{hasher.name}:{hasher.hexdigest()}"
-        if actual != digest:
-            raise InvalidRequest(f"blob content is {actual}, but it was pushed as {digest}")
-        return location
-
-    def _finish_upload(self, repository: str, location: str, digest: str, body: bytes) -> None:
-        response = self.send(
-            "PUT",
-            _add_query(location, digest=digest),
-            scope=repository_scope(repository, "pull", "push"),
-            headers=OCTET_STREAM,
-            data=body,
-        )
-        self.check(response, f"push blob {digest} to {repository}", 201, 204)
-
-    def _cancel_upload(self, repository: str, location: str) -> None:
-        if not location:
-            return
-        try:
-            self.send("DELETE", location, scope=repository_scope(repository, "pull", "push"))
-        except ImgsaveError:
-            pass  # best effort: the registry purges abandoned uploads itself
+            upload.append(bytes(chunk))
+    actual = f"{hasher.name}:{hasher.hexdigest()}"
+    if actual != digest:
+        raise InvalidRequest(f"blob content is {actual}, but it was pushed as {digest}")
 
 
 def _check_content(data: bytes, digest: str) -> None:
@@ -387,9 +351,3 @@ def _check_content(data: bytes, digest: str) -> None:
 
 def _header_digest(response: requests.Response, raw: bytes) -> str:
     return response.headers.get("Docker-Content-Digest") or sha256_digest(raw)
-
-
-def _add_query(url: str, **params: str) -> str:
-    parts = urlsplit(url)
-    query = parse_qsl(parts.query, keep_blank_values=True) + list(params.items())
-    return urlunsplit(parts._replace(query=urlencode(query)))

@@ -3,8 +3,11 @@
 :class:`RegistryTransport` sends a request, answers a 401 challenge once (basic
 credentials, or a token fetched from the challenge's realm and cached per scope), and
 turns failures into imgsave's errors: unreachable → retryable :class:`RegistryError`,
-401/403 → :class:`PermissionDenied` with the registry's own message. The API methods
-live in :mod:`registry.oci`.
+401/403 → :class:`PermissionDenied` with the registry's own message. Requests to the
+registry API (``/v2/``) and to its token server that are safe to repeat are retried by
+a :class:`~registry.retry.RetryPolicy` (none unless one is given; the site's from
+``[registry] retry_attempts``/``retry_wait_seconds``). The API methods live in
+:mod:`registry.oci`.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from __future__ import annotations
 import base64
 import logging
 import os
-import re
+import time
 from collections.abc import Mapping
 from typing import Any, Self
 from urllib.parse import urljoin, urlsplit
@@ -20,22 +23,11 @@ from urllib.parse import urljoin, urlsplit
 import requests
 
 from registry.auth import Credentials
+from registry.retry import RETRIED_METHODS, RetryPolicy, short_reason
 from registry.tokens import Challenge, TokenCache, parse_challenge
 from site_configs.errors import ConfigError, NotFound, PermissionDenied, RegistryError
 
 log = logging.getLogger(__name__)
-
-# Short reasons for the usual network failures, instead of urllib3's nested repr.
-_REASONS = (
-    "Connection refused",
-    "Name or service not known",
-    "Temporary failure in name resolution",
-    "No route to host",
-    "Network is unreachable",
-    "Connection reset by peer",
-    "Read timed out",
-    "timed out",
-)
 
 
 class RegistryTransport:
@@ -49,6 +41,7 @@ class RegistryTransport:
         verify: bool | str = True,
         timeout: float = 30.0,
         session: requests.Session | None = None,
+        retry: RetryPolicy | None = None,
     ) -> None:
         if not base_url.startswith(("http://", "https://")):
             raise ConfigError(f"registry URL {base_url!r} must start with http:// or https://")
@@ -60,6 +53,8 @@ class RegistryTransport:
         self.verify = verify
         self.session = session or requests.Session()
         self.session.verify = verify
+        self.retry = retry or RetryPolicy.once()
+        self.session.mount(self.base_url + "/v2/", self.retry.adapter(self.base_url))
         self._netloc = urlsplit(self.base_url).netloc
         self._scheme = ""  # "basic" or "bearer" once the registry has challenged us
         self._tokens = TokenCache()
@@ -76,7 +71,7 @@ class RegistryTransport:
         session and token cache: for another thread (a ``requests.Session`` is not
         meant to be shared between threads)."""
         return type(self)(self.base_url, self.credentials, verify=self.verify,
-                          timeout=self.timeout)  # fmt: skip
+                          timeout=self.timeout, retry=self.retry)  # fmt: skip
 
     # --- sending ------------------------------------------------------------------
 
@@ -133,6 +128,7 @@ class RegistryTransport:
         data: bytes | None,
         params: Mapping[str, str] | None,
     ) -> requests.Response:
+        started = time.monotonic()
         try:
             return self.session.request(
                 method,
@@ -147,13 +143,16 @@ class RegistryTransport:
             )
         except requests.exceptions.SSLError as e:
             raise RegistryError(
-                f"TLS verification of the registry at {self.base_url} failed: {_reason(e)}; "
+                f"TLS verification of the registry at {self.base_url} failed: {short_reason(e)}; "
                 "if the site uses its own CA, set registry.ca_bundle to its certificate file",
                 retryable=False,
             ) from e
         except (requests.ConnectionError, requests.Timeout) as e:
+            tries = self.retry.attempts if method.upper() in RETRIED_METHODS else 1
+            after = _after(tries, time.monotonic() - started)
             raise RegistryError(
-                f"registry at {self.base_url} is unreachable: {_reason(e)}", retryable=True
+                f"registry at {self.base_url} is unreachable: {short_reason(e)}{after}",
+                retryable=True,
             ) from e
 
     # --- auth -------------------------------------------------------------------------
@@ -201,6 +200,7 @@ class RegistryTransport:
         if challenge.service:
             params.append(("service", challenge.service))
         params += [("scope", s) for s in scope.split()]
+        self.session.mount(realm, self.retry.adapter(realm))  # a GET: safe to repeat
         auth = (self.credentials.username, self.credentials.password) if self.credentials else None
         try:
             response = self.session.get(
@@ -208,12 +208,12 @@ class RegistryTransport:
             )
         except requests.exceptions.SSLError as e:
             raise RegistryError(
-                f"TLS verification of token server {realm} failed: {_reason(e)}"
+                f"TLS verification of token server {realm} failed: {short_reason(e)}"
             ) from e
         except (requests.ConnectionError, requests.Timeout) as e:
             raise RegistryError(
                 f"token server {realm} of the registry at {self.base_url} is unreachable: "
-                f"{_reason(e)}",
+                f"{short_reason(e)}",
                 retryable=True,
             ) from e
         if response.status_code in (401, 403):
@@ -245,7 +245,8 @@ class RegistryTransport:
         if status == 404:
             return NotFound(f"{what}: not found in {where}: {message}")
         retryable = status == 429 or status >= 500
-        return RegistryError(f"{where} failed to {what}: {message}", retryable=retryable)
+        after = _after(_attempts(response), 0.0) if retryable else ""
+        return RegistryError(f"{where} failed to {what}: {message}{after}", retryable=retryable)
 
     def check(self, response: requests.Response, what: str, *ok: int) -> requests.Response:
         """Return ``response`` if its status is one of ``ok``, else raise :meth:`error`."""
@@ -279,12 +280,15 @@ def _basic_header(credentials: Credentials) -> str:
     return "Basic " + base64.b64encode(pair).decode()
 
 
-def _reason(error: Exception) -> str:
-    text = str(error)
-    for reason in _REASONS:
-        if reason.lower() in text.lower():
-            return reason
-    match = re.search(r"certificate verify failed[^(')]*", text)
-    if match:
-        return match.group(0).strip()
-    return text
+def _attempts(response: requests.Response) -> int:
+    """How many tries urllib3 made for ``response`` (its Retry's history + 1)."""
+    retries = getattr(response.raw, "retries", None)
+    history = getattr(retries, "history", ()) or ()
+    return len(history) + 1
+
+
+def _after(attempts: int, seconds: float) -> str:
+    if attempts <= 1:
+        return ""
+    took = f" in {seconds:.1f} s" if seconds else ""
+    return f" (gave up after {attempts} attempts{took})"

@@ -126,6 +126,10 @@ class RegistrySection(_Section):
     # repository prefix per user; {user} and {group} are substituted
     namespace: NonEmpty = "{user}"
     timeout_seconds: Annotated[float, Field(gt=0, le=600)] = 30.0
+    # Save jobs retry registry requests that are safe to repeat (docs/site-config.md):
+    # tries in all per request, and the most time one request waits between them.
+    retry_attempts: Annotated[int, Field(ge=1, le=20)] = 4
+    retry_wait_seconds: Annotated[float, Field(ge=0, le=600)] = 10.0
 
     @field_validator("url")
     @classmethod

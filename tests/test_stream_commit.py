@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import stat
 import subprocess
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -29,8 +31,10 @@ from builder_jobs.stream_commit import ImageTooLarge, StreamResult, stream_commi
 from registry.manifests import OCI_LAYER_ZSTD
 from registry.oci import RegistryClient
 from registry.refs import ImageRef
+from registry.retry import RetryPolicy
 from site_configs.errors import CommandFailed, RegistryError
 from tests.cutting_proxy import CuttingProxy, cutting_proxy
+from tests.flaky_proxy import FlakyProxy, flaky_proxy
 from tests.registry_server import RunningRegistry
 from tests.test_builder_fixtures import PODMAN, ULIMITS, needs_podman, podman
 
@@ -40,6 +44,7 @@ pytestmark = [pytest.mark.podman, needs_podman]
 BASE = "localhost/imgsave-stream-base:test"
 CAPABILITY = bytes.fromhex("0100000200200000000000000000000000000000")  # cap_net_raw+ep
 ENGINE = Podman(command=tuple(PODMAN), tls_verify=False)
+FAST_RETRY = RetryPolicy(attempts=3, wait_seconds=0.5)  # bounded, and quick for tests
 LONG_DIR = "/opt/" + "d" * 120
 LONG_FILE = LONG_DIR + "/" + "f" * 140
 
@@ -189,10 +194,15 @@ def _diff(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
 
 
 def _stream(
-    container: str, registry: RunningRegistry, repository: str, tag: str, **kwargs: Any
+    container: str,
+    registry: RunningRegistry,
+    repository: str,
+    tag: str,
+    retry: RetryPolicy | None = None,
+    **kwargs: Any,
 ) -> StreamResult:
     target = ImageRef(registry.host, repository, tag)
-    with RegistryClient(registry.url, verify=False) as client:
+    with RegistryClient(registry.url, verify=False, retry=retry) as client:
         return stream_commit(container, target, client, ENGINE, **kwargs)
 
 
@@ -401,18 +411,86 @@ def test_a_registry_that_dies_mid_upload_fails_the_save_and_the_container_runs_o
             # the base reaches the repository first (its one-off push, through the proxy)
             _stream(container, _as_registry(proxy), repo, "v0")
             assert not proxy.cut.is_set()
+            started = time.monotonic()
             with pytest.raises(RegistryError) as caught:
-                _stream(container, _as_registry(proxy), repo, "v1")
+                _stream(container, _as_registry(proxy), repo, "v1", retry=FAST_RETRY)
             assert proxy.cut.is_set()  # it died in the middle of the layer's upload
+            took = time.monotonic() - started
         state = podman("inspect", "-f", "{{.State.Status}}", container).stdout.strip()
     assert state == "running"
     assert caught.value.retryable and "unreachable" in caught.value.message
+    # the chunk's PATCH once, then the upload's state asked for: the bounded attempts
+    assert f"gave up after {FAST_RETRY.attempts} attempts" in caught.value.message
+    assert took < 60
     with RegistryClient(builder_registry.url, verify=False) as client:
         tags = client.list_tags(repo)
     assert "v0" in tags and "v1" not in tags  # (a helper tag may stay: nobody to ask)
 
 
-def _as_registry(proxy: CuttingProxy) -> RunningRegistry:
+def test_a_registry_down_for_a_moment_mid_upload_costs_a_resent_chunk_not_the_save(
+    stream_base: str, builder_registry: RunningRegistry, caplog: pytest.LogCaptureFixture
+) -> None:
+    repo = f"alice/blip-{uuid.uuid4().hex[:8]}"
+    caplog.set_level(logging.WARNING)
+    with _container(stream_base) as container:
+        podman("exec", container, "sh", "-c", "head -c 30000000 /dev/urandom > /opt/big")
+        with flaky_proxy(builder_registry.host) as proxy:
+            _stream(container, _as_registry(proxy), repo, "v0")  # the base, once
+            proxy.outage(_nth_patch(2), seconds=1.0)  # the layer's second chunk
+            result = _stream(container, _as_registry(proxy), repo, "v1",
+                             retry=RetryPolicy(attempts=5, wait_seconds=3.0))  # fmt: skip
+        state = podman("inspect", "-f", "{{.State.Status}}", container).stdout.strip()
+    assert state == "running"
+    assert proxy.dropped_matching("PATCH ") == 1 and proxy.dropped_matching("GET ") >= 1
+    retries = [r for r in caplog.records if "attempt" in r.getMessage()]
+    assert len(retries) == len(proxy.dropped)  # each dropped request retried once
+    with RegistryClient(builder_registry.url, verify=False) as client:
+        assert client.manifest_digest(repo, "v1") == result.digest
+        assert client.blob_exists(repo, result.layer_digest)
+
+
+def test_a_registry_that_stays_down_fails_in_bounded_time_and_a_resubmit_succeeds(
+    stream_base: str, builder_registry: RunningRegistry
+) -> None:
+    repo = f"alice/down-{uuid.uuid4().hex[:8]}"
+    uploads = f"GET /v2/{repo}/blobs/uploads/"
+    with _container(stream_base) as container:
+        podman("exec", container, "sh", "-c", "head -c 30000000 /dev/urandom > /opt/big")
+        with flaky_proxy(builder_registry.host) as proxy:
+            _stream(container, _as_registry(proxy), repo, "v0")
+            proxy.outage(_nth_patch(2))  # and never back
+            started = time.monotonic()
+            with pytest.raises(RegistryError) as caught:
+                _stream(container, _as_registry(proxy), repo, "v1", retry=FAST_RETRY)
+            took = time.monotonic() - started
+            assert proxy.dropped_matching("PATCH ") == 1
+            assert proxy.dropped_matching(uploads) == FAST_RETRY.attempts
+            assert podman("inspect", "-f", "{{.State.Status}}", container).stdout.strip() == (
+                "running"
+            )
+            with RegistryClient(builder_registry.url, verify=False) as client:
+                assert "v1" not in client.list_tags(repo)
+            proxy.recover()  # the resubmit goes through a working path
+            result = _stream(container, _as_registry(proxy), repo, "v1", retry=FAST_RETRY)
+    error = caught.value
+    assert error.retryable and proxy.url in error.message and "unreachable" in error.message
+    assert f"gave up after {FAST_RETRY.attempts} attempts" in error.message
+    assert took < 30
+    with RegistryClient(builder_registry.url, verify=False) as client:
+        assert client.manifest_digest(repo, "v1") == result.digest
+
+
+def _nth_patch(n: int) -> Callable[[str], bool]:
+    seen = [0]
+
+    def trigger(line: str) -> bool:
+        seen[0] += line.startswith("PATCH ")
+        return seen[0] == n
+
+    return trigger
+
+
+def _as_registry(proxy: CuttingProxy | FlakyProxy) -> RunningRegistry:
     return RunningRegistry(proxy.url, proxy.host, Path("/nonexistent"), Path("/nonexistent"))
 
 
