@@ -23,18 +23,18 @@ result).
 from __future__ import annotations
 
 import ctypes
+import errno
 import logging
 import os
 import pwd
 import re
 import signal
 import sys
-import tempfile
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from builder_jobs import cancel
+from builder_jobs import cancel, sif
 from builder_jobs.engines import ContainerInfo, engine_for, temporary_image
 from builder_jobs.events import EventStream, FailureKind, ProgressEvent, SaveResult, Stage
 from builder_jobs.failures import SaveFailed
@@ -190,11 +190,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = load_site_config(args[0])
         spec = admit(config, args[1:], os.environ, make_scheduler(config.scheduler))
     except (Refused, ImgsaveError, OSError) as e:
-        message = f"refused: {e.message if isinstance(e, ImgsaveError) else e}"
-        events.emit(ProgressEvent(Stage.FAILED, message=message))
-        events.finish(SaveResult(ok=False, failure=FailureKind.INVALID, error=message))
-        print(f"imgsave-node-save: {message}", file=sys.stderr)
-        return REFUSED
+        if _full(e):
+            return _failed(events, FailureKind.NO_SPACE,
+                           f"node {os.uname().nodename}: no space left for imgsave's record: {e}")
+        return _failed(events, FailureKind.INVALID,
+                       f"refused: {e.message if isinstance(e, ImgsaveError) else e}")
     log.info("job %s: saving %s for %s", args[1], spec.container, spec.user)
     state_dir = Path(config.node.state_dir)
     engine = engine_for(config.engine)
@@ -202,10 +202,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     names = engine.local_names_after_push(temporary_image(spec.request_id), spec.target)
     cleanup = [engine.rmi([name]) for name in names]  # one each: any may be gone
     # the SIF step's work directory (builder_jobs/sif.py), if it got that far
-    cleanup.append(["find", tempfile.gettempdir(), "-maxdepth", "1", "-name",
+    cleanup.append(["find", sif.work_root(), "-maxdepth", "1", "-name",
                     f"imgsave-sif-{spec.request_id}-*", "-exec", "rm", "-rf", "{}", "+"])
     guard = JobGuard(record_path(state_dir, args[1]), spec.request_id, cleanup=cleanup)
-    guard.write()
+    try:
+        guard.write()
+    except OSError as e:  # nothing is paused yet: better no save than an unguarded one
+        guard.clear()
+        kind = FailureKind.NO_SPACE if _full(e) else FailureKind.INTERNAL
+        return _failed(events, kind, f"cannot write the save's record in {state_dir}: {e}")
     run = SaveRun(spec=spec, site=config, events=events, env={}, job_id_known=args[1],
                   runner=GuardedRunner(run_command, guard, engine.base, bound=DIE_WITH_ENTRY),
                   located=lambda info: _lock_container(state_dir, info))
@@ -220,6 +225,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             log.info("helper tag: %s", line)
         guard.clear()  # ended on its own, cleaned up: nothing left for the epilog
     return report_exit(result)
+
+
+def _full(error: BaseException) -> bool:
+    return isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def _failed(events: EventStream, kind: FailureKind, message: str) -> int:
+    """A save that never began: say why, in the events and the result."""
+    events.emit(ProgressEvent(Stage.FAILED, message=message))
+    events.finish(SaveResult(ok=False, failure=kind, error=message))
+    print(f"imgsave-node-save: {message}", file=sys.stderr)
+    return REFUSED
 
 
 _HELD_LOCKS: list[int] = []  # kept open for the process's life

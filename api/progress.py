@@ -8,7 +8,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from builder_jobs.events import EventLog, ProgressEvent, SaveResult, Stage, read_result
+from builder_jobs.events import (
+    SPOOL_FULL_EXIT,
+    EventLog,
+    ProgressEvent,
+    SaveResult,
+    Stage,
+    read_result,
+)
 from builder_jobs.spec import EVENTS_FILE, RESULT_FILE, SaveSpec
 from scheduler_glue.base import JobRecord
 from scheduler_glue.states import JobState
@@ -158,7 +165,7 @@ def build_status(
     state = record.state if record else JobState.UNKNOWN
     if state is JobState.UNKNOWN and result is not None:
         state = JobState.COMPLETED if result.ok else JobState.FAILED
-    stage, reason = _stage_and_reason(state, last, result, record)
+    stage, reason = _stage_and_reason(state, last, result, record, workdir)
     return SaveStatus(
         job_id=job_id,
         request_id=spec.request_id,
@@ -184,7 +191,8 @@ def build_status(
 
 
 def _stage_and_reason(
-    state: JobState, last: ProgressEvent, result: SaveResult | None, record: JobRecord | None
+    state: JobState, last: ProgressEvent, result: SaveResult | None, record: JobRecord | None,
+    workdir: Path,
 ) -> tuple[Stage, str]:
     if result is not None and result.ok and state not in _FINAL_REASONS:
         return Stage.DONE, ""  # pushed; the job may still be cleaning up locally
@@ -202,21 +210,26 @@ def _stage_and_reason(
         return Stage.FAILED, _FINAL_REASONS[state] + _by_whom(record)
     if state is JobState.COMPLETED:
         return Stage.FAILED, "the save job ended without writing a result"
-    return Stage.FAILED, _died(record)
+    return Stage.FAILED, _died(record, workdir)
 
 
-def _died(record: JobRecord | None) -> str:
+def _died(record: JobRecord | None, workdir: Path) -> str:
     """Why a job that wrote no result ended, in the scheduler's own words where it has
-    them (a signal, who cancelled), for CLI, API, portal and reports alike."""
+    them (a signal, who cancelled, a full spool), for CLI, API, portal and reports alike."""
     if record is None:
         return "the save job ended without writing a result"
+    if record.exit_code == SPOOL_FULL_EXIT and not record.signal:
+        return (f"no space left in the save's spool {workdir} (in your home directory?): "
+                "the save job could not write its progress or result there; free some "
+                "space and save again")  # fmt: skip
     if record.signal:
         name = _signal_name(record.signal)
         return (f"the save job was killed by signal {record.signal} ({name}) before "
                 "writing a result; see job.out in the spool")  # fmt: skip
     detail = f" ({record.raw_state})" if record.raw_state and " by " in record.raw_state else ""
-    return (f"the save job failed (exit code {record.exit_code}){detail} before writing "
-            "a result; see job.out in the spool")  # fmt: skip
+    code = "" if record.exit_code is None else f" (exit code {record.exit_code})"
+    return (f"the save job failed{code}{detail} before writing a result; see job.out in "
+            "the spool")  # fmt: skip
 
 
 def _by_whom(record: JobRecord | None) -> str:

@@ -13,8 +13,9 @@ fetches only what may have changed:
   submit time), through one batched ``Scheduler.status``.
 
 Rows of final jobs never change again: a re-listed final job is skipped before its spool
-files are read. Like every table imgsave keeps, this one is a cache: ``rebuild`` drops it
-and fetches again (jobs the scheduler purged are then gone from it too).
+files are read, unless an older imgsave wrote its row (``usage_version``, see
+:data:`ROW_VERSION`). Like every table imgsave keeps, this one is a cache: ``rebuild``
+drops it and fetches again (jobs the scheduler purged are then gone from it too).
 """
 
 from __future__ import annotations
@@ -54,6 +55,11 @@ OVERLAP = timedelta(minutes=10)
 # Non-final jobs older than this are left as last seen instead of asked about each sync.
 RECHECK_DAYS = 30
 _ID_BATCH = 500  # ids per IN (...) list: far below every database's parameter limit
+# What a row holds as this imgsave computes it. Raised when that changes, so that rows an
+# older imgsave wrote are computed again from accounting and the spool instead of kept as
+# final (purged jobs keep their old row). 2: CPU time from the job's steps (it was 0 with
+# ``sacct -X``) and the run time the node measured.
+ROW_VERSION = 2
 
 
 class UsageBase(DeclarativeBase):
@@ -103,6 +109,17 @@ class UsageSync(UsageBase):
     covered_from: Mapped[datetime] = mapped_column(DateTime)
     covered_until: Mapped[datetime] = mapped_column(DateTime)
     synced_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class UsageVersion(UsageBase):
+    """Per cluster: the :data:`ROW_VERSION` of its rows, and since when (naive UTC); rows
+    synced before ``since`` were written by an older imgsave."""
+
+    __tablename__ = "usage_version"
+
+    cluster: Mapped[str] = mapped_column(String(64), primary_key=True)
+    version: Mapped[int] = mapped_column(BigInteger)
+    since: Mapped[datetime] = mapped_column(DateTime)
 
 
 @dataclass
@@ -168,18 +185,43 @@ class UsageCache:
         stats = SyncStats()
         with Session(self.engine) as session, session.begin():
             covered = session.get(UsageSync, self.cluster)
+            current_since = self._row_version(session, covered, now)
             stats.windows = self._windows(since, now, covered)
             seen: set[str] = set()
             for start, end in stats.windows:
                 records = self.scheduler.list_jobs(start, end, name_prefix=self.name_prefix)
                 stats.listed += len(records)
                 seen.update(r.job_id for r in records)
-                self._upsert(session, records, now, stats)
-            self._recheck(session, seen, now, stats)
+                self._upsert(session, records, now, stats, current_since)
+            self._recheck(session, seen, now, stats, current_since)
             self._cover(session, covered, since, now)
         stats.seconds = time.perf_counter() - started
         log.info("usage cache %s: %s", self.cluster, stats)
         return stats
+
+    def _row_version(
+        self, session: Session, covered: UsageSync | None, now: datetime
+    ) -> datetime:
+        """Since when this cluster's rows are of :data:`ROW_VERSION` (naive UTC).
+
+        On the first sync after an upgrade that raised it, the cache's high-water mark
+        goes back to how far it had looked, so this sync lists the whole covered period
+        again (in ``chunk`` windows) and every older row still in accounting is redone.
+        """
+        mark = session.get(UsageVersion, self.cluster)
+        if mark is not None and mark.version >= ROW_VERSION:
+            return mark.since
+        high = utc_naive(now)
+        assert high is not None
+        if mark is None:
+            session.add(UsageVersion(cluster=self.cluster, version=ROW_VERSION, since=high))
+        else:
+            mark.version, mark.since = ROW_VERSION, high
+        if covered is not None:
+            log.info("usage cache %s: rows of an older imgsave, listing again from %s",
+                     self.cluster, covered.covered_from)
+            covered.covered_until = covered.covered_from
+        return high
 
     def _windows(
         self, since: datetime, now: datetime, covered: UsageSync | None
@@ -204,14 +246,19 @@ class UsageCache:
         yield start, end
 
     def _upsert(
-        self, session: Session, records: Iterable[JobRecord], now: datetime, stats: SyncStats
+        self,
+        session: Session,
+        records: Iterable[JobRecord],
+        now: datetime,
+        stats: SyncStats,
+        current_since: datetime,
     ) -> None:
         latest: dict[str, JobRecord] = {}
         for record in records:
             have = latest.get(record.job_id)
             if have is None or record.state.order >= have.state.order:
                 latest[record.job_id] = record
-        cached = self._cached(session, list(latest))
+        cached = self._cached(session, list(latest), current_since)
         new_rows: list[dict[str, Any]] = []
         changed_rows: list[dict[str, Any]] = []
         for job_id, record in latest.items():
@@ -230,19 +277,31 @@ class UsageCache:
         stats.inserted += len(new_rows)
         stats.updated += len(changed_rows)
 
-    def _cached(self, session: Session, job_ids: Sequence[str]) -> dict[str, tuple[bool, str]]:
-        """job_id → (final, request_id) for the cached ones among ``job_ids``."""
+    def _cached(
+        self, session: Session, job_ids: Sequence[str], current_since: datetime
+    ) -> dict[str, tuple[bool, str]]:
+        """job_id → (final, request_id) for the cached ones among ``job_ids``; a row an
+        older imgsave wrote (synced before ``current_since``) counts as not final."""
         found: dict[str, tuple[bool, str]] = {}
         for i in range(0, len(job_ids), _ID_BATCH):
-            query = select(UsageJob.job_id, UsageJob.final, UsageJob.request_id).where(
+            query = select(
+                UsageJob.job_id, UsageJob.final, UsageJob.request_id, UsageJob.synced_at
+            ).where(
                 UsageJob.cluster == self.cluster,
                 UsageJob.job_id.in_(job_ids[i : i + _ID_BATCH]),
             )
-            for job_id, final, request_id in session.execute(query):
-                found[job_id] = (final, request_id)
+            for job_id, final, request_id, synced_at in session.execute(query):
+                found[job_id] = (final and synced_at >= current_since, request_id)
         return found
 
-    def _recheck(self, session: Session, seen: set[str], now: datetime, stats: SyncStats) -> None:
+    def _recheck(
+        self,
+        session: Session,
+        seen: set[str],
+        now: datetime,
+        stats: SyncStats,
+        current_since: datetime,
+    ) -> None:
         """Ask by id about cached jobs that were not final and that no window listed."""
         oldest = utc_naive(now - timedelta(days=RECHECK_DAYS))
         query = select(UsageJob.job_id, UsageJob.submit_time).where(
@@ -257,7 +316,7 @@ class UsageCache:
         answers = self.scheduler.status(list(open_jobs), since)
         known = [r for r in answers.values() if r.state is not JobState.UNKNOWN]
         stats.rechecked += len(open_jobs)
-        self._upsert(session, known, now, stats)
+        self._upsert(session, known, now, stats, current_since)
 
     def _cover(
         self, session: Session, covered: UsageSync | None, since: datetime, now: datetime

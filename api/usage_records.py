@@ -5,7 +5,8 @@ and in which state it ended. The request (user, formats, category) travels in th
 metadata, or, when accounting kept none (Slurm stores the comment only once a job ends;
 PBS log-only records have none), comes from the spec the service wrote to the spool.
 The result file says whether the image was pushed, how many bytes and, for a failure,
-the :class:`~builder_jobs.events.FailureKind`.
+the :class:`~builder_jobs.events.FailureKind`, and how long the job ran on its node (the
+run time reports use, accounting's start → end only when the result has none).
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ _FROM_FAILURE: Mapping[FailureKind, str] = {
     FailureKind.SIZE_LIMIT: "size_limit",
     FailureKind.INVALID: "other",
     FailureKind.BUSY: "other",
+    FailureKind.NO_SPACE: "other",  # a reason of its own needs a report column (issue 11)
     FailureKind.INTERNAL: "other",
 }
 
@@ -168,7 +170,7 @@ def cache_row(
     # sacct prints a Start (the cancel time) for a job cancelled before it got a node:
     # only a job that was given a node waited and ran.
     started = bool(record.node)
-    run = record.run_seconds if record.state.final and started else None
+    run = run_seconds_of(record, result) if record.state.final and started else None
     return {
         "cluster": cluster,
         "job_id": record.job_id,
@@ -194,6 +196,14 @@ def cache_row(
         "image_digest": (result.digest if ok and result is not None else "")[:100],
         "synced_at": utc_naive(now),
     }
+
+
+def run_seconds_of(record: JobRecord, result: SaveResult | None) -> float | None:
+    """How long a finished save ran: the node's own measure when its result carries one,
+    else accounting's start → end. Accounting's end is late when slurmctld restarts as
+    the job ends (it records the restart's time: 72 s late seen); the node's is not."""
+    measured = result.job_seconds if result is not None else None
+    return measured if measured is not None else record.run_seconds
 
 
 def utc_naive(moment: datetime | None) -> datetime | None:

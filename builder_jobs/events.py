@@ -15,7 +15,7 @@ import logging
 import os
 import stat
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import IO, Protocol
 
@@ -50,7 +50,14 @@ class FailureKind(enum.Enum):
     SIZE_LIMIT = "size_limit"
     INVALID = "invalid"
     BUSY = "busy"  # another save of the same container is running
+    NO_SPACE = "no_space"  # a filesystem the save writes to is full (the node's, the spool's)
     INTERNAL = "internal"
+
+
+# The save job's exit status when its owner's spool is full and it could not write its
+# result there: the scheduler's record alone then says why (api/progress.py). 75 is
+# EX_TEMPFAIL (sysexits.h); the privileged entry only ever exits 0, 1 or 2.
+SPOOL_FULL_EXIT = 75
 
 
 @dataclass(frozen=True)
@@ -87,6 +94,19 @@ class SaveResult:
     seconds: dict[str, float] = field(default_factory=dict)
     failure: FailureKind | None = None
     error: str = ""
+    # When the save job's half on the node started and ended (Unix time, the node's
+    # clock), stamped by builder_jobs.job_side: the job's own measure of its run, which
+    # reports prefer to accounting's (a slurmctld restart moves accounting's end).
+    started_at: float | None = None
+    ended_at: float | None = None
+
+    @property
+    def job_seconds(self) -> float | None:
+        """How long the save job ran on its node, or None when not measured."""
+        if self.started_at is None or self.ended_at is None:
+            return None
+        seconds = self.ended_at - self.started_at
+        return round(seconds, 3) if seconds >= 0 else None
 
     def to_json(self) -> str:
         data = asdict(self)
@@ -97,7 +117,9 @@ class SaveResult:
     def from_json(cls, text: str) -> SaveResult:
         data = json.loads(text)
         data["failure"] = FailureKind(data["failure"]) if data.get("failure") else None
-        return cls(**data)
+        known = {f.name for f in fields(cls)}
+        # a newer node's result may carry more: read what this version knows
+        return cls(**{k: v for k, v in data.items() if k in known})
 
 
 class EventSink(Protocol):
@@ -208,8 +230,9 @@ def read_spool_text(path: Path) -> str | None:
         return None
     except OSError as e:
         # the owner's own business (a link they made); status then comes from the
-        # scheduler alone. Not a warning: it would print on every status of theirs.
-        log.info("cannot read %s: %s", path, e.strerror)
+        # scheduler alone; or another account's private spool (a CLI-mode save read by
+        # the service). Not even info: a report over many saves would print a line each.
+        log.debug("cannot read %s: %s", path, e.strerror)
         return None
     with os.fdopen(fd, "rb") as fh:
         if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):

@@ -24,6 +24,7 @@ import logging
 import os
 import re
 import sys
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +39,7 @@ log = logging.getLogger("builder_jobs.node_guard")
 JOBS_DIR = "jobs"
 LOCKS_DIR = "locks"
 UNDO_TIMEOUT_SECONDS = 60.0
+_WRITING = threading.Lock()
 _JOB_ID = re.compile(r"[0-9][0-9A-Za-z_+.\[\]-]{0,63}")
 
 
@@ -63,7 +65,12 @@ class JobGuard:
     drop_tags: list[str] = field(default_factory=list)  # "registry/repository:tag"
 
     def write(self) -> None:
-        """Replace the record atomically (root-only, 0600)."""
+        """Replace the record atomically (root-only, 0600). The save's threads (the
+        read, the base image's lookup) may write at once: one at a time."""
+        with _WRITING:
+            self._write()
+
+    def _write(self) -> None:
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         data = {"request_id": self.request_id, "cleanup": self.cleanup,
                 "unpause": self.unpause, "drop_tags": self.drop_tags}  # fmt: skip

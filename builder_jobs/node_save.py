@@ -8,17 +8,27 @@ asked (see :mod:`builder_jobs.sif`), then DONE (result written first, the local
 temporary tag removed after) or CLEANING and FAILED. ``result.json`` holds the outcome.
 Exit status 0 on success; otherwise 1 with the reason as one line on stderr (2 when
 the spec itself cannot be read).
+
+A full filesystem on the node (podman's temporary files in ``/var/tmp`` during a
+commit, the SIF work directory, the user's SIF directory) fails the save like any
+other error (tags rolled back, temporary images and files removed, the container
+running), but as :attr:`FailureKind.NO_SPACE` with a reason that names the filesystem
+(:func:`no_space`), whichever command or call ran out of room.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import grp
 import logging
 import os
 import pwd
+import re
 import signal
+import stat
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -308,7 +318,9 @@ def save(run: SaveRun) -> SaveResult:
             oras = targets[-1] if run.site.sif.push_oras else None
             sif_out = sif.save_sif(run, info, oras)
     except BaseException as e:
-        failure = e if isinstance(e, SaveFailed) else _unexpected(e)
+        failure = no_space(run, e) or (e if isinstance(e, SaveFailed) else _unexpected(e))
+        if failure.kind is FailureKind.NO_SPACE:
+            remove_engine_leftover(_full_path(e) or "")
         for target in targets:
             if target.began:
                 target.rollback()  # a failed save leaves no tag it wrote
@@ -349,6 +361,79 @@ def _failed(run: SaveRun, failure: SaveFailed) -> SaveResult:
     )
     run.events.finish(result)
     return result
+
+
+_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+# podman/Go, tar, mksquashfs and Python all say one of these (strerror of ENOSPC/EDQUOT)
+_FULL_TEXT = re.compile(r"no space left on device|disk quota exceeded", re.IGNORECASE)
+
+
+def no_space(run: SaveRun, error: BaseException) -> SaveFailed | None:
+    """``error`` as a NO_SPACE failure naming the full filesystem, or None when a full
+    filesystem did not cause it. Looks through the chain of causes: an OSError with
+    ENOSPC/EDQUOT, or a command or failure whose text has the kernel's words."""
+    path = _full_path(error)
+    if path is None:
+        return None
+    mount = _mount_point(path) if path else ""
+    where = f"{mount} (writing {path})" if mount and mount != path else path or "a filesystem"
+    return SaveFailed(
+        FailureKind.NO_SPACE,
+        f"node {run.node} has no space left on {where}; the save was stopped, nothing was "
+        "tagged and its temporary files were removed; free space there (or ask your "
+        "centre to) and save again, or save on another node",
+    )
+
+
+def remove_engine_leftover(path: str) -> None:
+    """Remove the partial temporary file a failed engine command names: podman's commit
+    leaves ``/var/tmp/<digits>`` (Go's ``os.CreateTemp``) behind when the write fails.
+    Only a regular file of ours with such a name directly in a temporary directory."""
+    file = Path(path)
+    if not file.name.isdigit() or str(file.parent) not in ("/var/tmp", tempfile.gettempdir()):
+        return
+    try:
+        info = file.lstat()
+        if stat.S_ISREG(info.st_mode) and info.st_uid == os.geteuid():
+            file.unlink()
+    except OSError:
+        pass  # gone already, or not ours to remove
+
+
+def _full_path(error: BaseException) -> str | None:
+    """The path a full filesystem refused ("" if unnamed), None if none did."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in _FULL_ERRNOS:
+            return str(seen.filename or "")
+        if isinstance(seen, CommandFailed) and _FULL_TEXT.search(seen.stderr + seen.stdout):
+            named = _path_before_full(seen.stderr + "\n" + seen.stdout)
+            return named or next((a for a in reversed(seen.argv) if a.startswith("/")), "")
+        if isinstance(seen, SaveFailed) and _FULL_TEXT.search(seen.message):
+            return _path_before_full(seen.message)
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def _path_before_full(text: str) -> str:
+    """``/var/tmp/123`` from podman's ``write /var/tmp/123: no space left on device``."""
+    for line in text.splitlines():
+        found = _FULL_TEXT.search(line)
+        if found:
+            paths = re.findall(r"(?:^|(?<=[\s'\"(]))(/[^\s:'\"]+)", line[: found.start()])
+            if paths:
+                return paths[-1]
+    return ""
+
+
+def _mount_point(path: str) -> str:
+    """The mount point of the filesystem holding ``path`` (which may be gone by now)."""
+    where = os.path.abspath(path)
+    while not os.path.exists(where) and where != "/":
+        where = os.path.dirname(where)
+    while not os.path.ismount(where):
+        where = os.path.dirname(where)
+    return where
 
 
 def _unexpected(error: BaseException) -> SaveFailed:

@@ -213,7 +213,7 @@ def save_sif(run: SaveRun, info: ContainerInfo, target: RegistryTarget | None) -
     if not sif_cfg.output_dir and target is None:
         raise SaveFailed(FailureKind.INVALID, "SIF requested, but sif.output_dir is empty and "
                          "sif.push_oras is false: nowhere to put it")  # fmt: skip
-    work = Path(tempfile.mkdtemp(prefix=f"imgsave-sif-{run.spec.request_id}-"))
+    work = Path(tempfile.mkdtemp(prefix=f"imgsave-sif-{run.spec.request_id}-", dir=work_root()))
     try:
         sif = build_sif(run, info, work, name)
         digest, size = file_sha256(sif), sif.stat().st_size
@@ -232,6 +232,15 @@ def save_sif(run: SaveRun, info: ContainerInfo, target: RegistryTarget | None) -
         return SifOutput(path=path, reference=reference, digest=digest, size_bytes=size)
     finally:
         shutil.rmtree(work, onerror=_make_writable_and_retry)
+
+
+def work_root() -> str:
+    """Where the SIF step's work directory goes: ``$TMPDIR`` or ``/tmp``, and nowhere
+    else. Python's own choice (:func:`tempfile.gettempdir`) tries each candidate with a
+    test file and, when ``/tmp`` is full, silently moves on to ``/var/tmp`` and at last
+    the current directory (a user's, for the root entry); a full ``/tmp`` must instead
+    fail the save and say so (``no space left on /tmp``)."""
+    return os.environ.get("TMPDIR") or "/tmp"
 
 
 def _make_writable_and_retry(func: object, path: str, exc_info: object) -> None:

@@ -109,6 +109,9 @@ def _write_here(directory: str, name: str, source_fd: int) -> None:
                 view = memoryview(chunk)
                 while view:
                     view = view[os.write(fd, view):]
+        except BaseException:
+            os.unlink(partial, dir_fd=dir_fd)  # e.g. their quota is full: leave nothing
+            raise
         finally:
             os.close(fd)
         # replaces a file or a link itself, never a link's target

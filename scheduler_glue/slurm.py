@@ -9,6 +9,11 @@ Why ``--parsable2`` and not ``sacct --json`` (measured on the local Slurm 22.05.
 cluster, 123 jobs in accounting): for 10 ids ~100 ms against ~380 ms, for a whole window
 ~50 ms against ~390 ms; ``--json`` prints ~5.5 KB per job, and its ``exit_code`` says 0
 for a script that exited 3 (``tests/fixtures/slurm/21b_*``). See docs/install-slurm.md.
+
+Why no ``-X`` (``--allocations``): with it the job's row reads TotalCPU ``00:00:00``
+whatever the job used, since sacct adds the steps' CPU times up only when it lists the
+steps (``tests/fixtures/slurm/46c_*`` against ``46_*``). The parser folds the step rows
+(``123.batch``, ``123.extern``, ``123.0``) into one record per job.
 """
 
 from __future__ import annotations
@@ -89,17 +94,21 @@ def sbatch_argv(job: BatchJob, extra_args: Sequence[str] = ()) -> list[str]:
 
 
 def sacct_status_argv(job_ids: Sequence[str], since: datetime) -> list[str]:
-    """One batched ``sacct`` for ``job_ids``, bounded below by ``since`` minus slack."""
+    """One batched ``sacct`` for ``job_ids``, bounded below by ``since`` minus slack.
+
+    No ``-X``: the job's steps' rows carry its CPU time (see :func:`parse_sacct_rows`).
+    """
     return [
-        "sacct", "-X", "--parsable2", "--noheader", f"--format={','.join(SACCT_FIELDS)}",
+        "sacct", "--parsable2", "--noheader", f"--format={','.join(SACCT_FIELDS)}",
         "-j", ",".join(job_ids), "-S", slurm_time(since - SACCT_SLACK), "-E", "now",
     ]  # fmt: skip
 
 
 def sacct_list_argv(since: datetime, until: datetime | None = None) -> list[str]:
-    """``sacct`` for every user's jobs in a bounded window (never the whole history)."""
+    """``sacct`` for every user's jobs in a bounded window (never the whole history),
+    with their steps' rows (no ``-X``) for the CPU time."""
     return [
-        "sacct", "-X", "--parsable2", "--noheader", "-a",
+        "sacct", "--parsable2", "--noheader", "-a",
         f"--format={','.join(SACCT_FIELDS)}", "-s", ACCOUNTED_STATES,
         "-S", slurm_time(since), "-E", slurm_time(until) if until else "now",
     ]  # fmt: skip

@@ -63,6 +63,7 @@ SACCT_FIELDS = (
 SQUEUE_FORMAT = "%i|%T|%N|%u|%j|%a|%P|%V|%S|%e|%r|%k"
 _SQUEUE_COLUMNS = SQUEUE_FORMAT.count("|") + 1
 _SACCT_COLUMNS = len(SACCT_FIELDS)
+_TOTAL_CPU = SACCT_FIELDS.index("TotalCPU")
 
 PARTIAL_RECORD_NAME = "allocation"
 _NO_TIME = frozenset({"", "Unknown", "None", "N/A", "(null)"})
@@ -219,26 +220,41 @@ def _expand_pattern(pattern: str) -> Iterator[str]:
 def parse_sacct_rows(
     stdout: str, *, name_prefix: str = "", tz: tzinfo | None = None
 ) -> list[JobRecord]:
-    """Records from ``sacct -X --parsable2 --noheader --format=<SACCT_FIELDS>``.
+    """One record per job from ``sacct --parsable2 --noheader --format=<SACCT_FIELDS>``.
 
-    Rows whose name lacks ``name_prefix`` are skipped before any other parsing. Rows with
-    too few fields (a foreign comment with a newline) are skipped with one warning.
+    Without ``-X`` sacct follows each job's row with one row per step (``123.batch``,
+    ``123.extern``, ``123.0``; ``123_4.batch`` for an array task). A step row is no job:
+    it only adds its TotalCPU to its job's CPU time. A job with step rows gets their sum
+    (what sacct prints on the job's row too, 46_*); one without (``-X``, which prints
+    ``00:00:00`` on the job's row whatever it used, 46c_*; or a job that never ran) keeps
+    its own row's. Rows whose name lacks ``name_prefix`` are skipped before any other
+    parsing (their steps with them). Rows with too few fields (a foreign comment with a
+    newline) are skipped with one warning.
     """
-    records = []
+    jobs: list[list[str]] = []
+    step_cpu: dict[str, list[str]] = {}  # job id -> its steps' TotalCPU, parsed if kept
     bad = 0
     last = _SACCT_COLUMNS - 1
-    when = _TimeParser(tz)
     for line in stdout.splitlines():
         cols = line.split("|", last)
         if len(cols) != _SACCT_COLUMNS:
             bad += line != ""
             continue
-        if name_prefix and not cols[1].startswith(name_prefix):
-            continue
-        records.append(_sacct_record(cols, when))
+        job_id, step, _ = cols[0].partition(".")
+        if step:
+            step_cpu.setdefault(job_id, []).append(cols[_TOTAL_CPU])
+        elif not name_prefix or cols[1].startswith(name_prefix):
+            jobs.append(cols)
     if bad:
         log.warning("skipped %d sacct line(s) without %d fields", bad, _SACCT_COLUMNS)
-    return records
+    when = _TimeParser(tz)
+    return [_sacct_record(cols, when, _steps_cpu(step_cpu.get(cols[0]))) for cols in jobs]
+
+
+def _steps_cpu(totals: list[str] | None) -> float | None:
+    """The sum of a job's steps' TotalCPU; None without steps (or none readable)."""
+    seconds = [s for s in map(parse_duration, totals or ()) if s is not None]
+    return sum(seconds) if seconds else None
 
 
 class _TimeParser:
@@ -257,7 +273,7 @@ class _TimeParser:
             return value
 
 
-def _sacct_record(cols: list[str], when: _TimeParser) -> JobRecord:
+def _sacct_record(cols: list[str], when: _TimeParser, steps_cpu: float | None) -> JobRecord:
     (job_id, name, user, account, partition, raw_state, exit_text,
      submit, start, end, nodes, total_cpu, reason, comment) = cols  # fmt: skip
     state = map_state(raw_state)
@@ -279,7 +295,7 @@ def _sacct_record(cols: list[str], when: _TimeParser) -> JobRecord:
         submit_time=when(submit),
         start_time=start_time,
         end_time=when(end),
-        cpu_seconds=parse_duration(total_cpu),
+        cpu_seconds=steps_cpu if steps_cpu is not None else parse_duration(total_cpu),
         account=account,
         partition=partition,
         reason="" if reason in _NO_TEXT else reason,

@@ -303,6 +303,7 @@ cmd_up() {
     install_configs
     install_runtime
     install_entry
+    exec 9>&-  # release before starting daemons: none may inherit (and hold) the lock
     start_munge
     start_mariadb
     start_slurmdbd

@@ -75,16 +75,18 @@ def served(tmp_path: Path) -> Iterator[tuple[str, list[str], dict[str, str]]]:
 def start_serve(url: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
     """``imgsave serve`` on ``url``'s port, once it answers ``/healthz``."""
     port = url.rsplit(":", 1)[1]
+    # its log goes to a file: a pipe nobody reads would block the server once full
+    log = tempfile.NamedTemporaryFile(prefix="imgsave-serve-", suffix=".log", delete=False)
     server = subprocess.Popen([*argv, "serve", "--port", port, "--threads", "2"], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              cwd="/")
+                              stdout=log, stderr=subprocess.STDOUT, text=True, cwd="/")
+    log.close()
     deadline = time.monotonic() + 20
     while True:
         try:
             requests.get(url + "/healthz", timeout=1).raise_for_status()
             return server
         except requests.RequestException:
-            assert server.poll() is None, server.communicate()[0]
+            assert server.poll() is None, Path(log.name).read_text()
             assert time.monotonic() < deadline, "imgsave serve did not answer in 20 s"
             time.sleep(0.1)
 

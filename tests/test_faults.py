@@ -360,6 +360,15 @@ def test_slurmdbd_down_status_says_so_and_recovers() -> None:
         assert "slurmdbd" in by_id[gone_job]["reason"], by_id[gone_job]
         assert by_id[live]["state"] == "pending"
         imgsave_as("alice", "cancel", live)
+        # a save followed with --wait while accounting is down ends when the save does
+        with session_container("n1", "alice") as name:
+            waited = submit_as("alice", name, unique("alice/dbdwait") + ":v1", node="n1")
+            started = time.monotonic()
+            followed = as_user("alice", IMGSAVE, "--json", "status", waited, "--wait",
+                               "--timeout", "150")
+            took = time.monotonic() - started
+        assert json.loads(followed.stdout)[0]["state"] == "completed", followed.stdout
+        assert took < 120, f"--wait took {took:.0f} s"
     finally:
         subprocess.run(["scancel", blocker], check=False)
         subprocess.run([str(CLUSTER), "up"], capture_output=True, timeout=300, check=True)
@@ -376,8 +385,8 @@ def job_in_squeue(job: str) -> bool:
 def test_concurrent_api_saves_lose_nothing(
     served: tuple[str, list[str], dict[str, str]],  # noqa: F811
 ) -> None:
-    """60 save requests at once through ``imgsave serve`` (the service account) for three
-    users: every request gets a job or a retryable error, never a 500; every job
+    """200 save requests at once through ``imgsave serve`` (the service account) for
+    three users: every request gets a job or a retryable error, never a 500; every job
     answered exists in the scheduler exactly once; the per-user limit holds."""
     url, argv, env = served
     tokens = {}
@@ -400,8 +409,9 @@ def test_concurrent_api_saves_lose_nothing(
 
     answers: list[tuple[str, int, dict[str, object]]] = []
     try:
-        with ThreadPoolExecutor(max_workers=30) as pool:
-            answers = list(pool.map(post, range(60)))
+        with ThreadPoolExecutor(max_workers=50) as pool:
+            answers = list(pool.map(post, range(200)))
+        assert len(answers) == 200
         assert [a for a in answers if a[1] >= 500] == []
         accepted = [(user, body["job_id"]) for user, code, body in answers if code == 202]
         refused = [body for _, code, body in answers if code != 202]

@@ -5,7 +5,8 @@ submitted by that user themselves: one
 that succeeds, one pinned to the wrong node (container missing), one of another user's
 container (not owner) and one cancelled while it waits behind a job that holds the
 node's save partition. The report, synced from sacct into a fresh cache, must count
-exactly those four, with accounting's own times. Nothing here is faked.
+exactly those four, with accounting's wait times and the node's run times. Nothing here
+is faked.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from api import cli
 from api.context import Site
 from api.progress import SaveStatus
 from api.report import UsageReport, build_report
+from builder_jobs.events import read_result
+from builder_jobs.spec import RESULT_FILE
 from scheduler_glue.states import JobState
 from site_configs.schema import get_site_config
 from tests.cluster_helpers import (
@@ -134,13 +137,16 @@ def test_report_counts_exactly_the_saves_made(tmp_path: Path, fresh_user: str) -
     assert {k: n for k, n in failed.failed_by_reason.items() if n} == {
         "container_missing": 1, "not_owner": 1, "cancelled": 1}
 
-    # times are accounting's: compare with what sacct says for the same four jobs
+    # waits are accounting's: compare with what sacct says for the same four jobs
     records = s.scheduler.status(list(submitted.values()), datetime.now(UTC) - timedelta(hours=1))
     # sacct gives the save cancelled while pending a Start (its end) but no node: no times
     assert not records[submitted["cancelled"]].node
     ran = [r for r in records.values() if r.node]
-    runs = sorted(r.run_seconds for r in ran if r.run_seconds is not None)
     waits = sorted(r.queue_wait_seconds for r in ran if r.queue_wait_seconds is not None)
+    # runs are the node's own measure, from each result (accounting's only without one)
+    results = [read_result(s.config.spool_for(user) / final[k].request_id / RESULT_FILE)
+               for k in ("ok", "missing", "not_owner")]
+    runs = sorted(r.job_seconds for r in results if r is not None and r.job_seconds is not None)
     (mine_total,) = build_report(s, since=since, by="user", user=user).rows
     assert len(runs) == len(waits) == 3
     assert mine_total.run_seconds == runs and mine_total.wait_seconds == waits

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -48,6 +49,7 @@ from tests.replay import FIXTURES, Capture, load_capture
 
 SLURM = FIXTURES / "slurm"
 SINCE = datetime(2026, 11, 26, 3, 15, tzinfo=UTC)  # the captures' since
+STEPS_SINCE = datetime(2026, 11, 30, 4, 28, 43, tzinfo=UTC)  # the 46* captures' since
 
 
 def capture(name: str) -> Capture:
@@ -102,18 +104,25 @@ def test_every_capture_has_command_and_exit_code() -> None:
 
 
 def test_status_argv_is_the_captured_command(local_utc: object) -> None:
-    # 41_sacct_status_live_just_submitted.txt and 40_sacct_status_finished.txt
-    argv = sacct_status_argv(["17", "18", "19", "99999"], SINCE)
-    assert " ".join(argv) == command("41_sacct_status_live_just_submitted")
-    assert "-S 2026-11-26T03:10:00" in " ".join(argv)  # since minus 5 min slack
-    ids = [str(i) for i in range(3, 15)]
-    assert " ".join(sacct_status_argv(ids, SINCE)) == command("40_sacct_status_finished")
+    # 46_sacct_status_steps.txt: jobs 830-832, since 04:28:43
+    argv = sacct_status_argv(["830", "831", "832"], STEPS_SINCE)
+    assert " ".join(argv) == command("46_sacct_status_steps")
+    assert "-S 2026-11-30T04:23:43" in " ".join(argv)  # since minus 5 min slack
+    assert "-X" not in argv  # the steps' rows carry the CPU time (46c_*)
+    # 40/41 ran the argv before, with -X: the same command otherwise
+    old = sacct_status_argv(["17", "18", "19", "99999"], SINCE)
+    assert command("41_sacct_status_live_just_submitted") == " ".join(
+        [old[0], "-X", *old[1:]]
+    )
 
 
 def test_list_and_squeue_argv_are_the_captured_commands(local_utc: object) -> None:
-    assert " ".join(sacct_list_argv(SINCE)) == command("43_sacct_list_window")
-    until = datetime(2026, 11, 26, 3, 17, tzinfo=UTC)
-    assert " ".join(sacct_list_argv(SINCE, until)) == command("43b_sacct_list_window_until")
+    # 46b_sacct_list_window_steps_until.txt and 46d_sacct_list_window_steps.txt
+    until = datetime(2026, 11, 30, 4, 28, 56, tzinfo=UTC)
+    listed = sacct_list_argv(STEPS_SINCE, until)
+    assert " ".join(listed) == command("46b_sacct_list_window_steps_until")
+    assert " ".join(sacct_list_argv(STEPS_SINCE)) == command("46d_sacct_list_window_steps")
+    assert "-X" not in listed
     assert " ".join(squeue_status_argv(["17", "18", "19", "99999"])) == command(
         "42_squeue_status_live"
     )
@@ -292,6 +301,45 @@ def test_partial_accounting_record() -> None:
     assert jobs["19"].name == "" and is_partial_record(jobs["19"])
     assert jobs["19"].metadata == {"case": "cap-live-new"}
     assert not is_partial_record(jobs["18"]) and jobs["18"].name == "cap-live-running"
+
+
+def test_sacct_cpu_time_comes_from_the_steps() -> None:
+    # 46_sacct_status_steps.txt: two real saves as alice (830 pushed, 831 container
+    # missing) and 832 with a batch step and two srun steps; without -X
+    text = capture("46_sacct_status_steps").stdout
+    jobs = parse_sacct_rows(text, tz=UTC)
+    assert [r.job_id for r in jobs] == ["830", "831", "832"]  # one record per job
+    cpu = {r.job_id: r.cpu_seconds for r in jobs}
+    assert cpu["830"] == pytest.approx(1.168) and cpu["831"] == pytest.approx(0.661)
+    # the steps' sum (0.028 + 0.722 + 0.003); sacct's own sum on the job's row, from
+    # unrounded microseconds, is 0.755
+    assert cpu["832"] == pytest.approx(0.753)
+    saved = jobs[0]
+    assert saved.name == "imgsave-alice" and saved.partition == "imgsave"
+    assert not is_partial_record(saved) and saved.metadata["user"] == "alice"
+    assert saved.start_time == datetime(2026, 11, 30, 4, 28, 46, tzinfo=UTC)
+    assert saved.run_seconds == 1.0  # accounting's whole seconds
+    # the steps of a job the name filter drops go with it; a step alone is no job
+    assert [r.job_id for r in parse_sacct_rows(text, name_prefix="cap-", tz=UTC)] == ["832"]
+    steps_only = "\n".join(line for line in text.splitlines() if "." in line.split("|")[0])
+    assert parse_sacct_rows(steps_only, tz=UTC) == []
+
+
+def test_sacct_with_allocations_only_has_no_cpu_time() -> None:
+    # 46c_sacct_status_X_no_cpu.txt: the same jobs with -X (the argv before): TotalCPU
+    # 00:00:00 on every job's row, whatever it used; the parser keeps what it is given
+    jobs = parse_sacct_rows(capture("46c_sacct_status_X_no_cpu").stdout, tz=UTC)
+    assert {r.job_id: r.cpu_seconds for r in jobs} == {"830": 0.0, "831": 0.0, "832": 0.0}
+    assert jobs == [replace(r, cpu_seconds=0.0) for r in
+                    parse_sacct_rows(capture("46_sacct_status_steps").stdout, tz=UTC)]
+
+
+def test_sacct_list_window_with_steps() -> None:
+    # 46b_sacct_list_window_steps_until.txt: -s <every state> keeps the step rows too
+    text = capture("46b_sacct_list_window_steps_until").stdout
+    assert sum("." in line.split("|")[0] for line in text.splitlines()) == 5
+    saves = parse_sacct_rows(text, name_prefix="imgsave-", tz=UTC)
+    assert [(r.job_id, r.cpu_seconds) for r in saves] == [("830", 1.168), ("831", 0.661)]
 
 
 def test_sacct_list_filters_names_before_parsing() -> None:

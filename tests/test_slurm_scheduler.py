@@ -179,7 +179,8 @@ def test_extra_submit_args_go_before_the_script() -> None:
 
 
 def test_status_of_finished_jobs_is_one_sacct() -> None:
-    # 40_sacct_status_finished.txt: every job final, so no squeue
+    # 40_sacct_status_finished.txt: every job final, so no squeue (taken with -X, the
+    # argv before; the job rows are the same without it, 46c vs 46)
     ids = [str(i) for i in range(3, 15)]
     slurm, runner = scheduler(answer(sacct_status_argv(ids, SINCE), "40_sacct_status_finished"))
     records = slurm.status(ids, SINCE)
@@ -191,6 +192,20 @@ def test_status_of_finished_jobs_is_one_sacct() -> None:
         "9": JobState.CANCELLED,
     }
     assert records["4"].metadata["request_id"] == "r-0001" and records["7"].exit_code == 3
+
+
+def test_status_cpu_time_is_the_steps_sum() -> None:
+    # 46_sacct_status_steps.txt: the exact argv, real saves as alice and a 3-step job
+    since = datetime(2026, 11, 30, 4, 28, 43, tzinfo=UTC)
+    ids = ["830", "831", "832"]
+    slurm, runner = scheduler(answer(sacct_status_argv(ids, since), "46_sacct_status_steps"))
+    records = slurm.status(ids, since)
+    runner.assert_done()  # every job final and whole: no squeue
+    assert set(records) == set(ids)  # no record for 830.batch and friends
+    assert {i: r.cpu_seconds for i, r in records.items()} == pytest.approx(
+        {"830": 1.168, "831": 0.661, "832": 0.753}
+    )
+    assert records["831"].state is JobState.FAILED and records["830"].name == "imgsave-alice"
 
 
 def test_status_asks_squeue_for_new_and_live_jobs() -> None:
@@ -300,11 +315,20 @@ def test_status_validates_ids_and_accepts_none() -> None:
 
 
 def test_list_jobs_filters_by_name_prefix() -> None:
-    # 43_sacct_list_window.txt
+    # 43_sacct_list_window.txt (taken with -X, the argv before)
     slurm, runner = scheduler(answer(sacct_list_argv(SINCE), "43_sacct_list_window"))
     records = slurm.list_jobs(SINCE, name_prefix="imgsave-")
     runner.assert_done()
     assert [(r.job_id, r.state) for r in records] == [("4", JobState.COMPLETED)]
+
+
+def test_list_jobs_one_record_per_job_with_its_cpu_time() -> None:
+    # 46d_sacct_list_window_steps.txt: the exact argv; step rows fold into their jobs
+    since = datetime(2026, 11, 30, 4, 28, 43, tzinfo=UTC)
+    slurm, runner = scheduler(answer(sacct_list_argv(since), "46d_sacct_list_window_steps"))
+    records = slurm.list_jobs(since, name_prefix="imgsave-")
+    runner.assert_done()
+    assert [(r.job_id, r.cpu_seconds) for r in records] == [("830", 1.168), ("831", 0.661)]
 
 
 def test_list_jobs_failure_and_bad_window() -> None:
