@@ -9,7 +9,9 @@
 #   scripts/cluster.sh down      stop everything this script started
 #   scripts/cluster.sh status    what runs, sinfo, the registry
 #   scripts/cluster.sh node-exec NODE CMD...   run CMD inside NODE's mount namespace
-#   scripts/cluster.sh session NODE USER NAME  start USER's session container NAME on NODE
+#   scripts/cluster.sh session NODE USER NAME [--engine containerd|docker|podman]
+#                                start USER's session container NAME on NODE (podman; the
+#                                others after scripts/engines.sh up)
 #
 # Everything binds to 127.0.0.1. See docs/local-cluster.md.
 set -euo pipefail
@@ -286,8 +288,12 @@ start_registry() {
     wait_for 20 registry curl -fsS "http://$REGISTRY_ADDR/v2/"
 }
 
-session() {  # session NODE USER NAME [extra podman run args...]
+session() {  # session NODE USER NAME [--engine containerd|docker|podman | podman run args...]
     local n=$1 user=$2 name=$3; shift 3
+    if [ "${1:-}" = --engine ] && [ "${2:-podman}" != podman ]; then
+        exec "$HERE/engines.sh" session "$n" "$user" "$name" "$2"  # scripts/engines.sh up first
+    fi
+    if [ "${1:-}" = --engine ]; then shift 2; fi
     node_exec "$n" podman run -d --name "$name" --label "imgsave.owner=$user" \
         --network none "$@" "$BASE_IMAGE" sleep infinity
 }
