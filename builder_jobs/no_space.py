@@ -24,6 +24,11 @@ _FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 _FULL_TEXT = re.compile(r"no space left on device|disk quota exceeded", re.IGNORECASE)
 
 
+def is_full(error: BaseException) -> bool:
+    """``error`` itself is a full filesystem (ENOSPC, EDQUOT)."""
+    return isinstance(error, OSError) and error.errno in _FULL_ERRNOS
+
+
 def no_space(node: str, error: BaseException) -> SaveFailed | None:
     """``error`` as a NO_SPACE failure naming the full filesystem, or None when a full
     filesystem did not cause it. Looks through the chain of causes: an OSError with

@@ -299,8 +299,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     The save without a scheduler, for the centre's admins and the node-side tests: it
     runs as whoever starts it and trusts the spec it is given. Users never reach it:
-    their jobs enter through the privileged entry (:mod:`api.node_gate`), which builds
-    the spec from the scheduler's record of the job, not from a file."""
+    their jobs enter through the privileged entry (:mod:`builder_jobs.node_gate`), which
+    builds the spec from the scheduler's record of the job, not from a file."""
     parser = argparse.ArgumentParser(prog="python -m builder_jobs.node_save")
     parser.add_argument("spec_path", type=Path, help="the save's spec.json in the spool")
     args = parser.parse_args(argv)
