@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from builder_jobs.base_image import CACHE_TAG_PREFIX
+from builder_jobs.streaming.base_image import CACHE_TAG_PREFIX
 from registry.harbor import HarborClient
 from registry.oci import RegistryClient
 from registry.refs import ImageRef, host_of, target_for_user, user_namespace

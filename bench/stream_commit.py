@@ -39,7 +39,7 @@ sys.path.insert(0, str(TOP))
 
 from bench.docs_table import replace_section  # noqa: E402
 from builder_jobs.engines import Podman  # noqa: E402
-from builder_jobs.stream_commit import stream_commit  # noqa: E402
+from builder_jobs.streaming.commit import stream_commit  # noqa: E402
 from registry.oci import RegistryClient  # noqa: E402
 from registry.refs import ImageRef  # noqa: E402
 from tests.registry_server import RunningRegistry, running_registry  # noqa: E402
@@ -58,7 +58,7 @@ WORDS = (
 
 
 DOC_INTRO = """\
-`builder_jobs/stream_commit.py` (issue 6) against `podman commit && podman push` of the
+`builder_jobs/streaming/commit.py` (issue 6) against `podman commit && podman push` of the
 same container and against `tar -C UPPER -c . | zstd -1 -T0 > /dev/null` of its upper
 dir (the floor: read once and compress, no hashing, no upload). Two kinds of diff, each
 in its own container on host podman storage: the issue's case, what `pip install numpy

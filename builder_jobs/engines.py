@@ -1,9 +1,16 @@
 """Container engines on the node: argv builders and ``inspect`` parsers, nothing that runs.
 
-One small class per engine (podman, docker, nerdctl) fills in the few places where
-their command lines differ; :class:`Engine` owns the common shape. Every method returns
-an argv list for :func:`site_configs.runner.run_command`, and every parser is a pure
-function on the engine's JSON output, so both are tested without the engine installed.
+:class:`ContainerEngine` is what a save needs from an engine: locate the container
+(inspect and its parser), pause and resume it, commit it (or say that its storage can
+be streamed, :attr:`ContainerEngine.streams_overlay`), export its filesystem (SIF),
+push the image and remove local names. Any engine that gives those fits as one more
+class and one entry in :data:`ENGINES` (containerd's ``ctr``, enroot, ...).
+
+The engines with docker's command line (podman, docker, nerdctl) share :class:`Engine`;
+one small subclass each fills in the few places where their command lines differ. Every
+method returns an argv list for :func:`site_configs.runner.run_command`, and every
+parser is a pure function on the engine's JSON output, so both are tested without the
+engine installed.
 
 Registry credentials and TLS:
 
@@ -23,7 +30,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 from site_configs.errors import ConfigError, ImgsaveError
 from site_configs.schema import EngineKind, EngineSection
@@ -55,9 +62,66 @@ def temporary_image(request_id: str) -> str:
     return f"{TEMP_REPOSITORY}:{request_id}"
 
 
+class ContainerEngine(Protocol):
+    """What a save needs from a container engine (every command an argv list)."""
+
+    kind: ClassVar[EngineKind]
+    # the streaming commit can read this engine's storage (kernel overlay, podman's
+    # inspect format: builder_jobs.streaming.overlay_storage); else the engine commits
+    streams_overlay: ClassVar[bool]
+
+    @property
+    def base(self) -> list[str]:
+        """The argv prefix every command of this engine starts with."""
+        ...
+
+    def inspect_container(self, container: str) -> list[str]:
+        """Locate: the container's details, or an error naming no such container."""
+        ...
+
+    def parse_container(self, text: str) -> ContainerInfo:
+        """Locate: :meth:`inspect_container`'s output as :class:`ContainerInfo`."""
+        ...
+
+    def inspect_image(self, image: str) -> list[str]:
+        """A local image's details (size, digests), for :func:`parse_image_size` and
+        :func:`parse_repo_digest`."""
+        ...
+
+    def pause(self, container: str) -> list[str]:
+        """Freeze the container's processes (for a consistent read of its files)."""
+        ...
+
+    def resume(self, container: str) -> list[str]:
+        """Undo :meth:`pause`."""
+        ...
+
+    def commit(self, container: str, image: str, *, clear_labels: Sequence[str] = ()
+               ) -> list[str]:
+        """Commit the container to a local image, paused meanwhile."""
+        ...
+
+    def export(self, container: str, output: str) -> list[str]:
+        """The container's whole filesystem as a tar file (for SIF)."""
+        ...
+
+    def push(self, local_image: str, target: str, *, authfile: str = "") -> list[list[str]]:
+        """The commands that push a local image to the registry as ``target``, in order."""
+        ...
+
+    def local_names_after_push(self, local_image: str, target: str) -> list[str]:
+        """Every local name :meth:`push` leaves behind, for :meth:`rmi` afterwards."""
+        ...
+
+    def rmi(self, images: Sequence[str]) -> list[str]:
+        """Remove these local image names."""
+        ...
+
+
 @dataclass(frozen=True)
 class Engine:
-    """Argv builders for one engine; subclasses change only what differs.
+    """Argv builders for an engine with docker's command line; subclasses change only
+    what differs. Implements :class:`ContainerEngine`.
 
     ``command`` is the site's argv prefix (e.g. ``("sudo", "-n", "/usr/bin/podman")``).
     """
@@ -68,6 +132,7 @@ class Engine:
     kind: ClassVar[EngineKind]
     # Engines whose ``commit --change`` accepts LABEL (nerdctl: only CMD, ENTRYPOINT).
     change_label_supported: ClassVar[bool] = True
+    streams_overlay: ClassVar[bool] = False
 
     @property
     def base(self) -> list[str]:
@@ -78,9 +143,25 @@ class Engine:
         """``container inspect NAME``: JSON array with one object, or an error if absent."""
         return [*self.base, "container", "inspect", container]
 
+    def parse_container(self, text: str) -> ContainerInfo:
+        """``container inspect`` JSON as :class:`ContainerInfo`."""
+        return parse_container_inspect(text, self.kind)
+
+    @staticmethod
+    def image_fields(obj: Mapping[str, Any]) -> tuple[str, str, str | None]:
+        """From ``container inspect``: the image's name, local id and manifest digest.
+        nerdctl's (the default) has only the image *name* in ``Image``."""
+        return str(obj.get("Image") or ""), "", None
+
     def inspect_image(self, image: str) -> list[str]:
         """``image inspect IMAGE``: JSON array with one object (RepoDigests, RootFS...)."""
         return [*self.base, "image", "inspect", image]
+
+    def pause(self, container: str) -> list[str]:
+        return [*self.base, "pause", container]
+
+    def resume(self, container: str) -> list[str]:
+        return [*self.base, "unpause", container]
 
     def commit(self, container: str, image: str, *, clear_labels: Sequence[str] = ()) -> list[str]:
         """Commit ``container`` to the local ``image``, pausing it meanwhile.
@@ -126,6 +207,13 @@ class Podman(Engine):
     """podman: pushes a local image straight to any destination name."""
 
     kind: ClassVar[EngineKind] = EngineKind.PODMAN
+    streams_overlay: ClassVar[bool] = True
+
+    @staticmethod
+    def image_fields(obj: Mapping[str, Any]) -> tuple[str, str, str | None]:
+        # podman: ``ImageName`` and ``ImageDigest``, and a bare image id in ``Image``
+        digest = str(obj.get("ImageDigest") or "") or None
+        return str(obj.get("ImageName") or ""), str(obj.get("Image") or ""), digest
 
     def _commit_format(self) -> list[str]:
         # OCI, so the pushed manifest can carry annotations (podman's default, made explicit)
@@ -148,6 +236,12 @@ class Docker(Engine):
     """docker: daemon-side TLS and client-side credentials (see the module docstring)."""
 
     kind: ClassVar[EngineKind] = EngineKind.DOCKER
+
+    @staticmethod
+    def image_fields(obj: Mapping[str, Any]) -> tuple[str, str, str | None]:
+        # docker: ``sha256:<id>`` in ``Image`` and the name in ``Config.Image``
+        image = str((obj.get("Config") or {}).get("Image") or "")
+        return image, str(obj.get("Image") or "").removeprefix("sha256:"), None
 
 
 @dataclass(frozen=True)
@@ -179,7 +273,7 @@ ENGINES: dict[EngineKind, type[Engine]] = {
 }
 
 
-def engine_for(section: EngineSection) -> Engine:
+def engine_for(section: EngineSection) -> ContainerEngine:
     """The engine the site config names; an unknown kind lists the valid names."""
     try:
         cls = ENGINES[EngineKind(section.kind)]
@@ -203,24 +297,14 @@ def parse_container_inspect(text: str, kind: EngineKind) -> ContainerInfo:
 
     Where they differ: podman has ``ImageName`` and ``ImageDigest`` and a bare image id
     in ``Image``; docker has ``sha256:<id>`` in ``Image`` and the name in
-    ``Config.Image``; nerdctl has the image *name* in ``Image``. docker's ``Name``
-    starts with "/".
+    ``Config.Image``; nerdctl has the image *name* in ``Image`` (each engine's
+    :meth:`Engine.image_fields`). docker's ``Name`` starts with "/".
     """
     obj = _single_object(text, "container inspect")
     labels = _labels((obj.get("Config") or {}).get("Labels"))
     state = obj.get("State") or {}
     running = bool(state.get("Running")) if isinstance(state, dict) else False
-    raw_image = str(obj.get("Image") or "")
-    if kind == EngineKind.PODMAN:
-        image = str(obj.get("ImageName") or "")
-        image_id = raw_image
-        digest = str(obj.get("ImageDigest") or "") or None
-    elif kind == EngineKind.DOCKER:
-        image = str((obj.get("Config") or {}).get("Image") or "")
-        image_id = raw_image.removeprefix("sha256:")
-        digest = None
-    else:
-        image, image_id, digest = raw_image, "", None
+    image, image_id, digest = ENGINES[EngineKind(kind)].image_fields(obj)
     try:
         return ContainerInfo(
             name=str(obj["Name"]).lstrip("/"),

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from builder_jobs.base_image import CACHE_TAG_PREFIX
+from builder_jobs.streaming.base_image import CACHE_TAG_PREFIX
 from site_configs.errors import CommandFailed
 from site_configs.runner import DEFAULT_TIMEOUT_SECONDS, CommandResult, Runner, run_command
 
@@ -159,7 +159,7 @@ class GuardedRunner:
 
 
 def is_helper_reference(reference: str) -> bool:
-    """``registry/repository:imgsave-base-...``: the base's helper tag (base_image.py)."""
+    """``registry/repository:imgsave-base-...``: the base's helper tag (streaming/base_image.py)."""
     return reference.rpartition(":")[2].startswith(CACHE_TAG_PREFIX) and "/" in reference
 
 

@@ -9,30 +9,19 @@ temporary tag removed after) or CLEANING and FAILED. ``result.json`` holds the o
 Exit status 0 on success; otherwise 1 with the reason as one line on stderr (2 when
 the spec itself cannot be read).
 
-A full filesystem on the node (podman's temporary files in ``/var/tmp`` during a
-commit, the SIF work directory, the user's SIF directory) fails the save like any
-other error (tags rolled back, temporary images and files removed, the container
-running), but as :attr:`FailureKind.NO_SPACE` with a reason that names the filesystem
-(:func:`no_space`), whichever command or call ran out of room.
+A full filesystem on the node fails the save like any other error, but as
+:attr:`FailureKind.NO_SPACE` naming the filesystem (:mod:`builder_jobs.no_space`).
 """
 
 from __future__ import annotations
 
 import argparse
-import errno
 import grp
 import logging
-import os
 import pwd
-import re
 import signal
-import stat
 import sys
-import tempfile
-import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -40,16 +29,11 @@ from builder_jobs import cancel, sif
 from builder_jobs.annotations import SaveProvenance
 from builder_jobs.engines import (
     ContainerInfo,
-    Engine,
-    engine_for,
-    parse_container_inspect,
     parse_image_size,
     parse_repo_digest,
-    temporary_image,
 )
 from builder_jobs.events import (
     EventLog,
-    EventSink,
     FailureKind,
     ProgressEvent,
     SaveResult,
@@ -57,81 +41,21 @@ from builder_jobs.events import (
     write_result,
 )
 from builder_jobs.failures import SaveFailed, engine_failure, registry_failure
+from builder_jobs.no_space import full_path, no_space, remove_engine_leftover
 from builder_jobs.oci_save import PushedImage, RegistryTarget
+from builder_jobs.run import SaveRun
 from builder_jobs.spec import EVENTS_FILE, RESULT_FILE, SaveSpec
-from builder_jobs.streaming_save import STREAMING_METHOD, try_streaming
+from builder_jobs.streaming.save import STREAMING_METHOD, try_streaming
 from registry.auth import load_credentials
 from registry.oci import RegistryClient
 from registry.refs import ImageRef, target_for_user
 from site_configs.errors import CommandFailed, ImgsaveError
-from site_configs.runner import Runner, run_command
-from site_configs.schema import ImageFormat, SiteConfig, load_site_config
+from site_configs.schema import ImageFormat, load_site_config
 
 log = logging.getLogger("builder_jobs.node_save")
 
 COMMIT_METHOD = "engine-commit"
 INSPECT_TIMEOUT_SECONDS = 60.0
-
-
-@dataclass
-class SaveRun:
-    """One save on this node: its inputs, its event log and its stage clock."""
-
-    spec: SaveSpec
-    site: SiteConfig
-    events: EventSink
-    runner: Runner = run_command
-    env: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
-    seconds: dict[str, float] = field(default_factory=dict)
-    job_id_known: str = ""  # the job id, when the caller learnt it from the scheduler
-    # called with the container once found and its owner checked, before anything is
-    # paused or made (the privileged entry takes the node's lock on it here)
-    located: Callable[[ContainerInfo], None] | None = None
-
-    def __post_init__(self) -> None:
-        self.engine: Engine = engine_for(self.site.engine)
-        self.temp_image = temporary_image(self.spec.request_id)
-        self.local_images: list[str] = []
-        self.target_ref = ImageRef("", "")  # set once LOCATING has checked the spec's target
-
-    @property
-    def node(self) -> str:
-        """The node name as the scheduler knows it (``$SLURMD_NODENAME``) or the spec's."""
-        return self.env.get("SLURMD_NODENAME") or self.spec.node
-
-    @property
-    def job_id(self) -> str:
-        return self.job_id_known or self.env.get("SLURM_JOB_ID") or self.env.get("PBS_JOBID") or ""
-
-    def emit(
-        self,
-        stage: Stage,
-        message: str = "",
-        bytes_done: int | None = None,
-        bytes_total: int | None = None,
-    ) -> None:
-        event = ProgressEvent(
-            stage, message=message, bytes_done=bytes_done, bytes_total=bytes_total
-        )
-        self.events.emit(event)
-
-    @contextmanager
-    def stage(self, stage: Stage, message: str = "") -> Iterator[None]:
-        """Emit ``stage`` and add the time spent in it to :attr:`seconds`."""
-        self.emit(stage, message)
-        start = time.monotonic()
-        try:
-            yield
-        finally:
-            key = stage.value
-            self.seconds[key] = round(self.seconds.get(key, 0.0) + time.monotonic() - start, 3)
-
-    def run(self, argv: Sequence[str], timeout: float) -> str:
-        """Run an engine command; its failure is an ENGINE failure unless caught."""
-        try:
-            return self.runner(argv, timeout=timeout).stdout
-        except CommandFailed as e:
-            raise engine_failure(e) from e
 
 
 def locate(run: SaveRun) -> ContainerInfo:
@@ -148,7 +72,7 @@ def locate(run: SaveRun) -> ContainerInfo:
                 f"container {spec.container} not found on {run.node}",
             ) from e
         raise engine_failure(e) from e
-    info = parse_container_inspect(out.stdout, run.site.engine.kind)
+    info = run.engine.parse_container(out.stdout)
     if info.labels.get(label) != spec.user:
         # Never say whose it is: only that it lacks the requesting user's label.
         raise SaveFailed(
@@ -318,9 +242,9 @@ def save(run: SaveRun) -> SaveResult:
             oras = targets[-1] if run.site.sif.push_oras else None
             sif_out = sif.save_sif(run, info, oras)
     except BaseException as e:
-        failure = no_space(run, e) or (e if isinstance(e, SaveFailed) else _unexpected(e))
+        failure = no_space(run.node, e) or (e if isinstance(e, SaveFailed) else _unexpected(e))
         if failure.kind is FailureKind.NO_SPACE:
-            remove_engine_leftover(_full_path(e) or "")
+            remove_engine_leftover(full_path(e) or "")
         for target in targets:
             if target.began:
                 target.rollback()  # a failed save leaves no tag it wrote
@@ -363,79 +287,6 @@ def _failed(run: SaveRun, failure: SaveFailed) -> SaveResult:
     return result
 
 
-_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
-# podman/Go, tar, mksquashfs and Python all say one of these (strerror of ENOSPC/EDQUOT)
-_FULL_TEXT = re.compile(r"no space left on device|disk quota exceeded", re.IGNORECASE)
-
-
-def no_space(run: SaveRun, error: BaseException) -> SaveFailed | None:
-    """``error`` as a NO_SPACE failure naming the full filesystem, or None when a full
-    filesystem did not cause it. Looks through the chain of causes: an OSError with
-    ENOSPC/EDQUOT, or a command or failure whose text has the kernel's words."""
-    path = _full_path(error)
-    if path is None:
-        return None
-    mount = _mount_point(path) if path else ""
-    where = f"{mount} (writing {path})" if mount and mount != path else path or "a filesystem"
-    return SaveFailed(
-        FailureKind.NO_SPACE,
-        f"node {run.node} has no space left on {where}; the save was stopped, nothing was "
-        "tagged and its temporary files were removed; free space there (or ask your "
-        "centre to) and save again, or save on another node",
-    )
-
-
-def remove_engine_leftover(path: str) -> None:
-    """Remove the partial temporary file a failed engine command names: podman's commit
-    leaves ``/var/tmp/<digits>`` (Go's ``os.CreateTemp``) behind when the write fails.
-    Only a regular file of ours with such a name directly in a temporary directory."""
-    file = Path(path)
-    if not file.name.isdigit() or str(file.parent) not in ("/var/tmp", tempfile.gettempdir()):
-        return
-    try:
-        info = file.lstat()
-        if stat.S_ISREG(info.st_mode) and info.st_uid == os.geteuid():
-            file.unlink()
-    except OSError:
-        pass  # gone already, or not ours to remove
-
-
-def _full_path(error: BaseException) -> str | None:
-    """The path a full filesystem refused ("" if unnamed), None if none did."""
-    seen: BaseException | None = error
-    while seen is not None:
-        if isinstance(seen, OSError) and seen.errno in _FULL_ERRNOS:
-            return str(seen.filename or "")
-        if isinstance(seen, CommandFailed) and _FULL_TEXT.search(seen.stderr + seen.stdout):
-            named = _path_before_full(seen.stderr + "\n" + seen.stdout)
-            return named or next((a for a in reversed(seen.argv) if a.startswith("/")), "")
-        if isinstance(seen, SaveFailed) and _FULL_TEXT.search(seen.message):
-            return _path_before_full(seen.message)
-        seen = seen.__cause__ or seen.__context__
-    return None
-
-
-def _path_before_full(text: str) -> str:
-    """``/var/tmp/123`` from podman's ``write /var/tmp/123: no space left on device``."""
-    for line in text.splitlines():
-        found = _FULL_TEXT.search(line)
-        if found:
-            paths = re.findall(r"(?:^|(?<=[\s'\"(]))(/[^\s:'\"]+)", line[: found.start()])
-            if paths:
-                return paths[-1]
-    return ""
-
-
-def _mount_point(path: str) -> str:
-    """The mount point of the filesystem holding ``path`` (which may be gone by now)."""
-    where = os.path.abspath(path)
-    while not os.path.exists(where) and where != "/":
-        where = os.path.dirname(where)
-    while not os.path.ismount(where):
-        where = os.path.dirname(where)
-    return where
-
-
 def _unexpected(error: BaseException) -> SaveFailed:
     if isinstance(error, ImgsaveError):
         return SaveFailed(FailureKind.INTERNAL, error.message, retryable=error.retryable)
@@ -448,8 +299,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     The save without a scheduler, for the centre's admins and the node-side tests: it
     runs as whoever starts it and trusts the spec it is given. Users never reach it:
-    their jobs enter through the privileged entry (:mod:`api.node_gate`), which builds
-    the spec from the scheduler's record of the job, not from a file."""
+    their jobs enter through the privileged entry (:mod:`builder_jobs.node_gate`), which
+    builds the spec from the scheduler's record of the job, not from a file."""
     parser = argparse.ArgumentParser(prog="python -m builder_jobs.node_save")
     parser.add_argument("spec_path", type=Path, help="the save's spec.json in the spool")
     args = parser.parse_args(argv)

@@ -40,8 +40,8 @@ log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from builder_jobs.engines import ContainerInfo
-    from builder_jobs.node_save import SaveRun
     from builder_jobs.oci_save import RegistryTarget
+    from builder_jobs.run import SaveRun
 
 SIF_METHOD = "export-squashfs"
 SIF_CONFIG_MEDIA_TYPE = "application/vnd.sylabs.sif.config.v1+json"

@@ -2,7 +2,7 @@
 
 Retried: HEAD and GET; PUT (a manifest, the closing PUT of an upload); POST (starting an
 upload, a cross-repository mount). Never PATCH: a chunk of an upload is resumed by
-:mod:`builder_jobs.layer_push` from the offset the registry reports. Never DELETE: a
+:mod:`builder_jobs.streaming.layer_push` from the offset the registry reports. Never DELETE: a
 second DELETE of a manifest that the first one removed answers 404.
 
 On what: connection failures (refused, reset, timed out) and the transient answers 429,

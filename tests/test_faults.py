@@ -122,8 +122,8 @@ def _wait_paused(node: str, name: str, seconds: float) -> bool:
 
 
 def _entry_pid(job: str) -> int:
-    """The root entry's process for ``job`` (``python -I -m api.node_gate CONFIG JOB ID``)."""
-    out = subprocess.run(["pgrep", "-f", f"api.node_gate .* {job} "], capture_output=True,
+    """The root entry's process for ``job`` (``python -I -m api.node_entry CONFIG JOB ID``)."""
+    out = subprocess.run(["pgrep", "-f", f"api.node_entry .* {job} "], capture_output=True,
                          text=True, check=False).stdout.split()
     assert out, f"no imgsave-node-save process for job {job}"
     return int(out[0])

@@ -27,7 +27,7 @@ import pytest
 
 from builder_jobs.engines import Podman
 from builder_jobs.events import ProgressEvent, Stage
-from builder_jobs.stream_commit import ImageTooLarge, StreamResult, stream_commit
+from builder_jobs.streaming.commit import ImageTooLarge, StreamResult, stream_commit
 from registry.manifests import OCI_LAYER_ZSTD
 from registry.oci import RegistryClient
 from registry.refs import ImageRef

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from builder_jobs.overlay_layer import (
+from builder_jobs.streaming.overlay_layer import (
     BLOCK,
     EntryKind,
     LayerEntry,

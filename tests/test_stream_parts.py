@@ -13,16 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from builder_jobs.base_image import base_cache_tag, candidates, parse_image_inspect
 from builder_jobs.engines import Docker, Podman
-from builder_jobs.overlay_layer import StreamingUnavailable
-from builder_jobs.stream_commit import (
-    check_overlay_mount,
-    image_config,
-    image_manifest,
-    parse_overlay_container,
-    stream_commit,
-)
+from builder_jobs.streaming.base_image import base_cache_tag, candidates, parse_image_inspect
+from builder_jobs.streaming.commit import image_config, image_manifest, stream_commit
+from builder_jobs.streaming.overlay_layer import StreamingUnavailable
+from builder_jobs.streaming.overlay_storage import check_overlay_mount, parse_overlay_container
 from registry.manifests import (
     OCI_CONFIG,
     OCI_LAYER_GZIP,

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from builder_jobs.layer_codecs import Codec, PigzCodec, ZlibGzipCodec, ZstdCodec, codec_for
-from builder_jobs.layer_push import _Buffer, push_layer
-from builder_jobs.overlay_layer import layer_entries, tar_chunks
+from builder_jobs.streaming.codecs import Codec, PigzCodec, ZlibGzipCodec, ZstdCodec, codec_for
+from builder_jobs.streaming.layer_push import _Buffer, push_layer
+from builder_jobs.streaming.overlay_layer import layer_entries, tar_chunks
 from registry.manifests import OCI_LAYER_GZIP, OCI_LAYER_ZSTD
 from registry.oci import RegistryClient
 from site_configs.errors import ConfigError

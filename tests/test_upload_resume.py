@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from builder_jobs.layer_codecs import ZstdCodec
-from builder_jobs.layer_push import PushedLayer, push_layer
+from builder_jobs.streaming.codecs import ZstdCodec
+from builder_jobs.streaming.layer_push import PushedLayer, push_layer
 from registry.oci import RegistryClient
 from registry.retry import RetryPolicy
 from registry.upload import UploadLost

@@ -1,5 +1,5 @@
 """The node's choice of commit: the streaming commit where the storage allows it (see
-:mod:`builder_jobs.stream_commit`), the engine's commit + push otherwise.
+:mod:`builder_jobs.streaming.commit`), the engine's commit + push otherwise.
 
 ``engine.commit_method`` in the site config: ``auto`` (default) falls back to the engine
 and records why; ``streaming`` fails instead; ``engine`` never streams.
@@ -13,14 +13,14 @@ from typing import TYPE_CHECKING
 from builder_jobs.events import FailureKind, ProgressEvent
 from builder_jobs.failures import SaveFailed, registry_failure
 from builder_jobs.oci_save import PushedImage, RegistryTarget
-from builder_jobs.overlay_layer import StreamingUnavailable
-from builder_jobs.stream_commit import ImageTooLarge, stream_commit
+from builder_jobs.streaming.commit import ImageTooLarge, stream_commit
+from builder_jobs.streaming.overlay_layer import StreamingUnavailable
 from site_configs.errors import ImgsaveError, RegistryError
 from site_configs.schema import CommitMethod
 
 if TYPE_CHECKING:
     from builder_jobs.engines import ContainerInfo
-    from builder_jobs.node_save import SaveRun
+    from builder_jobs.run import SaveRun
 
 STREAMING_METHOD = "streaming"
 

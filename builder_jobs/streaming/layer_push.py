@@ -18,7 +18,7 @@ the container is paused) can run ahead of a slower registry; past that, the uplo
 slows the reader. Memory: ``buffer_bytes`` plus about twice ``chunk_bytes``. Size it to
 the save job's memory limit.
 
-The codecs are in :mod:`builder_jobs.layer_codecs`; measured speeds in
+The codecs are in :mod:`builder_jobs.streaming.codecs`; measured speeds in
 ``docs/benchmarks.md``.
 """
 
@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import cast
 
 from builder_jobs import cancel
-from builder_jobs.layer_codecs import Codec
+from builder_jobs.streaming.codecs import Codec
 from registry.oci import RegistryClient
 from registry.upload import BlobUpload
 

@@ -2,9 +2,14 @@
 
 Save jobs run as their owner; this is the only root code they can reach, through the
 sudoers rule that ships in ``site_configs/sudoers`` (no one gets ``sudo podman``). It is
-installed as a root-owned wrapper that fixes the site config (``site_configs/node-entry``)::
+installed as a root-owned wrapper that fixes the site config
+(``site_configs/deploy/imgsave-node-save.in``)::
 
-    exec /opt/imgsave/venv/bin/python -I -m api.node_gate /etc/imgsave/site.toml "$@"
+    exec /opt/imgsave/venv/bin/python -I -m api.node_entry /etc/imgsave/site.toml "$@"
+
+:mod:`api.node_entry` only hands :func:`main` the scheduler (as a :data:`JobLookup`):
+builder_jobs never imports scheduler_glue, so the one module that needs both sits above
+them. Everything the entry checks and does is here.
 
 It trusts nothing a user can write. Who asks comes from the kernel (``SUDO_UID``, set by
 sudo); what was asked comes from the scheduler's record of the job: its owner, its
@@ -23,21 +28,22 @@ result).
 from __future__ import annotations
 
 import ctypes
-import errno
 import logging
 import os
 import pwd
 import re
 import signal
 import sys
-from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime, timedelta
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 from builder_jobs import cancel, sif
 from builder_jobs.engines import ContainerInfo, engine_for, temporary_image
 from builder_jobs.events import EventStream, FailureKind, ProgressEvent, SaveResult, Stage
 from builder_jobs.failures import SaveFailed
+from builder_jobs.no_space import is_full
 from builder_jobs.node_guard import (
     UNDO_TIMEOUT_SECONDS,
     GuardedRunner,
@@ -47,23 +53,18 @@ from builder_jobs.node_guard import (
     is_job_id,
     record_path,
 )
-from builder_jobs.node_save import SaveRun, report_exit, save
+from builder_jobs.node_save import report_exit, save
+from builder_jobs.run import SaveRun
 from builder_jobs.spec import SaveSpec
-from scheduler_glue import make_scheduler
-from scheduler_glue.base import JobRecord, Scheduler
-from scheduler_glue.metadata import requester_of
-from scheduler_glue.states import JobState
 from site_configs.errors import ImgsaveError
 from site_configs.runner import run_command
 from site_configs.schema import ImageFormat, SiteConfig, load_site_config
 
-log = logging.getLogger("api.node_gate")
+log = logging.getLogger("builder_jobs.node_gate")
 
 REFUSED = 2
 _REQUEST_ID = re.compile(r"[0-9a-f]{32}")
 _CONTAINER = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]{0,253}")
-# How far back the scheduler is asked about the job (it is running now).
-LOOKBACK = timedelta(days=3)
 PR_SET_PDEATHSIG = 1
 # every command the save runs dies with the thread that started it: a push must not
 # finish after the entry was killed and the epilog removed its helper tag
@@ -72,6 +73,23 @@ DIE_WITH_ENTRY = ("setpriv", "--pdeathsig", "KILL", "--")
 
 class Refused(Exception):
     """A request the entry will not run; the message is safe to show the caller."""
+
+
+@dataclass(frozen=True)
+class JobOnRecord:
+    """The scheduler's record of the job that asks for the save, as the entry needs it."""
+
+    job_id: str
+    owner: str  # the job's owner, as the scheduler knows it
+    state: str  # the state's name (RUNNING, PENDING, ...)
+    running: bool
+    works_for: str  # who the job may save for ("" nobody): the owner, or the portal's user
+    node: str  # the scheduler's node list
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+
+# The scheduler's record of a job id; raises Refused when it cannot say or does not know it.
+JobLookup = Callable[[str], JobOnRecord]
 
 
 def caller_name(env: Mapping[str, str]) -> str:
@@ -85,30 +103,19 @@ def caller_name(env: Mapping[str, str]) -> str:
         raise Refused(f"uid {uid_text} has no account on this node") from e
 
 
-def job_record(scheduler: Scheduler, job_id: str) -> JobRecord:
-    since = datetime.now(UTC) - LOOKBACK
-    try:
-        record = scheduler.status([job_id], since).get(job_id)
-    except ImgsaveError as e:
-        raise Refused(f"cannot ask the scheduler about job {job_id}: {e.message}") from e
-    if record is None or record.state is JobState.UNKNOWN:
-        raise Refused(f"job {job_id} is not known to the scheduler")
-    return record
-
-
 def spec_from_job(
-    config: SiteConfig, record: JobRecord, caller: str, request_id: str
+    config: SiteConfig, record: JobOnRecord, caller: str, request_id: str
 ) -> SaveSpec:
     """The save the scheduler's record of the job asks for, if ``caller`` may run it."""
     job = record.job_id
-    if record.user != caller:
+    if record.owner != caller:
         raise Refused(f"job {job} is not yours")  # never say whose it is
-    if record.state is not JobState.RUNNING:
-        raise Refused(f"job {job} is {record.state.name}, not running")
+    if not record.running:
+        raise Refused(f"job {job} is {record.state}, not running")
     meta = record.metadata
     if meta.get("request_id") != request_id:
         raise Refused(f"job {job} was not submitted for request {request_id}")
-    user = requester_of(record.user, meta, config.service_account)
+    user = record.works_for
     if not user:
         raise Refused(f"job {job} names no user it may save for")
     container = meta.get("container", "")
@@ -150,7 +157,7 @@ def claim_once(state_dir: Path, request_id: str) -> None:
 
 
 def admit(config: SiteConfig, args: Sequence[str], env: Mapping[str, str],
-          scheduler: Scheduler) -> SaveSpec:
+          look_up_job: JobLookup) -> SaveSpec:
     """Every check before the save; raises Refused with the reason."""
     if len(args) != 2:
         raise Refused("usage: imgsave-node-save JOBID REQUEST_ID")
@@ -158,7 +165,7 @@ def admit(config: SiteConfig, args: Sequence[str], env: Mapping[str, str],
     if not is_job_id(job_id) or not _REQUEST_ID.fullmatch(request_id):
         raise Refused("give a job id and an imgsave request id")
     caller = caller_name(env)
-    spec = spec_from_job(config, job_record(scheduler, job_id), caller, request_id)
+    spec = spec_from_job(config, look_up_job(job_id), caller, request_id)
     claim_once(Path(config.node.state_dir), request_id)
     return spec
 
@@ -172,7 +179,10 @@ def _die_with_parent() -> None:
         log.warning("cannot ask to be stopped with the job (prctl)")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None,
+         job_lookup_for: Callable[[SiteConfig], JobLookup]) -> int:
+    """``imgsave-node-save CONFIG JOBID REQUEST_ID``: admit the save, run it guarded.
+    ``job_lookup_for`` gives the site's scheduler, asked about the job."""
     args = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(stream=sys.stderr, level=logging.INFO,
                         format="imgsave-node-save: %(levelname)s %(message)s")  # fmt: skip
@@ -188,9 +198,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, cancel.on_signal)  # scancel/qdel: clean up, then fail
     try:
         config = load_site_config(args[0])
-        spec = admit(config, args[1:], os.environ, make_scheduler(config.scheduler))
+        spec = admit(config, args[1:], os.environ, job_lookup_for(config))
     except (Refused, ImgsaveError, OSError) as e:
-        if _full(e):
+        if is_full(e):
             return _failed(events, FailureKind.NO_SPACE,
                            f"node {os.uname().nodename}: no space left for imgsave's record: {e}")
         return _failed(events, FailureKind.INVALID,
@@ -209,7 +219,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         guard.write()
     except OSError as e:  # nothing is paused yet: better no save than an unguarded one
         guard.clear()
-        kind = FailureKind.NO_SPACE if _full(e) else FailureKind.INTERNAL
+        kind = FailureKind.NO_SPACE if is_full(e) else FailureKind.INTERNAL
         return _failed(events, kind, f"cannot write the save's record in {state_dir}: {e}")
     run = SaveRun(spec=spec, site=config, events=events, env={}, job_id_known=args[1],
                   runner=GuardedRunner(run_command, guard, engine.base, bound=DIE_WITH_ENTRY),
@@ -225,10 +235,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             log.info("helper tag: %s", line)
         guard.clear()  # ended on its own, cleaned up: nothing left for the epilog
     return report_exit(result)
-
-
-def _full(error: BaseException) -> bool:
-    return isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
 def _failed(events: EventStream, kind: FailureKind, message: str) -> int:
@@ -253,7 +259,3 @@ def _lock_container(state_dir: Path, info: ContainerInfo) -> None:
             "try again when that save has ended",
             retryable=True,
         ) from e
-
-
-if __name__ == "__main__":
-    sys.exit(main())

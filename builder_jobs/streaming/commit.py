@@ -3,8 +3,8 @@
 ``podman commit && podman push`` reads the container's changes three times (diff into
 a local layer, read it back to compress, upload). The upper dir of the container's
 overlay mount *is* the diff, so this reads it once, pausing the container only for that
-read, and compresses, hashes and uploads in the same pass (:mod:`overlay_layer`,
-:mod:`layer_push`). The base image's layers are never sent again (:mod:`base_image`).
+read, and compresses, hashes and uploads in the same pass (:mod:`.overlay_layer`,
+:mod:`.layer_push`). The base image's layers are never sent again (:mod:`.base_image`).
 The new image is the base image's config plus one layer and a history entry, pushed as
 an OCI manifest under the target tag: the tag changes only at the very end, so a
 failed streaming commit leaves it as it was.
@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -32,29 +31,33 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any
 
-from builder_jobs.base_image import (
+from builder_jobs.engines import ContainerEngine
+from builder_jobs.events import ProgressEvent, Stage
+from builder_jobs.streaming.base_image import (
     BaseImage,
     LocalImage,
     drop_cache_tag,
     ensure_base,
     parse_image_inspect,
 )
-from builder_jobs.engines import Engine
-from builder_jobs.events import ProgressEvent, Stage
-from builder_jobs.layer_codecs import codec_for
-from builder_jobs.layer_push import BUFFER_BYTES, PushedLayer, push_layer
-from builder_jobs.overlay_layer import LayerStats, StreamingUnavailable, layer_entries, tar_chunks
+from builder_jobs.streaming.codecs import codec_for
+from builder_jobs.streaming.layer_push import BUFFER_BYTES, PushedLayer, push_layer
+from builder_jobs.streaming.overlay_layer import (
+    LayerStats,
+    StreamingUnavailable,
+    layer_entries,
+    tar_chunks,
+)
+from builder_jobs.streaming.overlay_storage import OverlayContainer, readable_overlay
 from registry.manifests import OCI_CONFIG, OCI_LAYER_GZIP, OCI_MANIFEST, Descriptor, sha256_digest
 from registry.oci import RegistryClient
 from registry.refs import ImageRef
 from site_configs.errors import ImgsaveError
 from site_configs.runner import Runner, run_command
-from site_configs.schema import EngineKind
 
 __all__ = ["ImageTooLarge", "StreamResult", "StreamingUnavailable", "stream_commit"]
 
 CREATED_BY = "imgsave streaming commit"
-MOUNTINFO = "/proc/self/mountinfo"
 PROGRESS_INTERVAL = 0.5  # seconds between progress events
 BASE_PUSH_TIMEOUT = 3600.0
 _DOCKER_LAYERS = {
@@ -76,19 +79,6 @@ class ImageTooLarge(ImgsaveError):
         )
         self.size = size
         self.limit = limit
-
-
-@dataclass(frozen=True)
-class OverlayContainer:
-    """What a streaming commit needs from ``podman container inspect``."""
-
-    name: str
-    id: str
-    image_id: str
-    image_name: str
-    upper_dir: str
-    running: bool
-    paused: bool
 
 
 @dataclass(frozen=True)
@@ -119,7 +109,7 @@ def stream_commit(
     container: str,
     target: ImageRef,
     client: RegistryClient,
-    engine: Engine,
+    engine: ContainerEngine,
     *,
     compression: str = "zstd",
     level: int | None = None,
@@ -150,7 +140,7 @@ def stream_commit(
     started = time.monotonic()
     seconds: dict[str, float] = {}
     emit(ProgressEvent(Stage.LOCATING, message=f"streaming commit: inspecting {container}"))
-    info = _inspect(container, engine, runner)
+    info = readable_overlay(container, engine, runner)
     codec = codec_for(compression, level)
     seconds["inspect"] = _lap(started)
 
@@ -226,97 +216,15 @@ def stream_commit(
     )
 
 
-# --- checks before anything is paused -------------------------------------------------
-
-
-def parse_overlay_container(text: str) -> OverlayContainer:
-    """``podman container inspect`` JSON → :class:`OverlayContainer`.
-
-    Raises :class:`StreamingUnavailable` when the storage driver is not overlay or the
-    upper dir is unknown.
-    """
-    try:
-        data = json.loads(text)
-        obj = data[0] if isinstance(data, list) else data
-        driver = obj.get("GraphDriver") or {}
-        state = obj.get("State") or {}
-        name, cid, image_id = str(obj["Name"]), str(obj["Id"]), str(obj["Image"])
-    except (ValueError, KeyError, IndexError, AttributeError, TypeError) as e:
-        raise StreamingUnavailable(f"container inspect printed unexpected JSON ({e})") from e
-    if driver.get("Name") != "overlay":
-        raise StreamingUnavailable(f"storage driver is {driver.get('Name')!r}, not overlay")
-    upper = str((driver.get("Data") or {}).get("UpperDir") or "")
-    if not upper:
-        raise StreamingUnavailable("the overlay driver reports no UpperDir for the container")
-    return OverlayContainer(
-        name=name.lstrip("/"),
-        id=cid,
-        image_id=image_id.removeprefix("sha256:"),
-        image_name=str(obj.get("ImageName") or ""),
-        upper_dir=upper,
-        running=bool(state.get("Running")),
-        paused=bool(state.get("Paused")) or state.get("Status") == "paused",
-    )
-
-
-def check_overlay_mount(upper_dir: str, mountinfo: str) -> None:
-    """Refuse mounts whose upper dir does not hold the whole diff in plain form.
-
-    ``mountinfo`` is ``/proc/self/mountinfo``. The container's mount must be the kernel's
-    overlay (not fuse-overlayfs) without ``metacopy=on`` (data left in lower layers),
-    ``redirect_dir=on`` (renamed directories point into lower layers) or ``userxattr``
-    (rootless: whiteouts in ``user.overlay.*``).
-    """
-    wanted = "upperdir=" + _mangle(upper_dir)
-    for line in mountinfo.splitlines():
-        head, sep, tail = line.partition(" - ")
-        fields = tail.split()
-        if not sep or len(fields) < 3:
-            continue
-        options = fields[2].split(",")
-        if wanted not in options:
-            continue
-        if fields[0] != "overlay":
-            raise StreamingUnavailable(f"the container is mounted by {fields[0]}, not overlay")
-        for option in ("metacopy=on", "redirect_dir=on", "userxattr"):
-            if option in options:
-                raise StreamingUnavailable(f"the overlay mount has {option}")
-        return
-    raise StreamingUnavailable(
-        "the container's overlay mount is not visible here (another mount namespace?)"
-    )
-
-
-def _inspect(container: str, engine: Engine, runner: Runner) -> OverlayContainer:
-    if engine.kind is not EngineKind.PODMAN:
-        raise StreamingUnavailable(f"implemented for podman only, the engine is {engine.kind}")
-    if os.geteuid() != 0:
-        raise StreamingUnavailable("needs root to read podman's storage (rootless podman?)")
-    info = parse_overlay_container(runner(engine.inspect_container(container)).stdout)
-    if not os.access(info.upper_dir, os.R_OK | os.X_OK):
-        raise StreamingUnavailable(f"cannot read the upper dir {info.upper_dir}")
-    if info.running or info.paused:
-        with open(MOUNTINFO, encoding="utf-8", errors="surrogateescape") as f:
-            check_overlay_mount(info.upper_dir, f.read())
-    return info
-
-
-def _mangle(path: str) -> str:
-    # The kernel escapes these in mountinfo as octal (fs/proc_namespace.c, mangle()).
-    for char in ("\\", " ", "\t", "\n"):
-        path = path.replace(char, f"\\{ord(char):03o}")
-    return path
-
-
 # --- pause, read, upload --------------------------------------------------------------
 
 
 class _Pause:
     """Pauses the container on the first read and resumes it once (from either thread)."""
 
-    def __init__(self, engine: Engine, info: OverlayContainer, runner: Runner) -> None:
-        self._argv = [*engine.base, "pause", info.id]
-        self._unpause = [*engine.base, "unpause", info.id]
+    def __init__(self, engine: ContainerEngine, info: OverlayContainer, runner: Runner) -> None:
+        self._argv = engine.pause(info.id)
+        self._unpause = engine.resume(info.id)
         self._needed = info.running and not info.paused
         self._lock = threading.Lock()
         self._since: float | None = None
