@@ -18,9 +18,9 @@ from urllib.parse import quote
 
 import requests
 
-from api.catalog import ImageInfo
 from api.progress import SaveStatus
 from api.service import SaveRequest, SubmittedSave
+from registry.catalog import ImageInfo
 from registry.refs import parse_reference, split_name_tag
 from site_configs.errors import (
     ConfigError,

@@ -4,7 +4,7 @@ The figures come from the scheduler's accounting through the usage cache
 (:mod:`api.usage_cache`): a report first syncs the cache (only the window since the
 last sync), then reads every figure from it with one query (:mod:`api.usage_report`).
 Bytes pushed and failure reasons come from the save's result file in the spool; whether
-images still exist, from the registry when asked (:mod:`api.usage_registry`).
+images still exist, from the registry when asked (:mod:`registry.presence`).
 Output formats live in :mod:`api.report_output`.
 """
 
@@ -20,7 +20,6 @@ from sqlalchemy.exc import OperationalError
 from api.db import Database, database_url
 from api.usage_cache import SyncStats, UsageCache
 from api.usage_records import SpoolReader
-from api.usage_registry import image_presence
 from api.usage_report import (
     GROUPINGS,
     Period,
@@ -30,6 +29,7 @@ from api.usage_report import (
     parse_groupings,
     totals,
 )
+from registry.presence import image_presence
 from site_configs.errors import ImgsaveError, InvalidRequest
 from site_configs.schema import current_account
 

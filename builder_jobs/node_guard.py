@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from builder_jobs.streaming.base_image import CACHE_TAG_PREFIX
+from registry.catalog import CACHE_TAG_PREFIX
 from site_configs.errors import CommandFailed
 from site_configs.runner import DEFAULT_TIMEOUT_SECONDS, CommandResult, Runner, run_command
 

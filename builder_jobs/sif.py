@@ -5,7 +5,8 @@ dir → ``mksquashfs DIR out.sqfs -comp zstd|gzip`` → ``siftool new`` + ``sift
 (a primary system squashfs partition for this node's architecture). Where a
 ``singularity`` binary exists, spython's ``Client.build`` builds the SIF from the same
 directory instead. The SIF goes to the user's directory (``sif.output_dir``) and/or to
-the registry as an ORAS artifact laid out exactly as ``apptainer push oras://`` does.
+the registry as an ORAS artifact laid out exactly as ``apptainer push oras://`` does
+(the layout and the push are :mod:`registry.oras`).
 
 Why extract with GNU tar rather than stream into ``mksquashfs -tar`` (which Debian's
 squashfs-tools 4.5.1 has): every command runs through ``run_command``, which cannot
@@ -16,14 +17,12 @@ symlinks that point outside the tree, so the archive cannot write outside the te
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import platform
 import shutil
 import stat
 import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -31,9 +30,9 @@ from typing import TYPE_CHECKING
 from builder_jobs.events import FailureKind, Stage
 from builder_jobs.failures import SaveFailed, registry_failure
 from builder_jobs.user_files import write_as_user
-from registry.manifests import OCI_MANIFEST, sha256_digest
+from registry import oras
 from registry.refs import ImageRef
-from site_configs.errors import ImgsaveError
+from site_configs.errors import ImgsaveError, InvalidRequest
 from site_configs.schema import Compression
 
 log = logging.getLogger(__name__)
@@ -44,10 +43,6 @@ if TYPE_CHECKING:
     from builder_jobs.run import SaveRun
 
 SIF_METHOD = "export-squashfs"
-SIF_CONFIG_MEDIA_TYPE = "application/vnd.sylabs.sif.config.v1+json"
-SIF_LAYER_MEDIA_TYPE = "application/vnd.sylabs.sif.layer.v1.sif"
-TITLE_ANNOTATION = "org.opencontainers.image.title"
-EMPTY_CONFIG = b"{}"
 CHUNK_BYTES = 32 * 1024 * 1024
 # siftool --partarch codes (siftool add --help), by Python's platform.machine()
 PART_ARCH = {"i386": 1, "i686": 1, "x86_64": 2, "amd64": 2, "armv7l": 3, "aarch64": 4,
@@ -70,41 +65,12 @@ def sif_file_name(ref: ImageRef) -> str:
 
 
 def oras_ref(ref: ImageRef, alongside_oci: bool) -> ImageRef:
-    """The ORAS tag: the target's own, or ``<tag>-sif`` when the OCI image takes the tag."""
-    if not alongside_oci:
-        return ref
-    tag = f"{ref.tag}-sif"
-    if len(tag) > 128:
-        raise SaveFailed(FailureKind.INVALID, f"tag {ref.tag!r} is too long to add '-sif'")
-    return ImageRef(ref.registry, ref.repository, tag)
-
-
-def oras_manifest(sif_digest: str, sif_size: int, title: str) -> bytes:
-    """The manifest ``apptainer push oras://`` writes, byte for byte.
-
-    Apptainer's ``internal/pkg/client/oras`` (``NewImageFromSIF``): config ``{}`` with
-    media type ``application/vnd.sylabs.sif.config.v1+json``, one layer (the whole SIF)
-    annotated with its file name; go-containerregistry serialises it with Go's
-    ``json.Marshal`` (compact, fields in struct order), reproduced here.
-    """
-    manifest = {
-        "schemaVersion": 2,
-        "mediaType": OCI_MANIFEST,
-        "config": {
-            "mediaType": SIF_CONFIG_MEDIA_TYPE,
-            "size": len(EMPTY_CONFIG),
-            "digest": sha256_digest(EMPTY_CONFIG),
-        },
-        "layers": [
-            {
-                "mediaType": SIF_LAYER_MEDIA_TYPE,
-                "size": sif_size,
-                "digest": sif_digest,
-                "annotations": {TITLE_ANNOTATION: title},
-            }
-        ],
-    }
-    return json.dumps(manifest, separators=(",", ":")).encode()
+    """This save's ORAS tag (:func:`registry.oras.oras_ref`); a tag too long to take the
+    ``-sif`` suffix makes the save invalid."""
+    try:
+        return oras.oras_ref(ref, alongside_oci)
+    except InvalidRequest as e:
+        raise SaveFailed(FailureKind.INVALID, e.message) from e
 
 
 def extract_argv(tar_path: Path, dest: Path) -> list[str]:
@@ -143,20 +109,12 @@ def file_sha256(path: Path) -> str:
     return f"sha256:{digest.hexdigest()}"
 
 
-def _chunks(path: Path) -> Iterator[bytes]:
-    with open(path, "rb") as fh:
-        yield from iter(lambda: fh.read(CHUNK_BYTES), b"")
-
-
 def push_oras(target: RegistryTarget, sif: Path, digest: str, title: str) -> str:
-    """Push the SIF as an ORAS artifact under ``target``'s tag; returns the manifest digest."""
-    client, repo = target.client, target.repository
+    """Push the SIF as an ORAS artifact under ``target``'s tag; returns the manifest digest.
+    The target records what the push writes, so a failed save can roll it back."""
     target.began = True
-    client.push_blob(repo, EMPTY_CONFIG, sha256_digest(EMPTY_CONFIG))
-    client.push_blob(repo, _chunks(sif), digest)
-    manifest = oras_manifest(digest, sif.stat().st_size, title)
-    target.pushed_digests.append(sha256_digest(manifest))
-    return client.push_manifest(repo, target.ref.tag, manifest, OCI_MANIFEST)
+    return oras.push_sif(target.client, target.ref, sif, digest, title,
+                         before_manifest=target.pushed_digests.append)
 
 
 def build_sif(run: SaveRun, info: ContainerInfo, work: Path, name: str) -> Path:

@@ -16,11 +16,11 @@ from types import MappingProxyType
 from typing import Any
 
 from registry.manifests import CREATED_ANNOTATION
+from registry.oras import SIF_CONFIG_MEDIA_TYPE
 from site_configs.errors import RegistryError
 
 UNLIMITED = -1  # Harbor's quota value for "no limit" (pkg/quota/types.UNLIMITED)
 STORAGE = "storage"  # the quota resource imgsave checks (bytes)
-SIF_CONFIG_MEDIA_TYPE = "application/vnd.sylabs.sif.config.v1+json"
 CATEGORY_ANNOTATION = "io.imgsave.category"
 _ZERO_TIME = re.compile(r"0001-01-01T00:00:00(\.0+)?Z")
 # Harbor project robots are "<prefix><project>+<name>", system robots "<prefix><name>";
@@ -166,7 +166,7 @@ class ProjectQuota:
 @dataclass(frozen=True)
 class HarborImage:
     """One ``repository:tag`` of a user, with the fields the OCI catalog lists
-    (api/catalog.py ``ImageInfo``) plus what Harbor adds."""
+    (registry/catalog.py ``ImageInfo``) plus what Harbor adds."""
 
     repository: str
     tag: str

@@ -88,7 +88,3 @@ class TokenCache:
         with self._lock:
             for scope in scopes:
                 self._tokens[scope] = (token, expires_at)
-
-    def forget(self, scope: str) -> None:
-        with self._lock:
-            self._tokens.pop(scope, None)

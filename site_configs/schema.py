@@ -109,11 +109,6 @@ class EngineSection(_Section):
     commit_method: CommitMethod = CommitMethod.AUTO
     layer_compression: Compression = Compression.ZSTD  # the streaming commit's new layer
 
-    @field_validator("namespace")
-    @classmethod
-    def _namespace_only_for_nerdctl(cls, value: str) -> str:
-        return value
-
 
 class RegistrySection(_Section):
     kind: RegistryKind = RegistryKind.OCI

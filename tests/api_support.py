@@ -26,9 +26,9 @@ from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
 from api.auth import issue_token
-from api.catalog import ImageCatalog
 from api.service import SaveService
 from api.state import state
+from registry.catalog import ImageCatalog
 from registry.manifests import ManifestInfo
 from scheduler_glue.base import BatchJob, JobRecord, Scheduler
 from scheduler_glue.states import JobState
@@ -140,7 +140,7 @@ class MemorySite:
 
     @property
     def images(self) -> ImageCatalog:
-        return ImageCatalog(self.config, self.registry)  # type: ignore[arg-type]
+        return ImageCatalog(self.config.registry, self.registry)  # type: ignore[arg-type]
 
 
 def site_config(tmp_path: Path, **api: Any) -> SiteConfig:

@@ -20,10 +20,7 @@ import pytest
 from builder_jobs.events import EventLog, FailureKind, Stage, read_result
 from builder_jobs.failures import SaveFailed
 from builder_jobs.sif import (
-    SIF_CONFIG_MEDIA_TYPE,
-    SIF_LAYER_MEDIA_TYPE,
     mksquashfs_argv,
-    oras_manifest,
     oras_ref,
     sif_file_name,
     siftool_argvs,
@@ -32,6 +29,7 @@ from builder_jobs.spec import EVENTS_FILE, RESULT_FILE
 from builder_jobs.user_files import write_as_user
 from registry.manifests import OCI_MANIFEST
 from registry.oci import RegistryClient
+from registry.oras import SIF_CONFIG_MEDIA_TYPE, SIF_LAYER_MEDIA_TYPE, oras_manifest
 from registry.refs import ImageRef
 from site_configs.schema import Compression, ImageFormat
 from tests.registry_server import RunningRegistry

@@ -31,10 +31,10 @@ from pathlib import Path
 
 import pytest
 
-from api.catalog import is_helper_tag
 from api.context import Site
 from builder_jobs.events import FailureKind, read_result
 from builder_jobs.spec import RESULT_FILE, SPEC_FILE, SaveSpec
+from registry.catalog import is_helper_tag
 from scheduler_glue.states import JobState
 from site_configs.schema import ImageFormat, load_site_config
 from tests.cluster_helpers import (

@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 import requests
 
-from api.catalog import is_helper_tag
 from builder_jobs.events import Stage
 from builder_jobs.node_guard import JobGuard, lock_path, record_path
+from registry.catalog import is_helper_tag
 from scheduler_glue.states import JobState
 from tests.cluster_helpers import (
     CLUSTER,

@@ -17,7 +17,7 @@ import pytest
 
 from registry.auth import Credentials
 from registry.harbor import HarborClient
-from registry.harbor_models import SIF_CONFIG_MEDIA_TYPE
+from registry.oras import SIF_CONFIG_MEDIA_TYPE
 from site_configs.errors import ConfigError, NotFound, PermissionDenied, RegistryError
 from site_configs.schema import RegistrySection
 from tests.harbor_server import (

@@ -6,7 +6,6 @@ import pytest
 
 from registry.harbor_http import next_link, repository_path
 from registry.harbor_models import (
-    SIF_CONFIG_MEDIA_TYPE,
     HarborArtifact,
     HarborProject,
     ProjectQuota,
@@ -17,6 +16,7 @@ from registry.harbor_models import (
     parse_repository,
     parse_robot_name,
 )
+from registry.oras import SIF_CONFIG_MEDIA_TYPE
 from site_configs.errors import NotFound, RegistryError
 
 DIGEST = "sha256:" + "a" * 64

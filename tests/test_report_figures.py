@@ -12,10 +12,10 @@ import pytest
 
 from api.report import build_report
 from api.usage_records import Outcome, classify
-from api.usage_registry import image_presence
 from api.usage_report import Period, UsageRow, _p95, aggregate, parse_groupings, parse_when
 from bench.report_scale import FakeSacct, bench_site, generate, write_spool
 from builder_jobs.events import FailureKind, SaveResult
+from registry.presence import image_presence
 from scheduler_glue.states import JobState
 from site_configs.errors import InvalidRequest
 

@@ -1,18 +1,27 @@
-"""A user's images in the registry: list and delete, only ever inside their namespace."""
+"""A user's images in the registry: list and delete, only ever inside their namespace.
+
+One catalog per registry kind (:mod:`registry.kinds` picks it): :class:`ImageCatalog`
+reads any OCI distribution registry, :class:`HarborCatalog` Harbor's API v2.0. Both hide
+the helper tags a save makes for itself (:func:`is_helper_tag`).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from builder_jobs.streaming.base_image import CACHE_TAG_PREFIX
-from registry.harbor import HarborClient
-from registry.oci import RegistryClient
+from registry.oras import SIF_CONFIG_MEDIA_TYPE
 from registry.refs import ImageRef, host_of, target_for_user, user_namespace
 from site_configs.errors import NotFound
-from site_configs.schema import SiteConfig
+from site_configs.schema import RegistrySection
 
-SIF_CONFIG_MEDIA_TYPE = "application/vnd.sylabs.sif.config.v1+json"
+if TYPE_CHECKING:
+    from registry.harbor import HarborClient
+    from registry.oci import RegistryClient
+
+# The tag a streaming save gives its base image when the engine pushes it once
+# (builder_jobs' base image step); the save removes it, the node's epilog too.
+CACHE_TAG_PREFIX = "imgsave-base-"
 
 
 def is_helper_tag(tag: str) -> bool:
@@ -56,13 +65,13 @@ class ImageCatalog:
     """The images a user owns on a plain OCI registry: every repository under their
     namespace, read through the distribution API."""
 
-    def __init__(self, config: SiteConfig, client: RegistryClient) -> None:
-        self.config = config
+    def __init__(self, section: RegistrySection, client: RegistryClient) -> None:
+        self.section = section
         self.client = client
-        self.host = host_of(config.registry.url)
+        self.host = host_of(section.url)
 
     def namespace(self, user: str) -> str:
-        return user_namespace(user, self.config.registry.namespace)
+        return user_namespace(user, self.section.namespace)
 
     def list(self, user: str) -> list[ImageInfo]:
         prefix = self.namespace(user) + "/"
@@ -94,7 +103,7 @@ class ImageCatalog:
 
     def resolve(self, user: str, name_tag: str) -> ImageRef:
         """The user's image ``name_tag``; refuses names outside their namespace."""
-        return target_for_user(name_tag, user, self.config.registry.namespace, self.host)
+        return target_for_user(name_tag, user, self.section.namespace, self.host)
 
     def delete(self, user: str, name_tag: str) -> str:
         """Delete the user's image by tag (the manifest it points to); return its digest."""
@@ -110,8 +119,8 @@ class HarborCatalog:
     """The images a user owns in their Harbor project, through Harbor's API v2.0
     (sizes, push times and tags in one paged listing instead of a manifest per tag)."""
 
-    def __init__(self, config: SiteConfig, client: HarborClient) -> None:
-        self.config = config
+    def __init__(self, section: RegistrySection, client: HarborClient) -> None:
+        self.section = section
         self.client = client
 
     def list(self, user: str) -> list[ImageInfo]:
@@ -126,7 +135,5 @@ class HarborCatalog:
         ]
 
     def delete(self, user: str, name_tag: str) -> str:
-        ref = target_for_user(
-            name_tag, user, self.config.registry.namespace, host_of(self.config.registry.url)
-        )
+        ref = target_for_user(name_tag, user, self.section.namespace, host_of(self.section.url))
         return self.client.delete_image(user, ref.repository, ref.tag)
