@@ -32,7 +32,7 @@ from pathlib import Path
 import pytest
 
 from api.catalog import is_helper_tag
-from api.context import Site
+from api.service.site import Site
 from builder_jobs.events import FailureKind, read_result
 from builder_jobs.spec import RESULT_FILE, SPEC_FILE, SaveSpec
 from scheduler_glue.states import JobState

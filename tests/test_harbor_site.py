@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from api.context import Site
-from api.service import SaveRequest, SaveService
+from api.service.saves import SaveRequest, SaveService
+from api.service.site import Site
 from registry.harbor import QuotaExceeded
 from site_configs.schema import load_site_config
 from tests.harbor_server import (

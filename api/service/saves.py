@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from api.progress import SaveStatus, build_status
+from api.service.progress import SaveStatus, build_status
 from builder_jobs.events import EventLog, ProgressEvent, Stage, read_spool_text
 from builder_jobs.script import render_job_script
 from builder_jobs.spec import (

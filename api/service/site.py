@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from functools import cached_property
 
 from api.catalog import Catalog, HarborCatalog, ImageCatalog
-from api.service import SaveService
+from api.service.saves import SaveService
 from registry.auth import load_credentials
 from registry.harbor import HarborClient
 from registry.oci import RegistryClient

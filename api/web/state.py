@@ -1,6 +1,6 @@
 """What every route needs: the app's shared state, the caller, the JSON body, errors.
 
-Routes import from here, never from :mod:`api.app`, so blueprints stay small and the
+Routes import from here, never from :mod:`api.web.app`, so blueprints stay small and the
 factory stays the only place that wires things together.
 """
 
@@ -14,14 +14,14 @@ from typing import TYPE_CHECKING, Any
 
 from flask import Response, current_app, g, jsonify, request
 
-from api.auth import AccountExists, Principal, authenticate, unix_account_exists
 from api.db import Database
-from api.sessions import SessionLocator
+from api.service.sessions import SessionLocator
+from api.web.auth import AccountExists, Principal, authenticate, unix_account_exists
 from site_configs.errors import ImgsaveError, InvalidRequest, PermissionDenied
 from site_configs.schema import SiteConfig
 
 if TYPE_CHECKING:
-    from api.context import Site
+    from api.service.site import Site
 
 EXTENSION = "imgsave"
 

@@ -18,7 +18,9 @@ from typing import TYPE_CHECKING, Any
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
-from api import (
+from api.db import Database, database_url, instance_dir
+from api.service.sessions import make_locator
+from api.web import (
     routes_images,
     routes_meta,
     routes_portal,
@@ -26,10 +28,8 @@ from api import (
     routes_saves,
     routes_sessions,
 )
-from api.auth import Unauthorized, unix_account_exists
-from api.db import Database, database_url, instance_dir
-from api.sessions import make_locator
-from api.state import EXTENSION, ApiError, ApiState, error_response
+from api.web.auth import Unauthorized, unix_account_exists
+from api.web.state import EXTENSION, ApiError, ApiState, error_response
 from site_configs.errors import (
     CommandFailed,
     ConfigError,
@@ -43,7 +43,7 @@ from site_configs.errors import (
 from site_configs.schema import SiteConfig, get_site_config
 
 if TYPE_CHECKING:
-    from api.context import Site
+    from api.service.site import Site
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     """
     overrides = dict(test_config or {})
     instance = Path(overrides.pop("INSTANCE_DIR", None) or instance_dir())
-    # The portal blueprint serves api/static; the app needs no static route of its own.
+    # The portal blueprint serves api/web/static; the app needs no static route of its own.
     app = Flask(__name__, instance_path=str(instance.resolve()), static_folder=None)
     config = _site_config(overrides.pop("SITE_CONFIG", None))
     factory: Callable[[SiteConfig], Site] = overrides.pop("SITE_FACTORY", None) or _real_site
@@ -95,7 +95,7 @@ def _site_config(value: SiteConfig | str | None) -> SiteConfig:
 
 
 def _real_site(config: SiteConfig) -> Site:
-    from api.context import Site  # the scheduler and registry are built on first use
+    from api.service.site import Site  # the scheduler and registry are built on first use
 
     return Site(config)
 

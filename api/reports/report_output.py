@@ -14,9 +14,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from api.report import UsageReport
+from api.reports.report import UsageReport
+from api.reports.usage_report import FIGURE_KEYS, TIME_GROUPINGS, UsageRow
 from api.tables import human_bytes, render_table
-from api.usage_report import FIGURE_KEYS, TIME_GROUPINGS, UsageRow
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes

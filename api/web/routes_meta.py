@@ -9,7 +9,7 @@ from typing import Any
 import yaml
 from flask import Blueprint, Response, jsonify
 
-from api.state import error_response, state
+from api.web.state import error_response, state
 
 bp = Blueprint("meta", __name__)
 
@@ -17,7 +17,7 @@ bp = Blueprint("meta", __name__)
 @cache
 def openapi_text() -> str:
     """The OpenAPI document as written (YAML), from the package."""
-    return resources.files("api").joinpath("openapi.yaml").read_text(encoding="utf-8")
+    return resources.files("api.web").joinpath("openapi.yaml").read_text(encoding="utf-8")
 
 
 @cache
