@@ -35,7 +35,7 @@ sys.path.insert(0, str(TOP))
 
 from api.reports.report import build_report  # noqa: E402
 from api.reports.usage_cache import OVERLAP  # noqa: E402
-from api.service.saves import BY_JOB_DIR  # noqa: E402
+from api.service.spool import BY_JOB_DIR  # noqa: E402
 from bench.docs_table import replace_section  # noqa: E402
 from builder_jobs.events import FailureKind, SaveResult, write_result  # noqa: E402
 from builder_jobs.spec import RESULT_FILE, SPEC_FILE, SaveSpec  # noqa: E402

@@ -19,7 +19,7 @@ from sqlalchemy.engine import Engine
 
 from api.reports.usage_cache import UsageCache, UsageJob
 from api.reports.usage_records import SpoolReader
-from api.service.saves import BY_JOB_DIR
+from api.service.spool import BY_JOB_DIR
 from bench.report_scale import FakeSacct, generate, slurm_clock, write_spool
 from builder_jobs.events import SaveResult, write_result
 from builder_jobs.spec import RESULT_FILE, SPEC_FILE, SaveSpec

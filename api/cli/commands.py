@@ -21,7 +21,7 @@ from api.cli.remote import RemoteSite
 from api.reports.report import GROUPINGS, build_report
 from api.reports.report_output import render, render_document, write_png
 from api.service.progress import SaveStatus
-from api.service.saves import SaveRequest
+from api.service.save_request import SaveRequest
 from api.service.site import Site
 from api.tables import human_bytes, render_table
 from builder_jobs.events import Stage

@@ -20,7 +20,7 @@ import requests
 
 from api.catalog import ImageInfo
 from api.service.progress import SaveStatus
-from api.service.saves import SaveRequest, SubmittedSave
+from api.service.save_request import SaveRequest, SubmittedSave
 from registry.refs import parse_reference, split_name_tag
 from site_configs.errors import (
     ConfigError,

@@ -22,7 +22,6 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-FORMATS = ("table", "csv", "json")
 MAX_BARS = 40  # beyond this a non-time grouping shows its busiest groups only
 MAX_LABELS = 24  # x labels readable on a slide
 SLIDE_INCHES = (13.33, 7.5)  # 16:9

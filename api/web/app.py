@@ -28,18 +28,10 @@ from api.web import (
     routes_saves,
     routes_sessions,
 )
-from api.web.auth import Unauthorized, unix_account_exists
-from api.web.state import EXTENSION, ApiError, ApiState, error_response
-from site_configs.errors import (
-    CommandFailed,
-    ConfigError,
-    ImgsaveError,
-    InvalidRequest,
-    NotFound,
-    PermissionDenied,
-    RegistryError,
-    SchedulerError,
-)
+from api.web.auth import unix_account_exists
+from api.web.errors import error_response, status_of
+from api.web.state import EXTENSION, ApiState
+from site_configs.errors import ImgsaveError
 from site_configs.schema import SiteConfig, get_site_config
 
 if TYPE_CHECKING:
@@ -116,29 +108,6 @@ def _secret_key(instance: Path) -> str:
     with os.fdopen(fd, "w") as fh:
         fh.write(key)
     return key
-
-
-_STATUS: list[tuple[type[ImgsaveError], int, str]] = [
-    (InvalidRequest, 400, "invalid_request"),
-    (Unauthorized, 401, "unauthorized"),
-    (PermissionDenied, 403, "permission_denied"),
-    (NotFound, 404, "not_found"),
-    (CommandFailed, 502, "command_failed"),
-    (ConfigError, 500, "config_error"),
-]
-
-
-def status_of(error: ImgsaveError) -> tuple[int, str]:
-    """HTTP status and error code for an imgsave error."""
-    if isinstance(error, ApiError):
-        return error.status, error.code
-    if isinstance(error, SchedulerError | RegistryError):
-        what = "scheduler" if isinstance(error, SchedulerError) else "registry"
-        return (503, f"{what}_unavailable") if error.retryable else (502, f"{what}_error")
-    for kind, status, code in _STATUS:
-        if isinstance(error, kind):
-            return status, code
-    return 500, "internal"
 
 
 def _register_errors(app: Flask) -> None:

@@ -16,6 +16,7 @@ from api.reports.report import UsageReport, build_report
 from api.reports.report_output import failures_text, human_seconds, plot_title
 from api.reports.usage_report import Period, UsageRow, parse_groupings
 from api.tables import human_bytes
+from api.web.errors import status_of
 from api.web.state import state
 from site_configs.errors import ImgsaveError, InvalidRequest
 
@@ -130,8 +131,6 @@ def usage_view(args: Mapping[str, str]) -> UsageView:
                                    until=view.until or None, by=view.by,
                                    database=state().db)
     except ImgsaveError as e:
-        from api.web.app import status_of  # the app imports this module's blueprint
-
         view.errors["report"] = e.message
         view.status = status_of(e)[0]
     return view

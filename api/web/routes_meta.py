@@ -9,7 +9,8 @@ from typing import Any
 import yaml
 from flask import Blueprint, Response, jsonify
 
-from api.web.state import error_response, state
+from api.web.errors import error_response
+from api.web.state import state
 
 bp = Blueprint("meta", __name__)
 
