@@ -36,9 +36,9 @@ import requests
 TOP = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(TOP))
 
-from api.auth import issue_token  # noqa: E402
-from api.context import Site  # noqa: E402
 from api.db import Database  # noqa: E402
+from api.service.site import Site  # noqa: E402
+from api.web.auth import issue_token  # noqa: E402
 from site_configs.schema import load_site_config  # noqa: E402
 
 CLUSTER = TOP / "scripts" / "cluster.sh"

@@ -33,9 +33,9 @@ from pathlib import Path
 TOP = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(TOP))
 
-from api.report import build_report  # noqa: E402
-from api.service import BY_JOB_DIR  # noqa: E402
-from api.usage_cache import OVERLAP  # noqa: E402
+from api.reports.report import build_report  # noqa: E402
+from api.reports.usage_cache import OVERLAP  # noqa: E402
+from api.service.spool import BY_JOB_DIR  # noqa: E402
 from bench.docs_table import replace_section  # noqa: E402
 from builder_jobs.events import FailureKind, SaveResult, write_result  # noqa: E402
 from builder_jobs.spec import RESULT_FILE, SPEC_FILE, SaveSpec  # noqa: E402
@@ -220,7 +220,7 @@ def write_spool(spool: Path, jobs: Sequence[SacctJob]) -> None:
 
 @dataclass
 class BenchSite:
-    """The two parts of :class:`api.context.Site` a report uses."""
+    """The two parts of :class:`api.service.site.Site` a report uses."""
 
     config: SiteConfig
     scheduler: SlurmScheduler
@@ -260,14 +260,14 @@ def command_seconds(workdir: Path, config: SiteConfig, since: str, repeat: int) 
         f'database_url = "{config.database_url}"' if line.startswith("database_url") else
         f'spool_dir = "{config.spool_dir}"' if line.startswith("spool_dir") else line
         for line in text) + "\n")
-    argv = [sys.executable, "-m", "api.cli", "--config", str(path), "report", "--since", since,
-            "--by", "user", "--no-sync"]
+    argv = [sys.executable, "-m", "api.cli.commands", "--config", str(path), "report",
+            "--since", since, "--by", "user", "--no-sync"]
     return [_wall(argv) for _ in range(repeat)]
 
 
 def startup_seconds(repeat: int) -> list[float]:
     """Wall time of a Python process that only imports the CLI (every command pays it)."""
-    return [_wall([sys.executable, "-c", "import api.cli"]) for _ in range(repeat)]
+    return [_wall([sys.executable, "-c", "import api.cli.commands"]) for _ in range(repeat)]
 
 
 def _wall(argv: list[str]) -> float:
@@ -306,8 +306,8 @@ def run(rows: int, repeat: int) -> tuple[str, dict[str, object]]:
                      f"Python process) | {statistics.median(command):.3f} | {max(command):.3f} |")
         figures["command no-sync"] = round(statistics.median(command), 3)
         startup = startup_seconds(repeat)
-        lines.append(f"| of which Python start-up and `import api.cli` (every imgsave command) "
-                     f"| {statistics.median(startup):.3f} | {max(startup):.3f} |")
+        lines.append(f"| of which Python start-up and `import api.cli.commands` (every imgsave "
+                     f"command) | {statistics.median(startup):.3f} | {max(startup):.3f} |")
         figures["startup"] = round(statistics.median(startup), 3)
     sacct = real_sacct_window(repeat)
     figures["real_sacct_10min_s"] = sacct

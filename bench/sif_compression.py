@@ -19,7 +19,7 @@ from pathlib import Path
 TOP = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(TOP))
 
-from api.context import Site  # noqa: E402
+from api.service.site import Site  # noqa: E402
 from bench.as_users import site_config, submit_as  # noqa: E402
 from bench.docs_table import replace_section  # noqa: E402
 from bench.save_overhead import FILL_SCRIPT, NODE  # noqa: E402

@@ -55,7 +55,7 @@ class FailureKind(enum.Enum):
 
 
 # The save job's exit status when its owner's spool is full and it could not write its
-# result there: the scheduler's record alone then says why (api/progress.py). 75 is
+# result there: the scheduler's record alone then says why (api/service/progress.py). 75 is
 # EX_TEMPFAIL (sysexits.h); the privileged entry only ever exits 0, 1 or 2.
 SPOOL_FULL_EXIT = 75
 

@@ -14,7 +14,7 @@ import click
 TOP = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(TOP))
 
-from api.cli import main  # noqa: E402
+from api.cli.commands import main  # noqa: E402
 
 INTRO = """# The imgsave CLI
 

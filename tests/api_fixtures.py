@@ -12,7 +12,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from api.app import create_app
+from api.web.app import create_app
 from tests.api_support import MemorySite, any_account, bearer, make_token, site_config
 
 

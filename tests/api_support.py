@@ -25,9 +25,9 @@ from flask import Flask
 from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
-from api.auth import issue_token
-from api.service import SaveService
-from api.state import state
+from api.service.saves import SaveService
+from api.web.auth import issue_token
+from api.web.state import state
 from registry.catalog import ImageCatalog
 from registry.manifests import ManifestInfo
 from scheduler_glue.base import BatchJob, JobRecord, Scheduler
@@ -127,7 +127,7 @@ class MemoryRegistry:
 
 @dataclass
 class MemorySite:
-    """The parts of :class:`api.context.Site` the API uses, on the two fakes."""
+    """The parts of :class:`api.service.site.Site` the API uses, on the two fakes."""
 
     config: SiteConfig
     scheduler: MemoryScheduler = field(default_factory=MemoryScheduler)

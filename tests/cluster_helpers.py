@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from api.context import Site
-from api.progress import SaveStatus
+from api.service.progress import SaveStatus
+from api.service.site import Site
 from site_configs.errors import NotFound
 from site_configs.schema import get_site_config
 

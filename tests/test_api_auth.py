@@ -17,10 +17,10 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import update
 
-from api.app import create_app
-from api.auth import list_tokens, revoke_tokens
 from api.db import ApiToken, utcnow
-from api.state import state
+from api.web.app import create_app
+from api.web.auth import list_tokens, revoke_tokens
+from api.web.state import state
 from tests.api_support import PROXY, MemorySite, bearer, make_token, portal_login, save_body
 
 pytest_plugins = ["tests.api_fixtures"]
@@ -88,7 +88,7 @@ def test_remote_user_from_the_trusted_proxy_is_accepted(client: FlaskClient) -> 
 def test_forged_remote_user_from_elsewhere_is_401_and_logged(
     client: FlaskClient, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level(logging.WARNING, logger="api.auth"):
+    with caplog.at_level(logging.WARNING, logger="api.web.auth"):
         r = client.get("/api/v1/saves", headers={"Remote-User": "alice"},
                        environ_base={"REMOTE_ADDR": "192.0.2.66"})
     assert r.status_code == 401
@@ -180,17 +180,17 @@ def test_healthz_needs_no_credentials(client: FlaskClient) -> None:
 
 def test_token_commands_create_list_and_revoke(monkeypatch: pytest.MonkeyPatch, app: Flask,
                                                client: FlaskClient) -> None:
-    from api.cli import main
+    from api.cli.commands import main
 
     db_url = app.extensions["imgsave"].db.url
     config = app.extensions["imgsave"].config
-    monkeypatch.setattr("api.serve.get_site_config", lambda path=None: config)
-    monkeypatch.setattr("api.serve.database_url", lambda cfg: db_url)
+    monkeypatch.setattr("api.web.serve.get_site_config", lambda path=None: config)
+    monkeypatch.setattr("api.web.serve.database_url", lambda cfg: db_url)
     runner = CliRunner()
     as_root = runner.invoke(main, ["--json", "token", "create", "alice"])
     assert as_root.exit_code == 2 and "runs as the portal's service account" in as_root.output
     # as the service account (the real account is exercised in test_api_serve.py)
-    monkeypatch.setattr("api.serve.current_account", lambda: config.service_account)
+    monkeypatch.setattr("api.web.serve.current_account", lambda: config.service_account)
     created = runner.invoke(main, ["--json", "token", "create", "alice", "--label", "ci"])
     assert created.exit_code == 0, created.output
     token = json.loads(created.stdout)["token"]

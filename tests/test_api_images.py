@@ -12,7 +12,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 from requests.adapters import BaseAdapter
 
-from api.remote import ApiClient, RemoteImages, image_path
+from api.cli.remote import ApiClient, RemoteImages, image_path
 from site_configs.errors import InvalidRequest
 from tests.api_support import MemorySite, bearer, make_token
 

@@ -19,7 +19,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 from hypothesis import HealthCheck, settings
 
-from api.app import create_app
+from api.web.app import create_app
 from tests.api_support import MemorySite, any_account, bearer, make_token, site_config
 
 pytest_plugins = ["tests.api_fixtures"]

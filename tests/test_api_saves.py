@@ -9,7 +9,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from api.state import state
+from api.web.state import state
 from scheduler_glue.states import JobState
 from site_configs.errors import SchedulerError
 from tests.api_support import MemorySite, bearer, make_token, save_body
@@ -221,7 +221,7 @@ def test_a_bad_idempotency_key_is_400(client: FlaskClient, alice: dict[str, str]
 
 
 def test_an_in_flight_key_is_409(app: Flask, client: FlaskClient, alice: dict[str, str]) -> None:
-    from api import idempotency
+    from api.web import idempotency
 
     with app.app_context():
         body_hash = idempotency.body_hash(save_body())

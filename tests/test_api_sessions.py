@@ -11,14 +11,14 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from api.app import create_app
-from api.sessions import (
+from api.service.sessions import (
     LocalPodmanLocator,
     NoLocator,
     RunningSession,
     make_locator,
     parse_podman_ps,
 )
+from api.web.app import create_app
 from scheduler_glue.base import JobRecord
 from scheduler_glue.states import JobState
 from site_configs.errors import CommandFailed, ConfigError

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import pytest
 
-from api.context import Site
+from api.service.site import Site
 from builder_jobs.events import FailureKind, read_result
 from builder_jobs.spec import RESULT_FILE, SPEC_FILE, SaveSpec
 from registry.catalog import is_helper_tag

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from api.context import Site
-from api.service import SaveRequest, SaveService
+from api.service.save_request import SaveRequest
+from api.service.saves import SaveService
+from api.service.site import Site
 from registry.harbor import QuotaExceeded
 from site_configs.schema import load_site_config
 from tests.harbor_server import (

@@ -20,7 +20,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 from PIL import Image
 
-from api.app import create_app
+from api.web.app import create_app
 from bench.report_scale import BenchSite, FakeSacct, bench_site, generate, write_spool
 from tests.api_support import any_account, bearer, make_token, portal_login, site_config
 from tests.test_report_output import MATH_CATEGORIES, math_site

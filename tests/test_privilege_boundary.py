@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from api.report import build_report
+from api.reports.report import build_report
 from scheduler_glue.states import JobState
 from tests.cluster_helpers import (
     as_user,

@@ -17,9 +17,9 @@ import pytest
 from sqlalchemy import create_engine, select
 from sqlalchemy.engine import Engine
 
-from api.service import BY_JOB_DIR
-from api.usage_cache import UsageCache, UsageJob
-from api.usage_records import SpoolReader
+from api.reports.usage_cache import UsageCache, UsageJob
+from api.reports.usage_records import SpoolReader
+from api.service.spool import BY_JOB_DIR
 from bench.report_scale import FakeSacct, generate, slurm_clock, write_spool
 from builder_jobs.events import SaveResult, write_result
 from builder_jobs.spec import RESULT_FILE, SPEC_FILE, SaveSpec

@@ -24,10 +24,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from api import cli
-from api.context import Site
-from api.progress import SaveStatus
-from api.report import UsageReport, build_report
+from api.cli import commands as cli
+from api.reports.report import UsageReport, build_report
+from api.service.progress import SaveStatus
+from api.service.site import Site
 from builder_jobs.events import read_result
 from builder_jobs.spec import RESULT_FILE
 from scheduler_glue.states import JobState

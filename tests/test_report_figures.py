@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from api.report import build_report
-from api.usage_records import Outcome, classify
-from api.usage_report import Period, UsageRow, _p95, aggregate, parse_groupings, parse_when
+from api.reports.report import build_report
+from api.reports.usage_records import Outcome, classify
+from api.reports.usage_report import Period, UsageRow, _p95, aggregate, parse_groupings, parse_when
 from bench.report_scale import FakeSacct, bench_site, generate, write_spool
 from builder_jobs.events import FailureKind, SaveResult
 from registry.presence import image_presence
@@ -136,7 +136,7 @@ def test_registry_figures_per_group(tmp_path: Path, monkeypatch: pytest.MonkeyPa
         asked.append(images)
         return {image: image in kept for image in images}
 
-    monkeypatch.setattr("api.report.image_presence", presence)
+    monkeypatch.setattr("api.reports.report.image_presence", presence)
     report = build_report(site, since=(now - timedelta(days=3)).isoformat(), by="user",
                           check_registry=True)
     assert sorted(asked[0]) == sorted((j.result.reference, j.result.digest)
@@ -152,7 +152,7 @@ def test_an_unwritable_cache_falls_back_to_a_private_copy(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The service account's shared cache read-only: a private in-memory copy."""
-    import api.report
+    import api.reports.report
 
     now = datetime.now(UTC)
     jobs = generate(30, now, days=1, live=0)
@@ -160,7 +160,7 @@ def test_an_unwritable_cache_falls_back_to_a_private_copy(
     site = bench_site(tmp_path, FakeSacct(jobs))
     # as the service account (only it uses the site's database; others, root included,
     # keep a private cache in their own spool: test_a_users_report_never_opens_the_site_db)
-    monkeypatch.setattr(api.report, "current_account", lambda: site.config.service_account)
+    monkeypatch.setattr(api.reports.report, "current_account", lambda: site.config.service_account)
     shared = build_report(site, since=(now - timedelta(days=2)).isoformat(), by="outcome")
     read_only = site.config.model_copy(update={
         "database_url": f"sqlite:///file:{tmp_path / 'imgsave.db'}?mode=ro&uri=true"})
@@ -198,7 +198,7 @@ def test_usage_row_dict_has_every_reason() -> None:
 
 def test_a_report_spans_at_most_ten_years() -> None:
     """A first report syncs accounting month by month: a since in 1990 is refused."""
-    from api.usage_report import Period
+    from api.reports.usage_report import Period
     from site_configs.errors import InvalidRequest
 
     with pytest.raises(InvalidRequest, match="at most 10 years"):

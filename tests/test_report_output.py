@@ -16,9 +16,9 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from api import cli
-from api.report import UsageReport, build_report
-from api.report_output import (
+from api.cli import commands as cli
+from api.reports.report import UsageReport, build_report
+from api.reports.report_output import (
     build_figure,
     failures_text,
     plot_title,
@@ -26,7 +26,7 @@ from api.report_output import (
     render_document,
     write_png,
 )
-from api.usage_report import FIGURE_KEYS
+from api.reports.usage_report import FIGURE_KEYS
 from bench.report_scale import BenchSite, FakeSacct, SacctJob, bench_site, generate, write_spool
 from scheduler_glue.metadata import encode_metadata
 

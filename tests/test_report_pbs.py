@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine
 
-from api.usage_cache import UsageCache
-from api.usage_records import FAILURE_REASONS, SpoolReader
-from api.usage_report import Period, aggregate, load_rows, totals
+from api.reports.usage_cache import UsageCache
+from api.reports.usage_records import FAILURE_REASONS, SpoolReader
+from api.reports.usage_report import Period, aggregate, load_rows, totals
 from builder_jobs.events import FailureKind, SaveResult
 from scheduler_glue.pbs import PbsScheduler
 from tests.replay import ReplayRunner, Step, pbs_capture

@@ -21,8 +21,8 @@ import pytest
 from sqlalchemy import create_engine, select, update
 from sqlalchemy.engine import Engine
 
-from api.usage_cache import UsageCache, UsageJob, UsageVersion
-from api.usage_records import SpoolReader, run_seconds_of
+from api.reports.usage_cache import UsageCache, UsageJob, UsageVersion
+from api.reports.usage_records import SpoolReader, run_seconds_of
 from builder_jobs.events import SaveResult, read_result
 from scheduler_glue.base import JobRecord
 from scheduler_glue.slurm import SlurmScheduler, sacct_list_argv

@@ -21,8 +21,8 @@ import pytest
 from sqlalchemy.orm import Session
 
 from api.db import Database
-from api.report import build_report
-from api.usage_cache import UsageJob
+from api.reports.report import build_report
+from api.reports.usage_cache import UsageJob
 from builder_jobs.events import read_result
 from builder_jobs.spec import RESULT_FILE
 from scheduler_glue.slurm_parse import parse_duration

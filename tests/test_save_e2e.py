@@ -328,7 +328,7 @@ def test_saves_in_flight_per_user_are_limited() -> None:
 
 def test_a_stale_job_index_entry_never_stands_for_a_new_save(tmp_path: Path) -> None:
     """A link left under the next job id (reused ids, or planted) is replaced at submit."""
-    from api.service import BY_JOB_DIR
+    from api.service.spool import BY_JOB_DIR
 
     s = site()
     index = s.config.spool_for("alice") / BY_JOB_DIR
@@ -353,7 +353,7 @@ def test_an_index_entry_that_names_another_request_is_not_this_jobs_status(
     of alice's is refused, not shown."""
     import shutil
 
-    from api.service import BY_JOB_DIR
+    from api.service.spool import BY_JOB_DIR
 
     s = site()
     with session_container("n2", "alice") as name:

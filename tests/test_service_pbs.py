@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from api.service import SaveRequest, SaveService
+from api.service.save_request import SaveRequest
+from api.service.saves import SaveService
 from builder_jobs.events import FailureKind, SaveResult, Stage, write_result
 from builder_jobs.spec import RESULT_FILE
 from scheduler_glue.pbs import PbsScheduler

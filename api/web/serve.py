@@ -13,8 +13,8 @@ from datetime import datetime
 
 import click
 
-from api.auth import issue_token, list_tokens, revoke_tokens
 from api.db import ApiToken, Database, database_url
+from api.web.auth import issue_token, list_tokens, revoke_tokens
 from site_configs.errors import ImgsaveError
 from site_configs.schema import current_account, get_site_config
 
@@ -62,7 +62,7 @@ def serve(ctx: click.Context, host: str, port: int, threads: int) -> None:
     """Serve the REST API (/api/v1) and the web portal (/) with waitress."""
     import waitress
 
-    from api.app import create_app
+    from api.web.app import create_app
 
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -18,7 +18,9 @@ from typing import TYPE_CHECKING, Any
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
-from api import (
+from api.db import Database, database_url, instance_dir
+from api.service.sessions import make_locator
+from api.web import (
     routes_images,
     routes_meta,
     routes_portal,
@@ -26,24 +28,14 @@ from api import (
     routes_saves,
     routes_sessions,
 )
-from api.auth import Unauthorized, unix_account_exists
-from api.db import Database, database_url, instance_dir
-from api.sessions import make_locator
-from api.state import EXTENSION, ApiError, ApiState, error_response
-from site_configs.errors import (
-    CommandFailed,
-    ConfigError,
-    ImgsaveError,
-    InvalidRequest,
-    NotFound,
-    PermissionDenied,
-    RegistryError,
-    SchedulerError,
-)
+from api.web.auth import unix_account_exists
+from api.web.errors import error_response, status_of
+from api.web.state import EXTENSION, ApiState
+from site_configs.errors import ImgsaveError
 from site_configs.schema import SiteConfig, get_site_config
 
 if TYPE_CHECKING:
-    from api.context import Site
+    from api.service.site import Site
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +53,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     """
     overrides = dict(test_config or {})
     instance = Path(overrides.pop("INSTANCE_DIR", None) or instance_dir())
-    # The portal blueprint serves api/static; the app needs no static route of its own.
+    # The portal blueprint serves api/web/static; the app needs no static route of its own.
     app = Flask(__name__, instance_path=str(instance.resolve()), static_folder=None)
     config = _site_config(overrides.pop("SITE_CONFIG", None))
     factory: Callable[[SiteConfig], Site] = overrides.pop("SITE_FACTORY", None) or _real_site
@@ -95,7 +87,7 @@ def _site_config(value: SiteConfig | str | None) -> SiteConfig:
 
 
 def _real_site(config: SiteConfig) -> Site:
-    from api.context import Site  # the scheduler and registry are built on first use
+    from api.service.site import Site  # the scheduler and registry are built on first use
 
     return Site(config)
 
@@ -116,29 +108,6 @@ def _secret_key(instance: Path) -> str:
     with os.fdopen(fd, "w") as fh:
         fh.write(key)
     return key
-
-
-_STATUS: list[tuple[type[ImgsaveError], int, str]] = [
-    (InvalidRequest, 400, "invalid_request"),
-    (Unauthorized, 401, "unauthorized"),
-    (PermissionDenied, 403, "permission_denied"),
-    (NotFound, 404, "not_found"),
-    (CommandFailed, 502, "command_failed"),
-    (ConfigError, 500, "config_error"),
-]
-
-
-def status_of(error: ImgsaveError) -> tuple[int, str]:
-    """HTTP status and error code for an imgsave error."""
-    if isinstance(error, ApiError):
-        return error.status, error.code
-    if isinstance(error, SchedulerError | RegistryError):
-        what = "scheduler" if isinstance(error, SchedulerError) else "registry"
-        return (503, f"{what}_unavailable") if error.retryable else (502, f"{what}_error")
-    for kind, status, code in _STATUS:
-        if isinstance(error, kind):
-            return status, code
-    return 500, "internal"
 
 
 def _register_errors(app: Flask) -> None:

@@ -9,7 +9,8 @@ from typing import Any
 import yaml
 from flask import Blueprint, Response, jsonify
 
-from api.state import error_response, state
+from api.web.errors import error_response
+from api.web.state import state
 
 bp = Blueprint("meta", __name__)
 
@@ -17,7 +18,7 @@ bp = Blueprint("meta", __name__)
 @cache
 def openapi_text() -> str:
     """The OpenAPI document as written (YAML), from the package."""
-    return resources.files("api").joinpath("openapi.yaml").read_text(encoding="utf-8")
+    return resources.files("api.web").joinpath("openapi.yaml").read_text(encoding="utf-8")
 
 
 @cache

@@ -44,8 +44,8 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from api.service import JOB_NAME_PREFIX
-from api.usage_records import SpoolReader, cache_row, utc_naive
+from api.reports.usage_records import SpoolReader, cache_row, utc_naive
+from api.service.saves import JOB_NAME_PREFIX
 from scheduler_glue.base import JobRecord, Scheduler
 from scheduler_glue.states import JobState
 

@@ -17,12 +17,12 @@ from typing import Any, TypeVar
 
 import click
 
-from api.context import Site
-from api.progress import SaveStatus
-from api.remote import RemoteSite
-from api.report import GROUPINGS, build_report
-from api.report_output import render, render_document, write_png
-from api.service import SaveRequest
+from api.cli.remote import RemoteSite
+from api.reports.report import GROUPINGS, build_report
+from api.reports.report_output import render, render_document, write_png
+from api.service.progress import SaveStatus
+from api.service.save_request import SaveRequest
+from api.service.site import Site
 from api.tables import human_bytes, render_table
 from builder_jobs.events import Stage
 from scheduler_glue.states import JobState
@@ -338,7 +338,7 @@ def _remote_report(obj: Context, since: str | None, until: str | None, by: str,
     click.echo(render_document(doc, output_format or ("json" if obj.as_json else "table")))
 
 
-from api.serve import serve, token  # noqa: E402 - the REST API and portal commands
+from api.web.serve import serve, token  # noqa: E402 - the REST API and portal commands
 
 main.add_command(serve)
 main.add_command(token)

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify, request
 
-from api.auth import Principal
-from api.state import principal, state
+from api.web.auth import Principal
+from api.web.state import principal, state
 from registry.catalog import ImageInfo
 from registry.refs import check_unix_name, split_name_tag
 from site_configs.errors import NotFound, PermissionDenied

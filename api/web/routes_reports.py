@@ -8,9 +8,9 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
 
-from api.report import build_report
-from api.report_output import png_bytes
-from api.state import principal, state
+from api.reports.report import build_report
+from api.reports.report_output import png_bytes
+from api.web.state import principal, state
 from registry.refs import check_unix_name
 from site_configs.errors import PermissionDenied
 

@@ -8,11 +8,13 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify, request, url_for
 
-from api import idempotency
-from api.progress import SaveStatus
-from api.report import parse_day
-from api.service import SaveRequest, SaveService, SubmittedSave
-from api.state import ApiError, flag, json_body, principal, state
+from api.reports.report import parse_day
+from api.service.progress import SaveStatus
+from api.service.save_request import SaveRequest, SubmittedSave
+from api.service.saves import SaveService
+from api.web import idempotency
+from api.web.errors import ApiError
+from api.web.state import flag, json_body, principal, state
 from site_configs.errors import ImgsaveError, InvalidRequest, NotFound, PermissionDenied
 from site_configs.schema import ImageFormat
 

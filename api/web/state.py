@@ -1,6 +1,6 @@
-"""What every route needs: the app's shared state, the caller, the JSON body, errors.
+"""What every route needs: the app's shared state, the caller, the JSON body.
 
-Routes import from here, never from :mod:`api.app`, so blueprints stay small and the
+Routes import from here, never from :mod:`api.web.app`, so blueprints stay small and the
 factory stays the only place that wires things together.
 """
 
@@ -12,27 +12,19 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from flask import Response, current_app, g, jsonify, request
+from flask import current_app, g, request
 
-from api.auth import AccountExists, Principal, authenticate, unix_account_exists
 from api.db import Database
-from api.sessions import SessionLocator
-from site_configs.errors import ImgsaveError, InvalidRequest, PermissionDenied
+from api.service.sessions import SessionLocator
+from api.web.auth import AccountExists, Principal, authenticate, unix_account_exists
+from api.web.errors import ApiError
+from site_configs.errors import InvalidRequest
 from site_configs.schema import SiteConfig
 
 if TYPE_CHECKING:
-    from api.context import Site
+    from api.service.site import Site
 
 EXTENSION = "imgsave"
-
-
-class ApiError(ImgsaveError):
-    """An HTTP-level error with its own status and code (413, 415, 422, 409, ...)."""
-
-    def __init__(self, status: int, code: str, message: str, *, retryable: bool = False) -> None:
-        super().__init__(message, retryable=retryable)
-        self.status = status
-        self.code = code
 
 
 @dataclass
@@ -74,14 +66,6 @@ def principal() -> Principal:
     return found
 
 
-def require_admin() -> Principal:
-    """The caller, who must be an admin (403 otherwise)."""
-    caller = principal()
-    if not caller.admin:
-        raise PermissionDenied("this needs an imgsave admin")
-    return caller
-
-
 def json_body() -> dict[str, Any]:
     """The request's JSON object; 415 for another content type, 400 when malformed."""
     if not request.is_json:
@@ -105,10 +89,3 @@ def flag(name: str) -> bool:
     if value in ("1", "true", "yes"):
         return True
     raise InvalidRequest(f"query parameter {name}={value!r} must be true or false")
-
-
-def error_response(status: int, code: str, message: str, retryable: bool = False) -> Response:
-    """The one error body every endpoint returns."""
-    response = jsonify({"error": {"code": code, "message": message, "retryable": retryable}})
-    response.status_code = status
-    return response

@@ -21,8 +21,8 @@ from sqlalchemy import select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import InstrumentedAttribute
 
-from api.usage_cache import UsageJob
-from api.usage_records import FAILURE_REASONS, Outcome, utc_naive
+from api.reports.usage_cache import UsageJob
+from api.reports.usage_records import FAILURE_REASONS, Outcome, utc_naive
 from site_configs.errors import InvalidRequest
 
 GROUPINGS = ("user", "account", "day", "week", "month", "node", "format", "category", "outcome")

@@ -14,15 +14,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from api.report import UsageReport
+from api.reports.report import UsageReport
+from api.reports.usage_report import FIGURE_KEYS, TIME_GROUPINGS, UsageRow
 from api.tables import human_bytes, render_table
-from api.usage_report import FIGURE_KEYS, TIME_GROUPINGS, UsageRow
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-FORMATS = ("table", "csv", "json")
 MAX_BARS = 40  # beyond this a non-time grouping shows its busiest groups only
 MAX_LABELS = 24  # x labels readable on a slide
 SLIDE_INCHES = (13.33, 7.5)  # 16:9

@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from api.service import BY_JOB_DIR
+from api.service.spool import BY_JOB_DIR
 from builder_jobs.events import FailureKind, SaveResult, read_result, read_spool_text
 from builder_jobs.spec import RESULT_FILE, SPEC_FILE, SaveSpec
 from scheduler_glue.base import JobRecord

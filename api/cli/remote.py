@@ -1,4 +1,4 @@
-"""The CLI's remote mode: the same operations as :class:`~api.context.Site`, through an
+"""The CLI's remote mode: the same operations as :class:`~api.service.site.Site`, through an
 imgsave REST API (``imgsave --api URL ...``) instead of the scheduler and registry.
 
 The token comes from ``$IMGSAVE_TOKEN`` or a file readable only by its owner (default
@@ -18,8 +18,8 @@ from urllib.parse import quote
 
 import requests
 
-from api.progress import SaveStatus
-from api.service import SaveRequest, SubmittedSave
+from api.service.progress import SaveStatus
+from api.service.save_request import SaveRequest, SubmittedSave
 from registry.catalog import ImageInfo
 from registry.refs import parse_reference, split_name_tag
 from site_configs.errors import (

@@ -12,11 +12,12 @@ from dataclasses import dataclass, field
 
 from flask import url_for
 
-from api.report import UsageReport, build_report
-from api.report_output import failures_text, human_seconds, plot_title
-from api.state import state
+from api.reports.report import UsageReport, build_report
+from api.reports.report_output import failures_text, human_seconds, plot_title
+from api.reports.usage_report import Period, UsageRow, parse_groupings
 from api.tables import human_bytes
-from api.usage_report import Period, UsageRow, parse_groupings
+from api.web.errors import status_of
+from api.web.state import state
 from site_configs.errors import ImgsaveError, InvalidRequest
 
 # What the form offers; any other valid ``by`` (typed into the URL) is added to the list.
@@ -130,8 +131,6 @@ def usage_view(args: Mapping[str, str]) -> UsageView:
                                    until=view.until or None, by=view.by,
                                    database=state().db)
     except ImgsaveError as e:
-        from api.app import status_of  # the app imports this module's blueprint
-
         view.errors["report"] = e.message
         view.status = status_of(e)[0]
     return view

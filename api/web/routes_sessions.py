@@ -1,6 +1,6 @@
 """``/api/v1/sessions``: the caller's running containers that can be saved.
 
-Two sources, joined by node: the site's session locator (:mod:`api.sessions`) and the
+Two sources, joined by node: the site's session locator (:mod:`api.service.sessions`) and the
 scheduler's running jobs of the caller (a container inside a job can be saved with
 ``job_id`` instead of ``node``).
 """
@@ -12,8 +12,8 @@ from datetime import UTC, datetime, timedelta
 
 from flask import Blueprint, Response, jsonify
 
-from api.service import JOB_NAME_PREFIX
-from api.state import flag, principal, state
+from api.service.saves import JOB_NAME_PREFIX
+from api.web.state import flag, principal, state
 from scheduler_glue.base import JobRecord
 from scheduler_glue.states import JobState
 from site_configs.errors import ImgsaveError, PermissionDenied

@@ -14,7 +14,7 @@ from __future__ import annotations
 from flask import Blueprint, Response, redirect, render_template, request, session, url_for
 from werkzeug.wrappers import Response as BaseResponse
 
-from api.auth import (
+from api.web.auth import (
     PROXY_USER_HEADER,
     Principal,
     Unauthorized,
@@ -23,8 +23,8 @@ from api.auth import (
     new_csrf,
     open_session,
 )
-from api.portal_usage import usage_view
-from api.state import principal, state
+from api.web.portal_usage import usage_view
+from api.web.state import principal, state
 from registry.refs import host_of
 
 bp = Blueprint("portal", __name__, template_folder="templates", static_folder="static",

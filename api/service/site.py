@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cached_property
 
-from api.service import SaveService
+from api.service.saves import SaveService
 from registry.catalog import Catalog
 from registry.kinds import SiteRegistry, open_registry
 from registry.oci import RegistryClient

@@ -1,11 +1,11 @@
 """Image-build usage reports: who saves, how often, how it ends, how long, how much.
 
 The figures come from the scheduler's accounting through the usage cache
-(:mod:`api.usage_cache`): a report first syncs the cache (only the window since the
-last sync), then reads every figure from it with one query (:mod:`api.usage_report`).
+(:mod:`api.reports.usage_cache`): a report first syncs the cache (only the window since the
+last sync), then reads every figure from it with one query (:mod:`api.reports.usage_report`).
 Bytes pushed and failure reasons come from the save's result file in the spool; whether
 images still exist, from the registry when asked (:mod:`registry.presence`).
-Output formats live in :mod:`api.report_output`.
+Output formats live in :mod:`api.reports.report_output`.
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ from typing import TYPE_CHECKING
 from sqlalchemy.exc import OperationalError
 
 from api.db import Database, database_url
-from api.usage_cache import SyncStats, UsageCache
-from api.usage_records import SpoolReader
-from api.usage_report import (
+from api.reports.usage_cache import SyncStats, UsageCache
+from api.reports.usage_records import SpoolReader
+from api.reports.usage_report import (
     GROUPINGS,
     Period,
     UsageRow,
@@ -34,7 +34,7 @@ from site_configs.errors import ImgsaveError, InvalidRequest
 from site_configs.schema import current_account
 
 if TYPE_CHECKING:
-    from api.context import Site
+    from api.service.site import Site
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,2 @@
+"""The ``imgsave`` command line: local (through the service) or ``--api`` (through the
+REST API)."""

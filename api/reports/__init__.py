@@ -1,0 +1,1 @@
+"""Image-build usage reports: the accounting cache, the figures and their output."""
