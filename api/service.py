@@ -49,7 +49,6 @@ log = logging.getLogger(__name__)
 JOB_NAME_PREFIX = "imgsave"
 # Container names as podman, docker and nerdctl accept them.
 _CONTAINER_NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]{0,253}")
-_JOB_ID = re.compile(r"[0-9]+(?:\.[A-Za-z0-9_.-]+)?|[0-9]+\[[0-9]*\](?:\.[A-Za-z0-9_.-]+)?")
 _NODE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 BY_JOB_DIR = "by-job"
 SUBMIT_LOCKS_DIR = "submit-locks"
@@ -142,7 +141,7 @@ class SaveService:
     def resolve_node(self, request: SaveRequest, *, admin: bool = False) -> str:
         """The node hosting the container: given, or where the user's job runs."""
         if request.job_id:
-            if not _JOB_ID.fullmatch(request.job_id):
+            if not self.scheduler.is_job_id(request.job_id):
                 raise InvalidRequest(f"job id {request.job_id!r} is not a job id")
             node, owner = self.scheduler.node_of_job(request.job_id)
             if owner != request.user and not admin:
@@ -196,8 +195,10 @@ class SaveService:
         workdir.chmod(0o700)  # whatever the umask
         _write_private(workdir / SPEC_FILE, spec.to_json(), 0o600)
         script = workdir / SCRIPT_FILE
-        _write_private(script, render_job_script(workdir / SPEC_FILE, self.python, request_id),
-                       0o700)
+        text = render_job_script(workdir / SPEC_FILE, self.python, request_id,
+                                 job_id_variable=self.scheduler.job_id_variable,
+                                 node_variable=self.scheduler.node_variable)  # fmt: skip
+        _write_private(script, text, 0o700)
         EventLog(workdir / EVENTS_FILE).emit(ProgressEvent(Stage.QUEUED, message="submitting"))
         job = BatchJob(
             name=f"{JOB_NAME_PREFIX}-{request.user}",
@@ -290,7 +291,7 @@ class SaveService:
             names = os.listdir(self.spool / BY_JOB_DIR)
         except OSError:
             return job_id
-        matches = [n for n in names if n.split(".", 1)[0] == job_id and _JOB_ID.fullmatch(n)]
+        matches = [n for n in names if n.split(".", 1)[0] == job_id and self.scheduler.is_job_id(n)]
         return matches[0] if len(matches) == 1 else job_id
 
     def _spool_of(self, owner: str) -> Path | None:
@@ -308,7 +309,7 @@ class SaveService:
         else, another user's job included, is "not an imgsave save job of yours".
         """
         for job_id in job_ids:
-            if not _JOB_ID.fullmatch(job_id):
+            if not self.scheduler.is_job_id(job_id):
                 raise InvalidRequest(f"job id {job_id!r} is not a job id")
         ids = list(dict.fromkeys(self._full_id(j) for j in job_ids))
         if not ids:
@@ -387,7 +388,7 @@ class SaveService:
         # submitted in the last minutes that accounting does not list yet.
         recent = [j for j in self._recent_job_ids(RECENT_SECONDS) if j not in seen]
         statuses.extend(self._statuses_for(recent, user, admin=admin))
-        return sorted(statuses, key=lambda s: _job_sort_key(s.job_id))
+        return sorted(statuses, key=lambda s: self.scheduler.job_sort_key(s.job_id))
 
     def _recent_job_ids(self, seconds: float) -> list[str]:
         """Jobs indexed in this account's own spool in the last ``seconds``."""
@@ -399,7 +400,7 @@ class SaveService:
             return []
         recent = []
         for entry in entries:
-            if entry.name.startswith(".") or not _JOB_ID.fullmatch(entry.name):
+            if entry.name.startswith(".") or not self.scheduler.is_job_id(entry.name):
                 continue  # a link being written
             try:
                 if entry.stat(follow_symlinks=False).st_mtime >= cutoff:
@@ -455,11 +456,6 @@ def _metadata(spec: SaveSpec) -> dict[str, str]:
         "category": spec.category,
         "node": spec.node,  # the node it is pinned to, for reports of jobs that never ran
     }
-
-
-def _job_sort_key(job_id: str) -> tuple[int, str]:
-    head = job_id.split(".", 1)[0].split("[", 1)[0]
-    return (int(head) if head.isdigit() else 0, job_id)
 
 
 def _parse_time(text: str) -> datetime:

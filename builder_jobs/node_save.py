@@ -58,6 +58,7 @@ from builder_jobs.events import (
 )
 from builder_jobs.failures import SaveFailed, engine_failure, registry_failure
 from builder_jobs.oci_save import PushedImage, RegistryTarget
+from builder_jobs.script import JOB_ID_VARIABLE, NODE_VARIABLE
 from builder_jobs.spec import EVENTS_FILE, RESULT_FILE, SaveSpec
 from builder_jobs.streaming_save import STREAMING_METHOD, try_streaming
 from registry.auth import load_credentials
@@ -96,12 +97,12 @@ class SaveRun:
 
     @property
     def node(self) -> str:
-        """The node name as the scheduler knows it (``$SLURMD_NODENAME``) or the spec's."""
-        return self.env.get("SLURMD_NODENAME") or self.spec.node
+        """The node name as the scheduler knows it (``$IMGSAVE_NODE``) or the spec's."""
+        return self.env.get(NODE_VARIABLE) or self.spec.node
 
     @property
     def job_id(self) -> str:
-        return self.job_id_known or self.env.get("SLURM_JOB_ID") or self.env.get("PBS_JOBID") or ""
+        return self.job_id_known or self.env.get(JOB_ID_VARIABLE) or ""
 
     def emit(
         self,
