@@ -40,7 +40,7 @@ from bench.docs_table import replace_section  # noqa: E402
 from builder_jobs.events import FailureKind, SaveResult, write_result  # noqa: E402
 from builder_jobs.spec import RESULT_FILE, SPEC_FILE, SaveSpec  # noqa: E402
 from scheduler_glue.metadata import encode_metadata  # noqa: E402
-from scheduler_glue.slurm import SlurmScheduler  # noqa: E402
+from scheduler_glue.slurm.backend import SlurmScheduler  # noqa: E402
 from site_configs.runner import CommandResult  # noqa: E402
 from site_configs.schema import ImageFormat, SiteConfig, load_site_config  # noqa: E402
 

@@ -42,6 +42,7 @@ from builder_jobs.events import (
     read_result,
     write_result,
 )
+from builder_jobs.script import JOB_ID_VARIABLE
 from builder_jobs.spec import EVENTS_FILE, RESULT_FILE, SaveSpec
 from site_configs.errors import CommandFailed, ImgsaveError
 from site_configs.runner import run_streaming
@@ -59,8 +60,8 @@ _FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 def job_id_from(env: Mapping[str, str]) -> str:
-    """The job's id as its scheduler exports it to the job."""
-    return env.get("SLURM_JOB_ID") or env.get("PBS_JOBID") or ""
+    """The job's id, as the job script exports it from its scheduler's variable."""
+    return env.get(JOB_ID_VARIABLE) or ""
 
 
 class Relay:
@@ -193,7 +194,7 @@ def run(spec_path: Path, env: Mapping[str, str]) -> int:
         return fail(spool, f"cannot start the save from {spec_path}: {e}", FailureKind.INVALID)
     job_id = job_id_from(env)
     if not job_id:
-        return fail(spool, "not inside a batch job: no SLURM_JOB_ID or PBS_JOBID",
+        return fail(spool, f"not inside a batch job: no {JOB_ID_VARIABLE}",
                     FailureKind.INVALID)  # fmt: skip
     try:
         set_aside_reserve(spool)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from builder_jobs.engines import ContainerEngine, ContainerInfo, engine_for, temporary_image
 from builder_jobs.events import EventSink, ProgressEvent, Stage
 from builder_jobs.failures import engine_failure
+from builder_jobs.script import JOB_ID_VARIABLE, NODE_VARIABLE
 from builder_jobs.spec import SaveSpec
 from registry.refs import ImageRef
 from site_configs.errors import CommandFailed
@@ -45,12 +46,12 @@ class SaveRun:
 
     @property
     def node(self) -> str:
-        """The node name as the scheduler knows it (``$SLURMD_NODENAME``) or the spec's."""
-        return self.env.get("SLURMD_NODENAME") or self.spec.node
+        """The node name as the scheduler knows it (``$IMGSAVE_NODE``) or the spec's."""
+        return self.env.get(NODE_VARIABLE) or self.spec.node
 
     @property
     def job_id(self) -> str:
-        return self.job_id_known or self.env.get("SLURM_JOB_ID") or self.env.get("PBS_JOBID") or ""
+        return self.job_id_known or self.env.get(JOB_ID_VARIABLE) or ""
 
     def emit(
         self,

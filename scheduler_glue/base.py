@@ -1,21 +1,44 @@
 """What every scheduler backend offers, and the records it returns.
 
 The base knows nothing about images: a :class:`BatchJob` is a script, a node, a name,
-metadata and limits. Backends (Slurm, PBS) build argv and parse output as pure
-functions; a :class:`~site_configs.runner.Runner` executes the commands.
+metadata and limits. :class:`Scheduler` does the work every backend shares (psij-python's
+split): it runs each command through the one :class:`~site_configs.runner.Runner`, turns
+a command that cannot run or exits non-zero into a :class:`SchedulerError` carrying the
+scheduler's own words and whether a retry may help, checks job ids against the backend's
+grammar, refuses root, and applies the unknown-state rule once: an id the scheduler does
+not know, or cannot be asked about, is UNKNOWN with a reason, never finished or lost.
+
+A backend (``scheduler_glue/<kind>/``) fills in hooks only: argv builders and parsers
+(pure functions in its ``commands.py`` and ``parse.py``), the job-id grammar and order,
+the accounting window, and the environment variables its jobs see.
 """
 
 from __future__ import annotations
 
 import abc
+import logging
 import os
-from collections.abc import Callable, Iterable, Mapping
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar, Self
 
 from scheduler_glue.states import JobState
-from site_configs.errors import PermissionDenied
+from site_configs.errors import (
+    CommandFailed,
+    InvalidRequest,
+    NotFound,
+    PermissionDenied,
+    SchedulerError,
+)
+from site_configs.runner import DEFAULT_TIMEOUT_SECONDS, CommandResult, Runner, run_command
+
+if TYPE_CHECKING:
+    from site_configs.schema import SchedulerSection
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -75,45 +98,232 @@ ROOT_SUBMIT_REFUSED = (
 )
 
 
-class Scheduler(abc.ABC):
-    """A batch scheduler backend. Every method raises SchedulerError with a reason."""
+class CommandRefused(SchedulerError):
+    """A scheduler command exited non-zero or could not run; ``reason`` is the
+    scheduler's own words (its error lines), without the caller's context."""
 
-    name: str = "scheduler"
+    def __init__(self, message: str, *, reason: str, retryable: bool) -> None:
+        super().__init__(message, retryable=retryable)
+        self.reason = reason
+
+
+class StatusUnavailable(SchedulerError):
+    """The backend's status query failed; ``known`` holds what it still learnt (e.g.
+    live jobs from the controller). The other ids become UNKNOWN with this message."""
+
+    def __init__(self, message: str, known: Mapping[str, JobRecord] | None = None) -> None:
+        super().__init__(message, retryable=True)
+        self.known = dict(known or {})
+
+
+def unknown_record(job_id: str, reason: str) -> JobRecord:
+    """The record of a job whose state cannot be told now (the unknown-state rule)."""
+    return JobRecord(job_id=job_id, state=JobState.UNKNOWN, reason=reason)
+
+
+class Scheduler(abc.ABC):
+    """A batch scheduler backend. Every method raises SchedulerError with a reason.
+
+    Public methods live here; a backend implements the hooks below them (a fake that
+    stands in for a whole scheduler may override the public methods instead).
+    """
+
+    # -- what a backend declares ------------------------------------------------------
+    name: ClassVar[str] = "scheduler"  # its kind in the site config (scheduler.kind)
+    label: ClassVar[str] = "scheduler"  # how messages name it: "Slurm", "PBS"
+    # the job ids it prints and accepts (argv safety: an id never starts with "-")
+    job_id_pattern: ClassVar[re.Pattern[str]] = re.compile(r"[0-9]+")
+    # list_jobs is asked for at most this much time at once (None: a window at once)
+    accounting_window: ClassVar[timedelta | None] = None
+    # the environment variables a job sees: its id, and its node ("": none; the job
+    # script exports them under imgsave's neutral names, builder_jobs.script)
+    job_id_variable: ClassVar[str] = ""
+    node_variable: ClassVar[str] = ""
+    # the reason of an UNKNOWN record for an id the backend's status found nowhere
+    unknown_reason: ClassVar[str] = "not known to the scheduler"
+
     # Whose account a submit runs under; tests that hand the commands to another account
     # (``runuser -u alice --``) say so by setting it. Root is always refused: on PBS
     # root's jobs are refused or untracked (fixtures/pbs), and a root job is nobody's.
     submitter_uid: Callable[[], int] = staticmethod(os.geteuid)
 
+    def __init__(
+        self, runner: Runner = run_command, timeout: float = DEFAULT_TIMEOUT_SECONDS
+    ) -> None:
+        self.runner = runner
+        self.timeout = timeout
+
+    @classmethod
+    def from_section(cls, section: SchedulerSection, runner: Runner) -> Self:
+        """The backend configured by the site config's ``[scheduler]`` section."""
+        return cls(runner, section.command_timeout_seconds)
+
+    # -- job ids ------------------------------------------------------------------------
+    def is_job_id(self, text: str) -> bool:
+        """Whether ``text`` is a job id of this scheduler (its whole grammar)."""
+        return bool(self.job_id_pattern.fullmatch(text))
+
+    def job_sort_key(self, job_id: str) -> tuple[int, str]:
+        """Submission order: the leading sequence number, then the id itself."""
+        head = job_id.split(".", 1)[0].split("[", 1)[0]
+        return (int(head) if head.isdigit() else 0, job_id)
+
+    def check_ids(self, job_ids: Iterable[str]) -> list[str]:
+        """``job_ids`` without repeats, each checked against the grammar (InvalidRequest)."""
+        ids = list(dict.fromkeys(str(i).strip() for i in job_ids))
+        bad = [i for i in ids if not self.is_job_id(i)]
+        if bad:
+            raise InvalidRequest(f"not {self.label} job ids: {', '.join(map(repr, bad))}")
+        return ids
+
+    # -- the one runner -------------------------------------------------------------------
+    def run(self, argv: Sequence[str], *, timeout: float | None = None) -> CommandResult:
+        """Run ``argv`` whatever its exit code; one that cannot run → SchedulerError."""
+        try:
+            return self.runner(argv, timeout=timeout or self.timeout, check=False)
+        except CommandFailed as e:
+            raise SchedulerError(
+                f"{argv[0]} could not run: {e.message}", retryable=e.retryable
+            ) from e
+
+    def run_or_fail(
+        self,
+        argv: Sequence[str],
+        failure: str,
+        *,
+        timeout: float | None = None,
+        retryable: bool | None = None,
+    ) -> CommandResult:
+        """Run ``argv``; a non-zero exit or a command that cannot run → CommandRefused
+        ``"<failure>: <the scheduler's words>"``. ``retryable`` None asks
+        :meth:`is_transient`; a timeout is always worth a retry."""
+        try:
+            result = self.runner(argv, timeout=timeout or self.timeout, check=False)
+        except CommandFailed as e:
+            again = e.retryable if retryable is None else retryable
+            raise CommandRefused(f"{failure}: {e.message}", reason=e.message,
+                                 retryable=again) from e  # fmt: skip
+        if result.returncode != 0:
+            error = CommandFailed(list(argv), result.returncode, result.stdout, result.stderr)
+            reason = self.error_text(result.stderr, result.stdout) or error.message
+            again = self.is_transient(reason) if retryable is None else retryable
+            raise CommandRefused(f"{failure}: {reason}", reason=reason, retryable=again)
+        return result
+
+    def error_text(self, stderr: str, stdout: str = "") -> str:
+        """The part of a failed command's output worth showing ("" if none)."""
+        lines = [line.strip() for line in (stderr or stdout).splitlines() if line.strip()]
+        return lines[-1] if lines else ""
+
+    def is_transient(self, reason: str) -> bool:
+        """Whether a command that failed with ``reason`` may work later."""
+        return False
+
+    # -- what callers use -----------------------------------------------------------------
     def check_submitter(self) -> None:
         """Refuse to submit as root (PermissionDenied)."""
         if self.submitter_uid() == 0:
             raise PermissionDenied(ROOT_SUBMIT_REFUSED)
 
-    @abc.abstractmethod
     def submit(self, job: BatchJob) -> str:
-        """Submit ``job`` pinned to ``job.node``; return the job id."""
+        """Submit ``job`` pinned to ``job.node``; return the job id.
 
-    @abc.abstractmethod
+        The job is checked, root refused and the node checked before anything is
+        submitted (PBS would queue a job for an unknown host forever)."""
+        self.check_job(job)
+        self.check_submitter()
+        self.check_node(job.node)
+        self.prepare(job)
+        result = self.run_or_fail(self.submit_argv(job), self.submit_failure(job))
+        if result.stderr.strip():
+            log.warning("%s: %s", self.submit_command, result.stderr.strip())
+        job_id = self.parse_job_id(result.stdout)
+        log.info("submitted %s job %s (%s) to %s", self.label, job_id, job.name, job.node)
+        return job_id
+
     def status(self, job_ids: Iterable[str], since: datetime) -> dict[str, JobRecord]:
         """Records for the given ids (one batched query, bounded by ``since``).
 
         An id the scheduler does not know yet maps to a record in state UNKNOWN; if the
         status command itself fails every id is UNKNOWN, never finished or lost.
         """
+        ids = self.check_ids(job_ids)
+        if not ids:
+            return {}
+        why = self.unknown_reason
+        try:
+            found = self.read_status(ids, since)
+        except StatusUnavailable as e:
+            log.warning("%s status unavailable, every job UNKNOWN but those it still knows: %s",
+                        self.label, e.message)
+            found, why = e.known, e.message
+        return {job_id: found.get(job_id) or unknown_record(job_id, why) for job_id in ids}
 
-    @abc.abstractmethod
     def list_jobs(
         self, since: datetime, until: datetime | None = None, name_prefix: str = ""
     ) -> list[JobRecord]:
-        """Every job in accounting between ``since`` and ``until`` (finished ones too)."""
+        """Every job in accounting between ``since`` and ``until`` (finished ones too),
+        only those whose name starts with ``name_prefix``."""
+        if until is not None and until < since:
+            raise InvalidRequest(f"list_jobs: until {until} is before since {since}")
+        return self.read_jobs(since, until, name_prefix)
 
-    @abc.abstractmethod
     def cancel(self, job_id: str) -> None:
-        """Cancel a queued or running job."""
+        """Cancel a queued or running job; one that already finished is left alone."""
+        (job_id,) = self.check_ids([job_id])
+        self.cancel_job(job_id)
 
-    @abc.abstractmethod
     def node_of_job(self, job_id: str) -> tuple[str, str]:
         """(first node, owner user) of a running job; NotFound if it is not running."""
+        (job_id,) = self.check_ids([job_id])
+        return self.locate_job(job_id)
+
+    def check_node(self, node: str) -> None:
+        """NotFound unless the scheduler knows ``node`` (before pinning a job to it)."""
+        if not self.node_exists(node):
+            raise NotFound(f"node {node} is not a node of this {self.label} cluster")
+
+    # -- hooks --------------------------------------------------------------------------
+    submit_command: ClassVar[str] = "submit"  # how messages name the submit command
+
+    def check_job(self, job: BatchJob) -> None:
+        """Refuse a job the scheduler would mis-read (InvalidRequest); none by default."""
+        return None
+
+    def prepare(self, job: BatchJob) -> None:
+        """Anything the job needs on disk before it is submitted; nothing by default."""
+        return None
+
+    def submit_failure(self, job: BatchJob) -> str:
+        """How a refused submit of ``job`` begins its message."""
+        return f"{self.submit_command} refused job {job.name} for node {job.node}"
+
+    def submit_argv(self, job: BatchJob) -> list[str]:
+        """The command that submits ``job`` pinned to ``job.node``."""
+        raise NotImplementedError(f"{type(self).__name__} has no submit_argv")
+
+    def parse_job_id(self, stdout: str) -> str:
+        """The job id the submit command printed (SchedulerError if none)."""
+        raise NotImplementedError(f"{type(self).__name__} has no parse_job_id")
+
+    def read_status(self, job_ids: list[str], since: datetime) -> dict[str, JobRecord]:
+        """The records the scheduler has for ``job_ids`` (checked, no repeats); ids it
+        lacks may be left out. StatusUnavailable if the query itself failed."""
+        raise NotImplementedError(f"{type(self).__name__} has no read_status")
+
+    def read_jobs(
+        self, since: datetime, until: datetime | None, name_prefix: str
+    ) -> list[JobRecord]:
+        """The jobs of :meth:`list_jobs` (the window is already checked)."""
+        raise NotImplementedError(f"{type(self).__name__} has no read_jobs")
+
+    def cancel_job(self, job_id: str) -> None:
+        """Cancel one checked job id (NotFound, PermissionDenied, SchedulerError)."""
+        raise NotImplementedError(f"{type(self).__name__} has no cancel_job")
+
+    def locate_job(self, job_id: str) -> tuple[str, str]:
+        """(first node, owner) of one checked job id; NotFound if not running."""
+        raise NotImplementedError(f"{type(self).__name__} has no locate_job")
 
     @abc.abstractmethod
     def node_exists(self, node: str) -> bool:

@@ -47,6 +47,7 @@ class MemoryScheduler(Scheduler):
     are submitted by the portal's service account, as ``imgsave serve`` does."""
 
     name = "memory"
+    job_id_variable = "MEMORY_JOB_ID"  # its job scripts never run
     submitter_uid = staticmethod(lambda: 999)  # the service account's, never root
 
     def __init__(self) -> None:

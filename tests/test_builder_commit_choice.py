@@ -30,7 +30,7 @@ from tests.test_builder_fixtures import (
 
 pytest_plugins = ["tests.test_builder_fixtures"]
 pytestmark = pytest.mark.podman
-NODE_ENV = {"SLURMD_NODENAME": "n7", "SLURM_JOB_ID": "77"}
+NODE_ENV = {"IMGSAVE_NODE": "n7", "IMGSAVE_JOB_ID": "77"}
 
 
 def _stages(spec_path: Path) -> list[Stage]:

@@ -213,7 +213,8 @@ def run_node_save(
     spec_path: Path, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
     """``python -m builder_jobs.node_save SPEC`` as the job script runs it."""
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM", "PBS"))}
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM", "PBS"))
+                and k not in ("IMGSAVE_JOB_ID", "IMGSAVE_NODE")}
     full_env["PYTHONPATH"] = str(REPO_ROOT)
     full_env.update(env or {})
     return subprocess.run(  # noqa: S603

@@ -1,7 +1,8 @@
 """The node entry point for real: podman commits and pushes to a real docker-registry.
 
 ``python -m builder_jobs.node_save SPEC`` runs as a subprocess, as the job script runs
-it (no scheduler: $SLURMD_NODENAME and $SLURM_JOB_ID are set by hand).
+it (no scheduler: $IMGSAVE_NODE and $IMGSAVE_JOB_ID, which the job script exports, are
+set by hand).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from tests.test_builder_fixtures import (
 pytest_plugins = ["tests.test_builder_fixtures"]
 pytestmark = [pytest.mark.podman, needs_podman]
 
-NODE_ENV = {"SLURMD_NODENAME": "n7", "SLURM_JOB_ID": "4242"}
+NODE_ENV = {"IMGSAVE_NODE": "n7", "IMGSAVE_JOB_ID": "4242"}
 MakeContainer = Callable[[str], str]
 
 

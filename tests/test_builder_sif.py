@@ -196,7 +196,7 @@ def _save(
         site_config=write_site_config(tmp_path, registry.url),
         formats=formats,
     )
-    done = run_node_save(spec_path, {"SLURMD_NODENAME": "n1"})
+    done = run_node_save(spec_path, {"IMGSAVE_NODE": "n1"})
     assert done.returncode == 0, done.stderr
     return spec_path
 

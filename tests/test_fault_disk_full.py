@@ -172,7 +172,7 @@ def node_save(spec: SaveSpec, spool: Path) -> subprocess.CompletedProcess[str]:
     directory = spool / spec.request_id
     directory.mkdir(mode=0o755)
     (directory / SPEC_FILE).write_text(spec.to_json())
-    return node_exec(NODE, "env", f"SLURMD_NODENAME={NODE}", "SLURM_JOB_ID=0",
+    return node_exec(NODE, "env", f"IMGSAVE_NODE={NODE}", "IMGSAVE_JOB_ID=0",
                      RUNTIME_PYTHON, "-I", "-m", "builder_jobs.node_save",
                      str(directory / SPEC_FILE), check=False)  # fmt: skip
 

@@ -8,7 +8,7 @@ import pytest
 
 from scheduler_glue.base import BatchJob
 from scheduler_glue.metadata import encode_metadata
-from scheduler_glue.pbs_commands import (
+from scheduler_glue.pbs.commands import (
     MAX_JOB_NAME,
     check_job,
     pbs_job_name,
@@ -16,11 +16,10 @@ from scheduler_glue.pbs_commands import (
     qdel_argv,
     qstat_argv,
     qsub_argv,
-    read_metadata_file,
     tracejob_argv,
     walltime,
-    write_metadata_file,
 )
+from scheduler_glue.pbs.metadata_file import read_metadata_file, write_metadata_file
 from site_configs.errors import InvalidRequest
 
 

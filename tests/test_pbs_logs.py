@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from scheduler_glue.base import JobRecord
-from scheduler_glue.pbs_logs import (
+from scheduler_glue.pbs.logs import (
     accounting_log_paths,
     facts_from_accounting,
     parse_accounting_log,

@@ -13,7 +13,7 @@ from pathlib import PurePosixPath
 import pytest
 
 from scheduler_glue.base import JobRecord
-from scheduler_glue.pbs_parse import (
+from scheduler_glue.pbs.parse import (
     _EXEC_CODES,
     _STATE_MAP,
     finished_outcome,

@@ -18,8 +18,8 @@ import pytest
 
 from scheduler_glue.base import BatchJob
 from scheduler_glue.metadata import encode_metadata
-from scheduler_glue.pbs import PbsScheduler
-from scheduler_glue.pbs_commands import qsub_argv
+from scheduler_glue.pbs.backend import PbsScheduler
+from scheduler_glue.pbs.commands import qsub_argv
 from scheduler_glue.states import JobState
 from site_configs.errors import InvalidRequest, NotFound, PermissionDenied, SchedulerError
 from tests.replay import Capture, ReplayRunner, Step, as_ordinary_user, pbs_capture

@@ -23,8 +23,8 @@ from api.service.spool import BY_JOB_DIR
 from bench.report_scale import FakeSacct, generate, slurm_clock, write_spool
 from builder_jobs.events import SaveResult, write_result
 from builder_jobs.spec import RESULT_FILE, SPEC_FILE, SaveSpec
-from scheduler_glue.pbs import PbsScheduler
-from scheduler_glue.slurm import SlurmScheduler
+from scheduler_glue.pbs.backend import PbsScheduler
+from scheduler_glue.slurm.backend import SlurmScheduler
 from site_configs.schema import ImageFormat
 from tests.replay import ReplayRunner, Step, pbs_capture
 

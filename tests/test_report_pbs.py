@@ -24,7 +24,7 @@ from api.reports.usage_cache import UsageCache
 from api.reports.usage_records import FAILURE_REASONS, SpoolReader
 from api.reports.usage_report import Period, aggregate, load_rows, totals
 from builder_jobs.events import FailureKind, SaveResult
-from scheduler_glue.pbs import PbsScheduler
+from scheduler_glue.pbs.backend import PbsScheduler
 from tests.replay import ReplayRunner, Step, pbs_capture
 from tests.test_report_cache import _write_save
 

@@ -25,7 +25,8 @@ from api.reports.usage_cache import UsageCache, UsageJob, UsageVersion
 from api.reports.usage_records import SpoolReader, run_seconds_of
 from builder_jobs.events import SaveResult, read_result
 from scheduler_glue.base import JobRecord
-from scheduler_glue.slurm import SlurmScheduler, sacct_list_argv
+from scheduler_glue.slurm.backend import SlurmScheduler
+from scheduler_glue.slurm.commands import sacct_list_argv
 from scheduler_glue.states import JobState
 from tests.replay import FIXTURES, Capture, ReplayRunner, Step, load_capture
 

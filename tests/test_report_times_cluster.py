@@ -25,7 +25,7 @@ from api.reports.report import build_report
 from api.reports.usage_cache import UsageJob
 from builder_jobs.events import read_result
 from builder_jobs.spec import RESULT_FILE
-from scheduler_glue.slurm_parse import parse_duration
+from scheduler_glue.slurm.parse import parse_duration
 from scheduler_glue.states import JobState
 from site_configs.schema import get_site_config
 from tests.cluster_helpers import (

@@ -22,7 +22,7 @@ from api.service.save_request import SaveRequest
 from api.service.saves import SaveService
 from builder_jobs.events import FailureKind, SaveResult, Stage, write_result
 from builder_jobs.spec import RESULT_FILE
-from scheduler_glue.pbs import PbsScheduler
+from scheduler_glue.pbs.backend import PbsScheduler
 from scheduler_glue.states import JobState
 from site_configs.errors import InvalidRequest, NotFound
 from site_configs.schema import SiteConfig, load_site_config

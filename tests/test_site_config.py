@@ -80,7 +80,7 @@ def test_missing_file(tmp_path: Path) -> None:
 
 def test_pbs_site_builds_a_pbs_scheduler_with_its_history_settings() -> None:
     from scheduler_glue import make_scheduler
-    from scheduler_glue.pbs import PbsScheduler
+    from scheduler_glue.pbs.backend import PbsScheduler
 
     config = load_site_config(CONFIGS / "pbs-sif-oras.toml")
     scheduler = make_scheduler(config.scheduler)

@@ -20,7 +20,7 @@ from typing import TypeVar
 import pytest
 
 from scheduler_glue.base import BatchJob, JobRecord
-from scheduler_glue.slurm import SlurmScheduler
+from scheduler_glue.slurm.backend import SlurmScheduler
 from scheduler_glue.states import JobState
 from site_configs.errors import CommandFailed, NotFound, SchedulerError
 from site_configs.runner import DEFAULT_TIMEOUT_SECONDS, CommandResult, run_command

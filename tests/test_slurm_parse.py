@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from scheduler_glue.base import BatchJob, JobRecord
-from scheduler_glue.slurm import (
+from scheduler_glue.slurm.commands import (
     sacct_list_argv,
     sacct_status_argv,
     sbatch_argv,
@@ -23,7 +23,7 @@ from scheduler_glue.slurm import (
     squeue_node_argv,
     squeue_status_argv,
 )
-from scheduler_glue.slurm_parse import (
+from scheduler_glue.slurm.parse import (
     _STATE_MAP,
     first_node,
     is_job_id,

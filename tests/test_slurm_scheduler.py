@@ -19,11 +19,10 @@ from pathlib import Path
 import pytest
 
 from scheduler_glue import SCHEDULER_NAMES, make_scheduler
-from scheduler_glue import slurm as slurm_module
 from scheduler_glue.base import BatchJob
-from scheduler_glue.slurm import (
-    SlurmScheduler,
-    backend_path,
+from scheduler_glue.slurm import backend as slurm_module
+from scheduler_glue.slurm.backend import SlurmScheduler, backend_path
+from scheduler_glue.slurm.commands import (
     sacct_list_argv,
     sacct_status_argv,
     sbatch_argv,

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from sqlalchemy.exc import OperationalError
@@ -38,8 +38,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# sacct is asked for at most a month at a time (a bounded window, never all history).
-SLURM_CHUNK = timedelta(days=31)
 _DATABASES: dict[str, Database] = {}  # one engine per URL and process
 
 
@@ -88,7 +86,7 @@ def open_cache(site: Site, database: Database | None = None) -> UsageCache:
         scheduler,
         SpoolReader(site.config.spool_for, site.config.service_account),
         site.config.name,
-        chunk=SLURM_CHUNK if scheduler.name == "slurm" else None,
+        chunk=scheduler.accounting_window,
     )
 
 

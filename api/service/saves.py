@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import time
 import uuid
 from collections.abc import Callable, Iterable
@@ -47,7 +46,6 @@ from site_configs.schema import ImageFormat, SiteConfig, current_account
 log = logging.getLogger(__name__)
 
 JOB_NAME_PREFIX = "imgsave"
-_JOB_ID = re.compile(r"[0-9]+(?:\.[A-Za-z0-9_.-]+)?|[0-9]+\[[0-9]*\](?:\.[A-Za-z0-9_.-]+)?")
 RECENT_SECONDS = 600.0
 
 
@@ -91,7 +89,7 @@ class SaveService:
     def resolve_node(self, request: SaveRequest, *, admin: bool = False) -> str:
         """The node hosting the container: given, or where the user's job runs."""
         if request.job_id:
-            if not _JOB_ID.fullmatch(request.job_id):
+            if not self.scheduler.is_job_id(request.job_id):
                 raise InvalidRequest(f"job id {request.job_id!r} is not a job id")
             node, owner = self.scheduler.node_of_job(request.job_id)
             if owner != request.user and not admin:
@@ -145,8 +143,10 @@ class SaveService:
         workdir.chmod(0o700)  # whatever the umask
         write_private(workdir / SPEC_FILE, spec.to_json(), 0o600)
         script = workdir / SCRIPT_FILE
-        write_private(script, render_job_script(workdir / SPEC_FILE, self.python, request_id),
-                       0o700)
+        text = render_job_script(workdir / SPEC_FILE, self.python, request_id,
+                                 job_id_variable=self.scheduler.job_id_variable,
+                                 node_variable=self.scheduler.node_variable)  # fmt: skip
+        write_private(script, text, 0o700)
         EventLog(workdir / EVENTS_FILE).emit(ProgressEvent(Stage.QUEUED, message="submitting"))
         job = BatchJob(
             name=f"{JOB_NAME_PREFIX}-{request.user}",
@@ -201,7 +201,7 @@ class SaveService:
             names = os.listdir(self.spool / BY_JOB_DIR)
         except OSError:
             return job_id
-        matches = [n for n in names if n.split(".", 1)[0] == job_id and _JOB_ID.fullmatch(n)]
+        matches = [n for n in names if n.split(".", 1)[0] == job_id and self.scheduler.is_job_id(n)]
         return matches[0] if len(matches) == 1 else job_id
 
     def status(self, job_ids: Iterable[str], user: str, *, admin: bool = False) -> list[SaveStatus]:
@@ -213,7 +213,7 @@ class SaveService:
         else, another user's job included, is "not an imgsave save job of yours".
         """
         for job_id in job_ids:
-            if not _JOB_ID.fullmatch(job_id):
+            if not self.scheduler.is_job_id(job_id):
                 raise InvalidRequest(f"job id {job_id!r} is not a job id")
         ids = list(dict.fromkeys(self._full_id(j) for j in job_ids))
         if not ids:
@@ -247,7 +247,7 @@ class SaveService:
         # submitted in the last minutes that accounting does not list yet.
         recent = [j for j in self._recent_job_ids(RECENT_SECONDS) if j not in seen]
         statuses.extend(self._statuses_for(recent, user, admin=admin))
-        return sorted(statuses, key=lambda s: _job_sort_key(s.job_id))
+        return sorted(statuses, key=lambda s: self.scheduler.job_sort_key(s.job_id))
 
     def _recent_job_ids(self, seconds: float) -> list[str]:
         """Jobs indexed in this account's own spool in the last ``seconds``."""
@@ -259,7 +259,7 @@ class SaveService:
             return []
         recent = []
         for entry in entries:
-            if entry.name.startswith(".") or not _JOB_ID.fullmatch(entry.name):
+            if entry.name.startswith(".") or not self.scheduler.is_job_id(entry.name):
                 continue  # a link being written
             try:
                 if entry.stat(follow_symlinks=False).st_mtime >= cutoff:
@@ -303,9 +303,6 @@ def _metadata(spec: SaveSpec) -> dict[str, str]:
     }
 
 
-def _job_sort_key(job_id: str) -> tuple[int, str]:
-    head = job_id.split(".", 1)[0].split("[", 1)[0]
-    return (int(head) if head.isdigit() else 0, job_id)
 
 
 def _default_python() -> str:

@@ -1,8 +1,9 @@
 """Pure parsers for Slurm output: ``sbatch --parsable``, ``sacct --parsable2``, ``squeue``.
 
-Nothing here runs a command; :mod:`scheduler_glue.slurm` builds the argv and wires these
-to a runner. Every parser is tested on real Slurm 22.05 output captured from the local
-cluster (``tests/fixtures/slurm/``, see its README for the surprises).
+Nothing here runs a command; :mod:`scheduler_glue.slurm.commands` builds the argv and
+:mod:`scheduler_glue.slurm.backend` hands both to the base class's runner. Every parser
+is tested on real Slurm 22.05 output captured from the local cluster
+(``tests/fixtures/slurm/``, see its README for the surprises).
 
 Rows are split with ``str.split`` and a fixed field order, never a regex per row, so a
 ``list_jobs`` over 10^5 accounting rows stays fast. The free-text ``Comment`` is the last
@@ -12,6 +13,7 @@ field, so a ``|`` inside a foreign job's comment cannot shift the other columns.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import fields, replace
 from datetime import datetime, tzinfo
@@ -68,7 +70,8 @@ _TOTAL_CPU = SACCT_FIELDS.index("TotalCPU")
 PARTIAL_RECORD_NAME = "allocation"
 _NO_TIME = frozenset({"", "Unknown", "None", "N/A", "(null)"})
 _NO_TEXT = frozenset({"", "None", "None assigned", "(null)", "N/A"})
-_ID_CHARS = frozenset("0123456789_+")  # 123, array task 123_4, het component 123+1
+# The Slurm job-id grammar: 123, array task 123_4, het component 123+1.
+JOB_ID = re.compile(r"[0-9][0-9_+]*")
 
 
 def map_state(raw: str) -> JobState:
@@ -83,7 +86,7 @@ def map_state(raw: str) -> JobState:
 
 def is_job_id(text: str) -> bool:
     """Whether ``text`` looks like a Slurm job id (digits, ``_`` array, ``+`` het job)."""
-    return bool(text) and text[0].isdigit() and set(text) <= _ID_CHARS
+    return bool(JOB_ID.fullmatch(text))
 
 
 def parse_sbatch_parsable(stdout: str) -> str:

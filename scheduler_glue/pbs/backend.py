@@ -1,8 +1,9 @@
 """PBS Pro (OpenPBS / Altair PBS Professional) backend.
 
-Pure functions build every argv (:mod:`scheduler_glue.pbs_commands`) and parse every
-output (:mod:`scheduler_glue.pbs_parse`, :mod:`scheduler_glue.pbs_logs`);
-:class:`PbsScheduler` only wires them to a :class:`~site_configs.runner.Runner`.
+Only hooks: pure functions build every argv (:mod:`scheduler_glue.pbs.commands`) and
+parse every output (:mod:`scheduler_glue.pbs.parse`, :mod:`scheduler_glue.pbs.logs`);
+the base class (:class:`~scheduler_glue.base.Scheduler`) runs the commands, turns
+failures into typed errors and makes what PBS does not know UNKNOWN.
 
 Commands (OpenPBS 23.06 behaviour, see ``tests/fixtures/pbs``):
 
@@ -27,8 +28,8 @@ accounting log, and ``-v`` cannot carry arbitrary text (see above). So:
 - the job name carries a short tag: ``BatchJob.name`` reduced to PBS's job-name
   alphabet (``[A-Za-z0-9_+-]``, first character a letter, at most 236 characters);
   list_jobs filters on it and it is kept in the accounting log;
-- the full metadata (``imgsave/1 key=value;...``, :mod:`scheduler_glue.metadata`) is
-  written by ``submit`` to ``<script dir>/metadata`` before ``qsub``, atomically. The
+- the full metadata (``imgsave/1 key=value;...``, :mod:`scheduler_glue.pbs.metadata_file`)
+  is written by ``submit`` to ``<script dir>/metadata`` before ``qsub``, atomically. The
   script directory is the job's own spool directory, on shared storage.
 - status reads it back from the script path, which is the last word of the job's
   ``Submit_arguments`` (PBS stores the qsub arguments space-joined and unquoted, so
@@ -41,24 +42,23 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING, Self
 from zoneinfo import ZoneInfo
 
-from scheduler_glue.base import BatchJob, JobRecord, Scheduler
-from scheduler_glue.pbs_commands import (
+from scheduler_glue.base import BatchJob, JobRecord, Scheduler, StatusUnavailable, unknown_record
+from scheduler_glue.pbs.commands import (
     NAME_CHARS,
     check_job,
     pbsnodes_argv,
     qdel_argv,
     qstat_argv,
     qsub_argv,
-    read_metadata_file,
     tracejob_argv,
-    write_metadata_file,
 )
-from scheduler_glue.pbs_logs import (
+from scheduler_glue.pbs.logs import (
     AccountingRecord,
     accounting_log_paths,
     facts_from_accounting,
@@ -66,8 +66,10 @@ from scheduler_glue.pbs_logs import (
     parse_tracejob,
     record_from_facts,
 )
-from scheduler_glue.pbs_parse import (
+from scheduler_glue.pbs.metadata_file import read_metadata_file, write_metadata_file
+from scheduler_glue.pbs.parse import (
     HISTORY_OFF,
+    JOB_ID,
     QstatAnswer,
     parse_pbsnodes_json,
     parse_qstat_json,
@@ -76,9 +78,11 @@ from scheduler_glue.pbs_parse import (
     scheduler_message,
     script_from_submit_arguments,
 )
-from scheduler_glue.states import JobState
-from site_configs.errors import CommandFailed, NotFound, SchedulerError
-from site_configs.runner import DEFAULT_TIMEOUT_SECONDS, CommandResult, Runner, run_command
+from site_configs.errors import NotFound, SchedulerError
+from site_configs.runner import DEFAULT_TIMEOUT_SECONDS, Runner, run_command
+
+if TYPE_CHECKING:
+    from site_configs.schema import SchedulerSection
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +105,13 @@ class PbsScheduler(Scheduler):
     """
 
     name = "pbs"
+    label = "PBS"
+    submit_command = "qsub"
+    job_id_pattern = JOB_ID
+    accounting_window = None  # qstat -x has no time window: each window at once
+    job_id_variable = "PBS_JOBID"
+    node_variable = ""  # PBS exports no execution host name: the spec's node stands
+    unknown_reason = "unknown to qstat, the accounting log and tracejob"
 
     def __init__(
         self,
@@ -112,94 +123,92 @@ class PbsScheduler(Scheduler):
         clock: Callable[[], datetime] = _utcnow,
         server_timezone: str = "",
     ) -> None:
-        self.runner = runner
+        super().__init__(runner, timeout)
         # tracejob prints the server's local time; "" = this machine's zone
         self.server_timezone = server_timezone
         self.server_tz = ZoneInfo(server_timezone) if server_timezone else None
-        self.timeout = timeout
         self.server_history = server_history
         self.accounting_log_dir = Path(accounting_log_dir) if accounting_log_dir else None
         self.clock = clock
 
-    # -- commands -------------------------------------------------------------------
+    @classmethod
+    def from_section(cls, section: SchedulerSection, runner: Runner) -> Self:
+        return cls(
+            runner=runner,
+            timeout=section.command_timeout_seconds,
+            server_history=section.pbs_job_history,
+            accounting_log_dir=section.pbs_accounting_log_dir or None,
+            server_timezone=section.pbs_server_timezone,
+        )
 
     def _qstat(self, job_ids: list[str]) -> QstatAnswer:
         """``qstat -f[x] -F json``: with ``-x`` while the server keeps history. A server
         that says it keeps none (whatever the site config claims; switching history off
         also purges what was kept) is asked again without ``-x``, and from then on the
         logs stand in for finished jobs (fixtures/pbs 31*)."""
-        result = self._run(qstat_argv(job_ids, history=self.server_history))
+        result = self.run(qstat_argv(job_ids, history=self.server_history))
         if self.server_history and HISTORY_OFF in result.stderr:
             log.warning("PBS keeps no job history (job_history_enable is False on the "
                         "server): finished jobs come from the accounting log and tracejob")
             self.server_history = False
-            result = self._run(qstat_argv(job_ids, history=False))
+            result = self.run(qstat_argv(job_ids, history=False))
         return parse_qstat_json(result.stdout, result.stderr, result.returncode)
 
-    def _run(self, argv: list[str]) -> CommandResult:
-        """Run without raising on exit codes; a command that cannot run → SchedulerError."""
-        try:
-            return self.runner(argv, timeout=self.timeout, check=False)
-        except CommandFailed as e:
-            raise SchedulerError(
-                f"{argv[0]} could not run: {e.message}", retryable=e.retryable
-            ) from e
+    # -- submit -------------------------------------------------------------------------
+    def check_job(self, job: BatchJob) -> None:
+        check_job(job)
 
-    # -- Scheduler API ----------------------------------------------------------------
+    def check_node(self, node: str) -> None:
+        state = self._node_state(node)
+        if state is None:
+            raise NotFound(f"node {node} is not a PBS execution host")
+        if any(bad in state for bad in _BAD_NODE_STATES):
+            log.warning("PBS node %s is %s; the job will wait until it is back", node, state)
+
+    def prepare(self, job: BatchJob) -> None:
+        """Write the job's metadata file beside its script (see the module doc)."""
+        try:
+            write_metadata_file(job.script, job.metadata)
+        except OSError as e:
+            raise SchedulerError(f"cannot write the job's metadata file: {e}") from e
+
+    def submit_failure(self, job: BatchJob) -> str:
+        return "qsub refused the job"
+
+    def submit_argv(self, job: BatchJob) -> list[str]:
+        return qsub_argv(job)
+
+    def parse_job_id(self, stdout: str) -> str:
+        return parse_qsub_job_id(stdout)
+
+    def error_text(self, stderr: str, stdout: str = "") -> str:
+        return scheduler_message(stderr, stdout)
+
+    def is_transient(self, reason: str) -> bool:
+        return "cannot connect" in reason
 
     def node_exists(self, node: str) -> bool:
         """Whether PBS knows ``node`` as an execution host (``pbsnodes -F json NODE``)."""
         return self._node_state(node) is not None
 
     def _node_state(self, node: str) -> str | None:
-        result = self._run(pbsnodes_argv(node))
-        if result.returncode != 0:
-            raise SchedulerError(
-                f"pbsnodes failed: {scheduler_message(result.stderr, result.stdout)}",
-                retryable=True,
-            )
+        result = self.run_or_fail(pbsnodes_argv(node), "pbsnodes failed", retryable=True)
         return parse_pbsnodes_json(result.stdout, node)
 
-    def submit(self, job: BatchJob) -> str:
-        """Check the node, write the metadata file, qsub; return the job id."""
-        check_job(job)
-        self.check_submitter()
-        state = self._node_state(job.node)
-        if state is None:
-            raise NotFound(f"node {job.node} is not a PBS execution host")
-        if any(bad in state for bad in _BAD_NODE_STATES):
-            log.warning("PBS node %s is %s; the job will wait until it is back", job.node, state)
-        try:
-            write_metadata_file(job.script, job.metadata)
-        except OSError as e:
-            raise SchedulerError(f"cannot write the job's metadata file: {e}") from e
-        result = self._run(qsub_argv(job))
-        if result.returncode != 0:
-            message = scheduler_message(result.stderr, result.stdout)
-            raise SchedulerError(
-                f"qsub refused the job: {message}", retryable="cannot connect" in message
-            )
-        job_id = parse_qsub_job_id(result.stdout)
-        log.info("submitted PBS job %s pinned to %s", job_id, job.node)
-        return job_id
-
-    def status(self, job_ids: Iterable[str], since: datetime) -> dict[str, JobRecord]:
+    # -- status -------------------------------------------------------------------------
+    def read_status(self, job_ids: list[str], since: datetime) -> dict[str, JobRecord]:
         """One batched qstat; ids it lacks come from the accounting log or tracejob."""
-        wanted = list(dict.fromkeys(job_ids))
-        if not wanted:
-            return {}
         since = since.astimezone()  # a naive time is taken as local
         try:
-            answer = self._qstat(wanted)
+            answer = self._qstat(job_ids)
         except SchedulerError as e:
-            log.warning("PBS status unavailable, every job UNKNOWN: %s", e.message)
-            return {job_id: _unknown(job_id, e.message) for job_id in wanted}
+            raise StatusUnavailable(e.message) from e
         records: dict[str, JobRecord] = {}
-        for job_id in wanted:
+        for job_id in job_ids:
             attrs = answer.jobs.get(job_id) or _by_sequence(job_id, answer.jobs)
             if attrs is not None:
                 records[job_id] = self._from_qstat(job_id, attrs)
-        missing = [job_id for job_id in wanted if job_id not in records]
+        missing = [job_id for job_id in job_ids if job_id not in records]
         if missing:
             records.update(self._from_logs(missing, since))
         return records
@@ -213,7 +222,8 @@ class PbsScheduler(Scheduler):
         """Records for jobs qstat does not know: accounting log, then tracejob.
 
         qstat lists every queued or running job, so only a final record counts here; a
-        log that ends with the job still live was cut short and gives UNKNOWN.
+        log that ends with the job still live was cut short and gives UNKNOWN. Ids found
+        nowhere are left out (the base makes them UNKNOWN).
         """
         found: dict[str, JobRecord] = {}
         if self.accounting_log_dir is not None:
@@ -226,7 +236,7 @@ class PbsScheduler(Scheduler):
             if job_id in found and found[job_id].state.final:
                 continue
             try:
-                result = self._run(tracejob_argv(job_id, days, self.server_timezone))
+                result = self.run(tracejob_argv(job_id, days, self.server_timezone))
             except SchedulerError as e:
                 log.warning("tracejob unavailable for %s: %s", job_id, e.message)
                 continue
@@ -240,11 +250,8 @@ class PbsScheduler(Scheduler):
             record = found.get(job_id)
             if record is None:
                 log.warning("PBS job %s is unknown to qstat, the logs and tracejob", job_id)
-                found[job_id] = _unknown(
-                    job_id, "unknown to qstat, the accounting log and tracejob"
-                )
             elif not record.state.final:
-                found[job_id] = _unknown(
+                found[job_id] = unknown_record(
                     job_id, f"qstat no longer knows the job; its logs end in {record.state}"
                 )
         return found
@@ -267,8 +274,8 @@ class PbsScheduler(Scheduler):
             records.extend(parse_accounting_log(text))
         return records
 
-    def list_jobs(
-        self, since: datetime, until: datetime | None = None, name_prefix: str = ""
+    def read_jobs(
+        self, since: datetime, until: datetime | None, name_prefix: str
     ) -> list[JobRecord]:
         """Jobs submitted in [since, until] whose name starts with ``name_prefix``.
 
@@ -306,9 +313,10 @@ class PbsScheduler(Scheduler):
                     records[job_id] = record_from_facts(job_facts, "accounting")
         return sorted(records.values(), key=_submit_order)
 
-    def cancel(self, job_id: str) -> None:
+    # -- cancel, node -------------------------------------------------------------------
+    def cancel_job(self, job_id: str) -> None:
         """``qdel``. A job that already finished is left alone (cancel is idempotent)."""
-        result = self._run(qdel_argv(job_id))
+        result = self.run(qdel_argv(job_id))
         if result.returncode == 0:
             return
         message = scheduler_message(result.stderr, result.stdout)
@@ -319,9 +327,9 @@ class PbsScheduler(Scheduler):
             return
         raise SchedulerError(f"qdel {job_id} failed: {message}")
 
-    def node_of_job(self, job_id: str) -> tuple[str, str]:
+    def locate_job(self, job_id: str) -> tuple[str, str]:
         """(first exec host, owner) of a running job, from ``qstat -f -F json ID``."""
-        result = self._run(qstat_argv([job_id], history=False))
+        result = self.run(qstat_argv([job_id], history=False))
         try:
             answer = parse_qstat_json(result.stdout, result.stderr, result.returncode)
         except SchedulerError as e:
@@ -344,10 +352,6 @@ def _by_sequence(
     sequence = job_id.split(".", 1)[0]
     matches = [attrs for key, attrs in jobs.items() if key.split(".", 1)[0] == sequence]
     return matches[0] if len(matches) == 1 else None
-
-
-def _unknown(job_id: str, reason: str) -> JobRecord:
-    return JobRecord(job_id=job_id, state=JobState.UNKNOWN, reason=reason)
 
 
 def _submit_order(record: JobRecord) -> tuple[float, str]:

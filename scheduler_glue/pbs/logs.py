@@ -23,7 +23,7 @@ from datetime import UTC, date, datetime, timedelta, tzinfo
 from pathlib import Path
 
 from scheduler_glue.base import JobRecord
-from scheduler_glue.pbs_parse import finished_outcome, first_exec_host, parse_duration
+from scheduler_glue.pbs.parse import finished_outcome, first_exec_host, parse_duration
 from scheduler_glue.states import JobState
 
 _LOG_TIME_FORMAT = "%m/%d/%Y %H:%M:%S"

@@ -1,25 +1,20 @@
-"""Pure helpers of the PBS backend: argv builders, submit checks, the metadata file.
+"""Pure helpers of the PBS backend: argv builders and the submit checks.
 
-Every command is an argv list for :func:`site_configs.runner.run_command`; nothing here
-runs one. Job-name and queue-name rules are OpenPBS's (``ck_job_name.c``,
-``pbs_ifl.h``): a job name has at most 236 characters from ``[A-Za-z0-9_+-]``, the first
-a letter; a queue name at most 15.
+Every command is an argv list for the base class's runner; nothing here runs one.
+Job-name and queue-name rules are OpenPBS's (``ck_job_name.c``, ``pbs_ifl.h``): a job
+name has at most 236 characters from ``[A-Za-z0-9_+-]``, the first a letter; a queue
+name at most 15.
 """
 
 from __future__ import annotations
 
-import os
 import re
-import stat
-from collections.abc import Iterable, Mapping
-from pathlib import Path
+from collections.abc import Iterable
 
 from scheduler_glue.base import BatchJob
-from scheduler_glue.metadata import decode_metadata, encode_metadata
 from site_configs.errors import InvalidRequest
 
 MAX_JOB_NAME = 236  # PBS_MAXJOBNAME in OpenPBS pbs_ifl.h
-METADATA_FILE = "metadata"
 NAME_CHARS = re.compile(r"[^A-Za-z0-9_+-]")  # OpenPBS ck_job_name.c: alnum, - _ +
 _HOST = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _QUEUE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,14}$")  # PBS_MAXQUEUENAME = 15
@@ -101,37 +96,3 @@ def check_job(job: BatchJob) -> None:
         )
     if job.cpus < 0 or job.time_limit_minutes < 1:
         raise InvalidRequest("a PBS job needs cpus >= 0 and a time limit of >= 1 minute")
-
-
-def write_metadata_file(script: Path, metadata: Mapping[str, str]) -> Path:
-    """Write ``<script dir>/metadata`` atomically; return its path."""
-    path = script.parent / METADATA_FILE
-    tmp = path.with_name(f".{METADATA_FILE}.{os.getpid()}.tmp")
-    tmp.write_text(encode_metadata(metadata) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-    return path
-
-
-MAX_METADATA_BYTES = 64 * 1024
-
-
-def read_metadata_file(script: Path | None) -> dict[str, str]:
-    """Metadata stored beside ``script``; ``{}`` when there is none or it is unreadable.
-
-    The file is in the job owner's spool and may be read by root (the node's privileged
-    entry asks whose job it is): never through a symlink, only a regular file, bounded.
-    Whose the job is comes from ``Job_Owner``, never from this file."""
-    if script is None:
-        return {}
-    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK
-    try:
-        fd = os.open(script.parent / METADATA_FILE, flags)
-    except OSError:
-        return {}
-    try:
-        with os.fdopen(fd, "rb") as fh:
-            if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
-                return {}
-            return decode_metadata(fh.read(MAX_METADATA_BYTES).decode("utf-8"))
-    except (OSError, UnicodeDecodeError):
-        return {}

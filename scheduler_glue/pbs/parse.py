@@ -1,9 +1,9 @@
 """Pure parsers for PBS Pro output: qsub, ``qstat -f -F json``, ``pbsnodes -F json``.
 
-Nothing here runs a command or touches a file; :mod:`scheduler_glue.pbs` wires these to
-a runner. The log-based fallbacks (``tracejob``, the accounting log) are in
-:mod:`scheduler_glue.pbs_logs`. Every parser is tested on real OpenPBS 23.06 output
-(``tests/fixtures/pbs/``).
+Nothing here runs a command or touches a file; :mod:`scheduler_glue.pbs.backend` hands
+these to the base class's runner. The log-based fallbacks (``tracejob``, the accounting
+log) are in :mod:`scheduler_glue.pbs.logs`. Every parser is tested on real OpenPBS 23.06
+output (``tests/fixtures/pbs/``).
 
 Job states: ``job_state`` letters and the finished-job outcome rules below follow the
 PBS Professional Reference Guide ("Job States", "Job Substates", "Job Exit Status";
@@ -85,8 +85,9 @@ _EXEC_CODES: Mapping[int, tuple[JobState, str]] = {
 }
 SIGNAL_OFFSET = 256  # Exit_status = 256 + signal when the job was killed by a signal
 
-# "12.vm", "12.server.example.org", array jobs "27[].vm"; one per line on stdout.
-_JOB_ID = re.compile(r"^(\d+(?:\[\d*\])?(?:\.[A-Za-z0-9][A-Za-z0-9.-]*)?)$")
+# The PBS job-id grammar: "12.vm", "12.server.example.org", array jobs "27[].vm", and
+# the bare sequence number users type ("12"). qsub prints one per line on stdout.
+JOB_ID = re.compile(r"[0-9]+(?:\[[0-9]*\])?(?:\.[A-Za-z0-9_.-]+)?")
 _UNKNOWN_JOB = re.compile(r"^qstat: Unknown Job Id (\S+)$")
 _FINISHED_JOB = re.compile(r"^qstat: (\S+) Job has finished, use -x or -H")
 _CTIME_FORMAT = "%a %b %d %H:%M:%S %Y"  # qstat prints ctime(3) in the client's zone
@@ -152,11 +153,11 @@ def _signal_name(number: int) -> str:
 def parse_qsub_job_id(stdout: str) -> str:
     """The job id qsub printed (``12.vm``); SchedulerError if there is none."""
     for line in reversed(stdout.strip().splitlines()):
-        match = _JOB_ID.match(line.strip())
+        match = JOB_ID.fullmatch(line.strip())
         if match:
-            return match.group(1)
+            return match.group(0)
     raise SchedulerError(
-        f"qsub printed no job id (expected a line matching {_JOB_ID.pattern!r}): {stdout.strip()!r}"
+        f"qsub printed no job id (expected a line matching {JOB_ID.pattern!r}): {stdout.strip()!r}"
     )
 
 

@@ -1,0 +1,256 @@
+"""Slurm backend through its CLI: sbatch, sacct, squeue, scancel, sinfo.
+
+Only hooks: :mod:`scheduler_glue.slurm.commands` builds each argv,
+:mod:`scheduler_glue.slurm.parse` reads the output, and the base class
+(:class:`~scheduler_glue.base.Scheduler`) runs the commands, turns failures into typed
+errors and makes what Slurm does not know UNKNOWN. Status comes from accounting
+(``sacct --parsable2``, one batched query bounded by the submit time), so a finished save
+stays visible after it leaves ``squeue`` (``MinJobAge``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Self
+
+from scheduler_glue.base import (
+    BatchJob,
+    CommandRefused,
+    JobRecord,
+    Scheduler,
+    StatusUnavailable,
+)
+from scheduler_glue.slurm.commands import (
+    sacct_list_argv,
+    sacct_status_argv,
+    sbatch_argv,
+    scancel_argv,
+    sinfo_nodes_argv,
+    sinfo_version_argv,
+    squeue_node_argv,
+    squeue_status_argv,
+)
+from scheduler_glue.slurm.parse import (
+    JOB_ID,
+    first_node,
+    is_partial_record,
+    merge_live,
+    parse_node_state,
+    parse_sacct_rows,
+    parse_sbatch_parsable,
+    parse_sinfo_nodes,
+    parse_squeue_rows,
+    pyslurm_matches,
+    slurm_errors,
+)
+from site_configs.errors import (
+    InvalidRequest,
+    NotFound,
+    PermissionDenied,
+    SchedulerError,
+)
+from site_configs.runner import Runner, run_command
+
+if TYPE_CHECKING:
+    from site_configs.schema import SchedulerSection
+
+log = logging.getLogger(__name__)
+
+NODE_CACHE_SECONDS = 60.0
+# sbatch errors after which the same request may work later (controller busy or away).
+_TRANSIENT = ("temporarily unable", "socket timed out", "unable to contact", "try again")
+
+
+def backend_path(runner: Runner = run_command) -> str:
+    """``"pyslurm"`` if pyslurm imports and was built for this Slurm's major.minor, else
+    ``"cli"``. PyPI has no pyslurm for Debian's Slurm 22.05, so here it is ``"cli"``, the
+    only path :class:`SlurmScheduler` implements.
+    """
+    try:
+        import pyslurm  # type: ignore[import-not-found]
+    except ImportError:
+        return "cli"
+    try:
+        sinfo = SlurmScheduler(runner, 10).run_or_fail(sinfo_version_argv(), "sinfo").stdout
+    except SchedulerError as e:
+        log.warning("cannot tell the Slurm version (%s): using the CLI", e)
+        return "cli"
+    version = str(getattr(pyslurm, "__version__", ""))
+    if pyslurm_matches(version, sinfo):
+        return "pyslurm"
+    log.info("pyslurm %s does not match %s: using the CLI", version, sinfo.strip())
+    return "cli"
+
+
+class SlurmScheduler(Scheduler):
+    """Slurm through its CLI. ``extra_submit_args`` go before the script on sbatch's argv
+    (site config ``scheduler.extra_submit_args``, e.g. ``--export=NONE``);
+    ``list_timeout`` bounds the one large sacct of :meth:`list_jobs`.
+    """
+
+    name = "slurm"
+    label = "Slurm"
+    submit_command = "sbatch"
+    # 123, array task 123_4, het component 123+1
+    job_id_pattern = JOB_ID
+    # sacct is asked for at most a month at a time (a bounded window, never all history)
+    accounting_window = timedelta(days=31)
+    job_id_variable = "SLURM_JOB_ID"
+    node_variable = "SLURMD_NODENAME"
+    unknown_reason = "not known to Slurm yet"
+
+    def __init__(
+        self,
+        runner: Runner = run_command,
+        timeout: float = 30,
+        *,
+        extra_submit_args: Sequence[str] = (),
+        list_timeout: float | None = None,
+    ) -> None:
+        super().__init__(runner, timeout)
+        self.extra_submit_args = tuple(extra_submit_args)
+        self.list_timeout = list_timeout if list_timeout is not None else max(timeout, 300.0)
+        self._nodes: frozenset[str] | None = None
+        self._nodes_read_at = 0.0
+
+    @classmethod
+    def from_section(cls, section: SchedulerSection, runner: Runner) -> Self:
+        return cls(runner=runner, timeout=section.command_timeout_seconds,
+                   extra_submit_args=section.extra_submit_args)  # fmt: skip
+
+    # -- submit -----------------------------------------------------------------------
+    def check_job(self, job: BatchJob) -> None:
+        for what, text in (("job name", job.name), ("partition", job.partition)):
+            if not text or any(c in text for c in "|\n\r"):
+                raise InvalidRequest(
+                    f"{what} {text!r} must be non-empty, without '|' or newlines"
+                )
+        if job.cpus < 1 or job.time_limit_minutes < 1:
+            raise InvalidRequest(
+                f"job {job.name}: cpus ({job.cpus}) and time limit "
+                f"({job.time_limit_minutes} min) must be at least 1"
+            )
+
+    def check_node(self, node: str) -> None:
+        if not self.node_exists(node):
+            known = ", ".join(sorted(self._nodes or ()))
+            raise NotFound(f"node {node} is not a node of this Slurm cluster (known: {known})")
+
+    def submit_argv(self, job: BatchJob) -> list[str]:
+        return sbatch_argv(job, self.extra_submit_args)
+
+    def parse_job_id(self, stdout: str) -> str:
+        return parse_sbatch_parsable(stdout)
+
+    def error_text(self, stderr: str, stdout: str = "") -> str:
+        return slurm_errors(stderr)
+
+    def is_transient(self, reason: str) -> bool:
+        return any(t in reason.lower() for t in _TRANSIENT)
+
+    # -- status -------------------------------------------------------------------------
+    def read_status(self, job_ids: list[str], since: datetime) -> dict[str, JobRecord]:
+        """One sacct, then one squeue for ids that sacct lacks (just submitted), that are
+        still live (sacct keeps no comment until the end) or whose accounting record is
+        still partial."""
+        try:
+            output = self.run_or_fail(sacct_status_argv(job_ids, since), "sacct failed").stdout
+            accounted = {r.job_id: r for r in parse_sacct_rows(output) if r.job_id in job_ids}
+        except (CommandRefused, ValueError) as e:
+            # slurmdbd or its database down: the controller still knows live jobs (and
+            # finished ones for MinJobAge); the rest are UNKNOWN, saying why
+            log.warning("sacct failed, asking squeue only: %s", e)
+            reason = e.reason if isinstance(e, CommandRefused) else slurm_errors(str(e))
+            raise StatusUnavailable(
+                f"Slurm accounting (slurmdbd) does not answer ({reason}); "
+                "the state is known again when it does",
+                self._live_records(job_ids),
+            ) from e
+        ask_live = [i for i in job_ids if i not in accounted or _incomplete(accounted[i])]
+        live = self._live_records(ask_live) if ask_live else {}
+        records = {}
+        for job_id in job_ids:
+            have, now = accounted.get(job_id), live.get(job_id)
+            if have is not None and now is not None:
+                records[job_id] = merge_live(have, now)
+            elif have is not None or now is not None:
+                records[job_id] = have if have is not None else now  # type: ignore[assignment]
+        return records
+
+    def _live_records(self, job_ids: list[str]) -> dict[str, JobRecord]:
+        try:
+            result = self.run(squeue_status_argv(job_ids))
+            if result.returncode != 0 and "Invalid job id" not in result.stderr:
+                log.warning("squeue failed: %s", slurm_errors(result.stderr))
+                return {}
+            return {r.job_id: r for r in parse_squeue_rows(result.stdout)}
+        except (SchedulerError, ValueError) as e:
+            log.warning("squeue failed: %s", e)
+            return {}
+
+    def read_jobs(
+        self, since: datetime, until: datetime | None, name_prefix: str
+    ) -> list[JobRecord]:
+        """Every user's jobs between ``since`` and ``until`` (default now) from accounting."""
+        result = self.run_or_fail(sacct_list_argv(since, until), "sacct cannot list jobs",
+                                  timeout=self.list_timeout, retryable=True)  # fmt: skip
+        try:
+            return parse_sacct_rows(result.stdout, name_prefix=name_prefix)
+        except ValueError as e:
+            raise SchedulerError(f"sacct output not understood: {e}") from e
+
+    # -- cancel, node -------------------------------------------------------------------
+    def cancel_job(self, job_id: str) -> None:
+        try:
+            result = self.run(scancel_argv(job_id))
+        except SchedulerError as e:
+            raise SchedulerError(f"scancel {job_id} failed: {e.message}", retryable=True) from e
+        reason = slurm_errors(result.stderr) if "error:" in result.stderr else ""
+        if "Invalid job id" in reason:
+            raise NotFound(f"Slurm job {job_id} does not exist (or left the queue long ago)")
+        if "already completing or completed" in reason:
+            log.info("Slurm job %s already finished; nothing to cancel", job_id)
+        elif "permission denied" in reason.lower():
+            raise PermissionDenied(f"not allowed to cancel Slurm job {job_id}: {reason}")
+        elif reason or result.returncode != 0:
+            raise SchedulerError(f"scancel {job_id} failed: {reason or result.stderr.strip()}")
+
+    def locate_job(self, job_id: str) -> tuple[str, str]:
+        """(first node, owner) of a RUNNING job; NotFound for any other state."""
+        try:
+            result = self.run(squeue_node_argv(job_id))
+        except SchedulerError as e:
+            raise SchedulerError(f"squeue cannot tell job {job_id}'s node: {e.message}") from e
+        found = parse_node_state(result.stdout)
+        if found is None:
+            if result.returncode != 0 and "Invalid job id" not in result.stderr:
+                raise SchedulerError(
+                    f"squeue failed for job {job_id}: {slurm_errors(result.stderr)}"
+                )
+            raise NotFound(f"Slurm job {job_id} is not in the queue (not running)")
+        state, nodelist, user = found
+        node = first_node(nodelist)
+        if state != "RUNNING" or not node:
+            raise NotFound(f"Slurm job {job_id} is {state}, not running on a node")
+        return node, user
+
+    def node_exists(self, node: str) -> bool:
+        """Whether ``node`` is in some partition (sinfo, cached; re-read on a miss).
+
+        Only names sinfo printed pass, so ``-a`` or ``n1,n2`` never reach sbatch.
+        """
+        stale = time.monotonic() - self._nodes_read_at > NODE_CACHE_SECONDS
+        if self._nodes is None or (node not in self._nodes and stale):
+            result = self.run_or_fail(sinfo_nodes_argv(), "sinfo cannot list nodes",
+                                      retryable=True)  # fmt: skip
+            self._nodes = parse_sinfo_nodes(result.stdout)
+            self._nodes_read_at = time.monotonic()
+        return node in self._nodes
+
+
+def _incomplete(record: JobRecord) -> bool:
+    return not record.state.final or is_partial_record(record)
+
