@@ -19,6 +19,8 @@ import abc
 import logging
 import os
 import re
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -121,6 +123,42 @@ def unknown_record(job_id: str, reason: str) -> JobRecord:
     return JobRecord(job_id=job_id, state=JobState.UNKNOWN, reason=reason)
 
 
+class FinalRecords:
+    """Records of ended jobs, kept: a final state never changes, so a job seen ended in
+    accounting is not asked about again (status polls, the in-flight check, the
+    portal's users watching their saves). Per process, bounded (least recently used
+    dropped), thread-safe. Only a record accounting has completed is kept (final, with
+    its end and its exit code or signal): a controller's record of a job that just
+    ended may lack them, and is asked again."""
+
+    def __init__(self, capacity: int = 20_000) -> None:
+        self.capacity = capacity
+        self._records: OrderedDict[str, JobRecord] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = 0  # ids answered from here, not the scheduler
+
+    def split(self, job_ids: Sequence[str]) -> tuple[dict[str, JobRecord], list[str]]:
+        """(the kept records among ``job_ids``, the ids still to ask)."""
+        known: dict[str, JobRecord] = {}
+        with self._lock:
+            for job_id in job_ids:
+                if (record := self._records.get(job_id)) is not None:
+                    self._records.move_to_end(job_id)
+                    known[job_id] = record
+            self.hits += len(known)
+        return known, [j for j in job_ids if j not in known]
+
+    def keep(self, records: Iterable[JobRecord]) -> None:
+        with self._lock:
+            for record in records:
+                if record.state.final and record.end_time is not None and (
+                        record.exit_code is not None or record.signal is not None):
+                    self._records[record.job_id] = record
+                    self._records.move_to_end(record.job_id)
+            while len(self._records) > self.capacity:
+                self._records.popitem(last=False)
+
+
 class Scheduler(abc.ABC):
     """A batch scheduler backend. Every method raises SchedulerError with a reason.
 
@@ -152,6 +190,7 @@ class Scheduler(abc.ABC):
     ) -> None:
         self.runner = runner
         self.timeout = timeout
+        self.finals = FinalRecords()
 
     @classmethod
     def from_section(cls, section: SchedulerSection, runner: Runner) -> Self:
@@ -250,14 +289,19 @@ class Scheduler(abc.ABC):
         ids = self.check_ids(job_ids)
         if not ids:
             return {}
+        ended, ask = self.finals.split(ids)  # ended jobs are not asked about again
         why = self.unknown_reason
-        try:
-            found = self.read_status(ids, since)
-        except StatusUnavailable as e:
-            log.warning("%s status unavailable, every job UNKNOWN but those it still knows: %s",
-                        self.label, e.message)
-            found, why = e.known, e.message
-        return {job_id: found.get(job_id) or unknown_record(job_id, why) for job_id in ids}
+        found: Mapping[str, JobRecord] = {}
+        if ask:
+            try:
+                found = self.read_status(ask, since)
+            except StatusUnavailable as e:
+                log.warning("%s status unavailable, every job UNKNOWN but those it still "
+                            "knows: %s", self.label, e.message)  # fmt: skip
+                found, why = e.known, e.message
+            self.finals.keep(found.values())
+        return {job_id: ended.get(job_id) or found.get(job_id) or unknown_record(job_id, why)
+                for job_id in ids}
 
     def list_jobs(
         self, since: datetime, until: datetime | None = None, name_prefix: str = ""

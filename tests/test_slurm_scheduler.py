@@ -428,3 +428,26 @@ def test_root_never_submits() -> None:
     with pytest.raises(PermissionDenied, match="never submits jobs as root"):
         slurm.submit(JOB)
     assert runner.calls == []
+
+
+def test_ended_jobs_are_not_asked_about_again_live_ones_are() -> None:
+    """A final state never changes: once accounting has a job ended and whole, status
+    answers it from the kept record (no sacct); a live or just-ended one is asked again."""
+    since = datetime(2026, 11, 30, 4, 28, 43, tzinfo=UTC)
+    ids = ["830", "831", "832"]
+    live = ["17", "18", "19"]
+    slurm, runner = scheduler(
+        answer(sacct_status_argv(ids, since), "46_sacct_status_steps"),
+        # 41/42: 17 and 18 live, 19 just submitted: asked each time
+        answer(sacct_status_argv(live, SINCE), "41_sacct_status_live_just_submitted"),
+        answer(squeue_status_argv(live), "42_squeue_status_live"),
+        answer(sacct_status_argv(live, SINCE), "41_sacct_status_live_just_submitted"),
+        answer(squeue_status_argv(live), "42_squeue_status_live"),
+    )
+    first = slurm.status(ids, since)
+    again = slurm.status(list(reversed(ids)), since)  # no command: all three kept
+    assert again == first and slurm.finals.hits == 3
+    slurm.status(["17", "18", "19", "830"], SINCE)  # 830 kept; the live ones asked
+    slurm.status(["17", "18", "19"], SINCE)  # and asked again: not final
+    runner.assert_done()
+    assert slurm.finals.hits == 4
