@@ -18,6 +18,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import fields, replace
 from datetime import datetime, tzinfo
 
+import hostlist
+
 from scheduler_glue.base import JobRecord
 from scheduler_glue.metadata import decode_metadata
 from scheduler_glue.states import JobState
@@ -169,12 +171,12 @@ def parse_exit_code(text: str) -> tuple[int | None, int | None]:
 
 
 def iter_hostlist(expression: str) -> Iterator[str]:
-    """Expand a Slurm hostlist (``n[1-2],gpu[01-03,7],login``) lazily, in order.
-
-    Zero padding follows the range's lower bound, as ``scontrol show hostnames`` does.
-    """
-    for pattern in _split_top_level(expression):
-        yield from _expand_pattern(pattern)
+    """Expand a Slurm hostlist (``n[1-2],gpu[01-03,7],login``) in order, zero padding as
+    ``scontrol show hostnames`` gives it (python-hostlist); ValueError if malformed."""
+    try:
+        return iter(hostlist.expand_hostlist(expression))
+    except hostlist.BadHostlist as e:
+        raise ValueError(f"bad hostlist {expression!r}: {e}") from e
 
 
 def first_node(nodelist: str) -> str:
@@ -184,40 +186,6 @@ def first_node(nodelist: str) -> str:
     if "[" not in nodelist and "," not in nodelist:
         return nodelist
     return next(iter_hostlist(nodelist), "")
-
-
-def _split_top_level(expression: str) -> Iterator[str]:
-    depth, start = 0, 0
-    for i, char in enumerate(expression):
-        if char == "[":
-            depth += 1
-        elif char == "]":
-            depth -= 1
-        elif char == "," and depth == 0:
-            if i > start:
-                yield expression[start:i]
-            start = i + 1
-    if start < len(expression):
-        yield expression[start:]
-
-
-def _expand_pattern(pattern: str) -> Iterator[str]:
-    open_at = pattern.find("[")
-    if open_at < 0:
-        yield pattern
-        return
-    close_at = pattern.find("]", open_at)
-    if close_at < 0:
-        raise ValueError(f"unbalanced '[' in hostlist {pattern!r}")
-    prefix, rest = pattern[:open_at], pattern[close_at + 1 :]
-    ranges = pattern[open_at + 1 : close_at]
-    for item in ranges.split(","):
-        low, dash, high = item.partition("-")
-        if not low.isdigit() or (dash and not high.isdigit()):
-            raise ValueError(f"bad range {item!r} in hostlist {pattern!r}")
-        for number in range(int(low), int(high if dash else low) + 1):
-            for tail in _expand_pattern(rest):
-                yield f"{prefix}{number:0{len(low)}d}{tail}"
 
 
 def parse_sacct_rows(
