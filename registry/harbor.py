@@ -17,6 +17,15 @@ from __future__ import annotations
 
 import logging
 
+from core.errors import (
+    ConfigError,
+    ImgsaveError,
+    InvalidRequest,
+    NotFound,
+    PermissionDenied,
+    RegistryError,
+)
+from core.runner import Runner, run_command
 from registry.auth import Credentials, load_credentials
 from registry.harbor_http import (
     HarborApi,
@@ -42,15 +51,6 @@ from registry.harbor_models import (
 from registry.oci import RegistryClient
 from registry.refs import check_reference, check_repository, host_of, target_for_user
 from registry.refs import user_namespace as namespace_for
-from site_configs.errors import (
-    ConfigError,
-    ImgsaveError,
-    InvalidRequest,
-    NotFound,
-    PermissionDenied,
-    RegistryError,
-)
-from site_configs.runner import Runner, run_command
 from site_configs.schema import RegistryKind, RegistrySection
 
 log = logging.getLogger(__name__)

@@ -15,11 +15,11 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from functools import cached_property
 
+from core.errors import ConfigError
 from registry.auth import load_credentials
 from registry.catalog import Catalog, HarborCatalog, ImageCatalog
 from registry.harbor import HarborClient
 from registry.oci import RegistryClient
-from site_configs.errors import ConfigError
 from site_configs.schema import RegistryKind, RegistrySection
 
 # Before a save is submitted, its space must have room for at least its new content.

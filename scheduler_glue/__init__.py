@@ -10,11 +10,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
+from core.errors import ConfigError
+from core.runner import Runner, run_command
 from scheduler_glue.base import Scheduler
 from scheduler_glue.pbs.backend import PbsScheduler
 from scheduler_glue.slurm.backend import SlurmScheduler
-from site_configs.errors import ConfigError
-from site_configs.runner import Runner, run_command
 
 if TYPE_CHECKING:
     from site_configs.schema import SchedulerSection

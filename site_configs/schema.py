@@ -18,7 +18,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from site_configs.errors import ConfigError
+from core.errors import ConfigError
 
 CONFIG_ENV = "IMGSAVE_SITE_CONFIG"
 PACKAGE_DIR = Path(__file__).resolve().parent

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pytest
 
+from core.errors import InvalidRequest
 from registry.catalog import HarborCatalog, ImageCatalog
 from registry.kinds import KINDS, HarborRegistry, OciRegistry, open_registry
 from registry.oras import oras_ref
 from registry.refs import ImageRef
-from site_configs.errors import InvalidRequest
 from site_configs.schema import RegistryKind, RegistrySection
 
 

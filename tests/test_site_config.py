@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from site_configs.errors import ConfigError
+from core.errors import ConfigError
 from site_configs.schema import SchedulerKind, load_site_config
 
 CONFIGS = Path(__file__).resolve().parents[1] / "site_configs"

@@ -18,6 +18,13 @@ from pathlib import Path
 
 import pytest
 
+from core.errors import (
+    ConfigError,
+    InvalidRequest,
+    NotFound,
+    PermissionDenied,
+    SchedulerError,
+)
 from scheduler_glue import SCHEDULER_NAMES, make_scheduler
 from scheduler_glue.base import BatchJob
 from scheduler_glue.slurm import backend as slurm_module
@@ -32,13 +39,6 @@ from scheduler_glue.slurm.commands import (
     squeue_status_argv,
 )
 from scheduler_glue.states import JobState
-from site_configs.errors import (
-    ConfigError,
-    InvalidRequest,
-    NotFound,
-    PermissionDenied,
-    SchedulerError,
-)
 from site_configs.schema import SchedulerKind, SchedulerSection
 from tests.replay import FIXTURES, Capture, ReplayRunner, Step, as_ordinary_user, load_capture
 
