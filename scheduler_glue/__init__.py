@@ -29,11 +29,10 @@ SCHEDULER_NAMES = tuple(sorted(BACKENDS))
 
 def make_scheduler(section: SchedulerSection, runner: Runner = run_command) -> Scheduler:
     """The scheduler backend named by ``section.kind`` (one of :data:`SCHEDULER_NAMES`)."""
-    kind = str(section.kind)
-    backend = BACKENDS.get(kind)
+    backend = BACKENDS.get(section.kind)
     if backend is None:
         raise ConfigError(
-            f"unknown scheduler kind {kind!r} in the site config; valid: "
+            f"unknown scheduler kind {section.kind!r} in the site config; valid: "
             f"{', '.join(SCHEDULER_NAMES)}"
         )
     return backend.from_section(section, runner)
