@@ -13,11 +13,11 @@ from datetime import UTC, datetime, timedelta
 
 from builder_jobs import node_gate
 from builder_jobs.node_gate import JobLookup, JobOnRecord, Refused
+from core.errors import ImgsaveError
 from scheduler_glue import make_scheduler
 from scheduler_glue.base import Scheduler
 from scheduler_glue.metadata import requester_of
 from scheduler_glue.states import JobState
-from site_configs.errors import ImgsaveError
 from site_configs.schema import SiteConfig
 
 # How far back the scheduler is asked about the job (it is running now).

@@ -39,9 +39,9 @@ from api.service.spool import BY_JOB_DIR  # noqa: E402
 from bench.docs_table import replace_section  # noqa: E402
 from builder_jobs.events import FailureKind, SaveResult, write_result  # noqa: E402
 from builder_jobs.spec import RESULT_FILE, SPEC_FILE, SaveSpec  # noqa: E402
+from core.runner import CommandResult  # noqa: E402
 from scheduler_glue.metadata import encode_metadata  # noqa: E402
 from scheduler_glue.slurm.backend import SlurmScheduler  # noqa: E402
-from site_configs.runner import CommandResult  # noqa: E402
 from site_configs.schema import ImageFormat, SiteConfig, load_site_config  # noqa: E402
 
 FIXTURE = TOP / "tests" / "fixtures" / "slurm" / "43_sacct_list_window.stdout"

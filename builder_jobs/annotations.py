@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from core.errors import RegistryError
 from registry.manifests import (
     DOCKER_MANIFEST,
     DOCKER_MANIFEST_LIST,
@@ -21,7 +22,6 @@ from registry.manifests import (
     OCI_LAYER_GZIP,
     OCI_MANIFEST,
 )
-from site_configs.errors import RegistryError
 
 CREATED = "org.opencontainers.image.created"
 BASE_DIGEST = "org.opencontainers.image.base.digest"

@@ -8,7 +8,7 @@ class and one entry in :data:`ENGINES` (containerd's ``ctr``, enroot, ...).
 
 The engines with docker's command line (podman, docker, nerdctl) share :class:`Engine`;
 one small subclass each fills in the few places where their command lines differ. Every
-method returns an argv list for :func:`site_configs.runner.run_command`, and every
+method returns an argv list for :func:`core.runner.run_command`, and every
 parser is a pure function on the engine's JSON output, so both are tested without the
 engine installed.
 
@@ -32,7 +32,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
-from site_configs.errors import ConfigError, ImgsaveError
+from core.errors import ConfigError, ImgsaveError
 from site_configs.schema import EngineKind, EngineSection
 
 TEMP_REPOSITORY = "localhost/imgsave-tmp"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from builder_jobs.events import FailureKind
-from site_configs.errors import CommandFailed, ImgsaveError
+from core.errors import CommandFailed, ImgsaveError
 
 
 class SaveFailed(ImgsaveError):

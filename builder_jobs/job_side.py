@@ -44,8 +44,8 @@ from builder_jobs.events import (
 )
 from builder_jobs.script import JOB_ID_VARIABLE
 from builder_jobs.spec import EVENTS_FILE, RESULT_FILE, SaveSpec
-from site_configs.errors import CommandFailed, ImgsaveError
-from site_configs.runner import run_streaming
+from core.errors import CommandFailed, ImgsaveError
+from core.runner import run_streaming
 from site_configs.schema import SiteConfig, load_site_config
 
 log = logging.getLogger("builder_jobs.job_side")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from builder_jobs.events import FailureKind
 from builder_jobs.failures import SaveFailed
-from site_configs.errors import CommandFailed
+from core.errors import CommandFailed
 
 _FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 # podman/Go, tar, mksquashfs and Python all say one of these (strerror of ENOSPC/EDQUOT)

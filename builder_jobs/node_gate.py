@@ -56,8 +56,8 @@ from builder_jobs.node_guard import (
 from builder_jobs.node_save import report_exit, save
 from builder_jobs.run import SaveRun
 from builder_jobs.spec import SaveSpec
-from site_configs.errors import ImgsaveError
-from site_configs.runner import run_command
+from core.errors import ImgsaveError
+from core.runner import run_command
 from site_configs.schema import ImageFormat, SiteConfig, load_site_config
 
 log = logging.getLogger("builder_jobs.node_gate")

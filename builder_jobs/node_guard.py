@@ -30,9 +30,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from core.errors import CommandFailed
+from core.runner import DEFAULT_TIMEOUT_SECONDS, CommandResult, Runner, run_command
 from registry.catalog import CACHE_TAG_PREFIX
-from site_configs.errors import CommandFailed
-from site_configs.runner import DEFAULT_TIMEOUT_SECONDS, CommandResult, Runner, run_command
 
 log = logging.getLogger("builder_jobs.node_guard")
 
@@ -169,10 +169,10 @@ def drop_helper_tags(guard: JobGuard, config_path: str | Path) -> list[str]:
     are touched; a tag already gone is fine. Returns what was done; never raises."""
     if not guard.drop_tags:
         return []
+    from core.errors import ImgsaveError, NotFound
     from registry.auth import load_credentials  # the epilog imports these only when needed
     from registry.oci import RegistryClient
     from registry.refs import parse_reference
-    from site_configs.errors import ImgsaveError, NotFound
     from site_configs.schema import load_site_config
 
     done = []

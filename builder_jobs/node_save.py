@@ -46,10 +46,10 @@ from builder_jobs.oci_save import PushedImage, RegistryTarget
 from builder_jobs.run import SaveRun
 from builder_jobs.spec import EVENTS_FILE, RESULT_FILE, SaveSpec
 from builder_jobs.streaming.save import STREAMING_METHOD, try_streaming
+from core.errors import CommandFailed, ImgsaveError
 from registry.auth import load_credentials
 from registry.oci import RegistryClient
 from registry.refs import ImageRef, target_for_user
-from site_configs.errors import CommandFailed, ImgsaveError
 from site_configs.schema import ImageFormat, load_site_config
 
 log = logging.getLogger("builder_jobs.node_save")

@@ -14,13 +14,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from builder_jobs.annotations import annotate_manifest
+from core.errors import ImgsaveError, NotFound, RegistryError
 from registry.manifests import (
     ManifestInfo,
     parse_manifest,
 )
 from registry.oci import RegistryClient
 from registry.refs import ImageRef
-from site_configs.errors import ImgsaveError, NotFound, RegistryError
 
 log = logging.getLogger(__name__)
 

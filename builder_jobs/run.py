@@ -17,9 +17,9 @@ from builder_jobs.events import EventSink, ProgressEvent, Stage
 from builder_jobs.failures import engine_failure
 from builder_jobs.script import JOB_ID_VARIABLE, NODE_VARIABLE
 from builder_jobs.spec import SaveSpec
+from core.errors import CommandFailed
+from core.runner import Runner, run_command
 from registry.refs import ImageRef
-from site_configs.errors import CommandFailed
-from site_configs.runner import Runner, run_command
 from site_configs.schema import SiteConfig
 
 

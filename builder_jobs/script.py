@@ -21,7 +21,7 @@ from pathlib import Path
 
 import jinja2
 
-from site_configs.errors import InvalidRequest
+from core.errors import InvalidRequest
 
 TEMPLATE_DIR = Path(__file__).resolve().parent / "templates"
 SAVE_JOB_TEMPLATE = "save_job.sh.j2"

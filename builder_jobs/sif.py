@@ -30,9 +30,9 @@ from typing import TYPE_CHECKING
 from builder_jobs.events import FailureKind, Stage
 from builder_jobs.failures import SaveFailed, registry_failure
 from builder_jobs.user_files import write_as_user
+from core.errors import ImgsaveError, InvalidRequest
 from registry import oras
 from registry.refs import ImageRef
-from site_configs.errors import ImgsaveError, InvalidRequest
 from site_configs.schema import Compression
 
 log = logging.getLogger(__name__)

@@ -11,7 +11,7 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from site_configs.errors import InvalidRequest
+from core.errors import InvalidRequest
 from site_configs.schema import ImageFormat
 
 SPEC_FILE = "spec.json"

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from builder_jobs.events import FailureKind
 from builder_jobs.failures import SaveFailed
-from site_configs.errors import ConfigError
+from core.errors import ConfigError
 from site_configs.schema import expand_user_path
 
 DIRECTORY_MODE = 0o700

@@ -27,9 +27,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from core.errors import CommandFailed, ConfigError, PermissionDenied
+from core.runner import Runner, run_command
 from registry.refs import host_of
-from site_configs.errors import CommandFailed, ConfigError, PermissionDenied
-from site_configs.runner import Runner, run_command
 from site_configs.schema import RegistryAuth, RegistrySection
 
 log = logging.getLogger(__name__)

@@ -10,9 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
+from core.errors import NotFound
 from registry.oras import SIF_CONFIG_MEDIA_TYPE
 from registry.refs import ImageRef, host_of, target_for_user, user_namespace
-from site_configs.errors import NotFound
 from site_configs.schema import RegistrySection
 
 if TYPE_CHECKING:

@@ -17,6 +17,15 @@ from __future__ import annotations
 
 import logging
 
+from core.errors import (
+    ConfigError,
+    ImgsaveError,
+    InvalidRequest,
+    NotFound,
+    PermissionDenied,
+    RegistryError,
+)
+from core.runner import Runner, run_command
 from registry.auth import Credentials, load_credentials
 from registry.harbor_http import (
     HarborApi,
@@ -42,18 +51,11 @@ from registry.harbor_models import (
 from registry.oci import RegistryClient
 from registry.refs import check_reference, check_repository, host_of, target_for_user
 from registry.refs import user_namespace as namespace_for
-from site_configs.errors import (
-    ConfigError,
-    ImgsaveError,
-    InvalidRequest,
-    NotFound,
-    PermissionDenied,
-    RegistryError,
-)
-from site_configs.runner import Runner, run_command
-from site_configs.schema import RegistryKind, RegistrySection
+from site_configs.schema import RegistrySection
 
 log = logging.getLogger(__name__)
+
+KIND = "harbor"  # registry.kind of a Harbor site (its entry in registry.kinds.KINDS)
 
 ARTIFACT_PARAMS = {"with_tag": "true", "with_label": "false", "with_scan_overview": "false"}
 
@@ -88,9 +90,9 @@ class HarborClient:
         runner: Runner = run_command,
     ) -> HarborClient:
         """The site's Harbor; credentials from the section (0600 file or helper) if not given."""
-        if section.kind != RegistryKind.HARBOR:
+        if section.kind != KIND:
             raise ConfigError(
-                f"registry.kind is {section.kind.value!r}, but the Harbor client needs 'harbor'"
+                f"registry.kind is {section.kind!r}, but the Harbor client needs {KIND!r}"
             )
         if credentials is None:
             credentials = load_credentials(section, runner=runner)

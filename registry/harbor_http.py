@@ -20,9 +20,9 @@ from urllib.parse import quote, urljoin, urlsplit
 
 import requests
 
+from core.errors import ImgsaveError, NotFound, PermissionDenied, RegistryError
 from registry.oci import RegistryClient
 from registry.transport import error_message
-from site_configs.errors import ImgsaveError, NotFound, PermissionDenied, RegistryError
 
 log = logging.getLogger(__name__)
 

@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from core.errors import RegistryError
 from registry.manifests import CREATED_ANNOTATION
 from registry.oras import SIF_CONFIG_MEDIA_TYPE
-from site_configs.errors import RegistryError
 
 UNLIMITED = -1  # Harbor's quota value for "no limit" (pkg/quota/types.UNLIMITED)
 STORAGE = "storage"  # the quota resource imgsave checks (bytes)

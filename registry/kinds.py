@@ -14,13 +14,15 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from functools import cached_property
+from typing import ClassVar
 
+from core.errors import ConfigError
 from registry.auth import load_credentials
 from registry.catalog import Catalog, HarborCatalog, ImageCatalog
+from registry.harbor import KIND as HARBOR_KIND
 from registry.harbor import HarborClient
 from registry.oci import RegistryClient
-from site_configs.errors import ConfigError
-from site_configs.schema import RegistryKind, RegistrySection
+from site_configs.schema import RegistrySection
 
 # Before a save is submitted, its space must have room for at least its new content.
 # The size of the commit is known only on the node, so the pre-check refuses a project
@@ -42,6 +44,8 @@ def registry_client(section: RegistrySection) -> RegistryClient:
 
 class SiteRegistry(ABC):
     """The site's registry as the service uses it: client, catalog and quota check."""
+
+    name: ClassVar[str]  # its kind in the site config (registry.kind)
 
     def __init__(self, section: RegistrySection, client: RegistryClient) -> None:
         self.section = section
@@ -65,6 +69,8 @@ class SiteRegistry(ABC):
 class OciRegistry(SiteRegistry):
     """Any OCI distribution registry: images read through the distribution API, no quota."""
 
+    name = "oci"
+
     @cached_property
     def images(self) -> Catalog:
         return ImageCatalog(self.section, self.client)
@@ -75,6 +81,8 @@ class OciRegistry(SiteRegistry):
 
 class HarborRegistry(SiteRegistry):
     """Harbor: images and the storage quota of the user's project, from Harbor's API."""
+
+    name = HARBOR_KIND
 
     @cached_property
     def harbor(self) -> HarborClient:
@@ -88,19 +96,21 @@ class HarborRegistry(SiteRegistry):
         self.harbor.check_quota(user, expected_bytes)
 
 
-KINDS: Mapping[RegistryKind, type[SiteRegistry]] = {
-    RegistryKind.OCI: OciRegistry,
-    RegistryKind.HARBOR: HarborRegistry,
+# registry.kind in the site config -> its kind
+KINDS: Mapping[str, type[SiteRegistry]] = {
+    OciRegistry.name: OciRegistry,
+    HarborRegistry.name: HarborRegistry,
 }
-REGISTRY_KIND_NAMES = tuple(sorted(str(kind) for kind in KINDS))
+REGISTRY_KIND_NAMES = tuple(sorted(KINDS))
 
 
 def open_registry(section: RegistrySection) -> SiteRegistry:
-    """The site's registry, for the kind ``section.kind`` names (``oci`` or ``harbor``)."""
+    """The site's registry, for the kind ``section.kind`` names (one of
+    :data:`REGISTRY_KIND_NAMES`)."""
     kind = KINDS.get(section.kind)
     if kind is None:
         raise ConfigError(
-            f"unknown registry kind {str(section.kind)!r} in the site config; valid: "
+            f"unknown registry kind {section.kind!r} in the site config; valid: "
             f"{', '.join(REGISTRY_KIND_NAMES)}"
         )
     return kind(section, registry_client(section))

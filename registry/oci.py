@@ -15,6 +15,7 @@ from dataclasses import replace
 
 import requests
 
+from core.errors import ImgsaveError, InvalidRequest, NotFound, RegistryError
 from registry.auth import Credentials
 from registry.manifests import (
     MANIFEST_ACCEPT,
@@ -29,7 +30,6 @@ from registry.retry import RetryPolicy
 from registry.tokens import CATALOG_SCOPE, repository_scope
 from registry.transport import RegistryTransport
 from registry.upload import BlobUpload
-from site_configs.errors import ImgsaveError, InvalidRequest, NotFound, RegistryError
 from site_configs.schema import RegistrySection
 
 PAGE_SIZE = 1000

@@ -19,9 +19,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from core.errors import InvalidRequest
 from registry.manifests import OCI_MANIFEST, sha256_digest
 from registry.refs import ImageRef
-from site_configs.errors import InvalidRequest
 
 if TYPE_CHECKING:
     from registry.oci import RegistryClient

@@ -15,8 +15,8 @@ from collections import defaultdict
 from collections.abc import Iterable
 from typing import Protocol
 
+from core.errors import InvalidRequest
 from registry.refs import ImageRef, host_of, parse_reference
-from site_configs.errors import InvalidRequest
 
 log = logging.getLogger(__name__)
 

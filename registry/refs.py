@@ -23,7 +23,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from site_configs.errors import ConfigError, InvalidRequest, PermissionDenied
+from core.errors import ConfigError, InvalidRequest, PermissionDenied
 
 # Every pattern is ASCII-only and used with fullmatch: Python's \w is Unicode and "$"
 # matches before a trailing newline, both of which a registry would refuse.

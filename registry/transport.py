@@ -22,10 +22,10 @@ from urllib.parse import urljoin, urlsplit
 
 import requests
 
+from core.errors import ConfigError, NotFound, PermissionDenied, RegistryError
 from registry.auth import Credentials
 from registry.retry import RETRIED_METHODS, RetryPolicy, short_reason
 from registry.tokens import Challenge, TokenCache, parse_challenge
-from site_configs.errors import ConfigError, NotFound, PermissionDenied, RegistryError
 
 log = logging.getLogger(__name__)
 

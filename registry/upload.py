@@ -25,9 +25,9 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import requests
 
+from core.errors import ImgsaveError, RegistryError
 from registry.tokens import repository_scope
 from registry.transport import RegistryTransport, error_message
-from site_configs.errors import ImgsaveError, RegistryError
 
 log = logging.getLogger(__name__)
 

@@ -10,11 +10,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
+from core.errors import ConfigError
+from core.runner import Runner, run_command
 from scheduler_glue.base import Scheduler
 from scheduler_glue.pbs.backend import PbsScheduler
 from scheduler_glue.slurm.backend import SlurmScheduler
-from site_configs.errors import ConfigError
-from site_configs.runner import Runner, run_command
 
 if TYPE_CHECKING:
     from site_configs.schema import SchedulerSection
@@ -29,11 +29,10 @@ SCHEDULER_NAMES = tuple(sorted(BACKENDS))
 
 def make_scheduler(section: SchedulerSection, runner: Runner = run_command) -> Scheduler:
     """The scheduler backend named by ``section.kind`` (one of :data:`SCHEDULER_NAMES`)."""
-    kind = str(section.kind)
-    backend = BACKENDS.get(kind)
+    backend = BACKENDS.get(section.kind)
     if backend is None:
         raise ConfigError(
-            f"unknown scheduler kind {kind!r} in the site config; valid: "
+            f"unknown scheduler kind {section.kind!r} in the site config; valid: "
             f"{', '.join(SCHEDULER_NAMES)}"
         )
     return backend.from_section(section, runner)

@@ -2,7 +2,7 @@
 
 The base knows nothing about images: a :class:`BatchJob` is a script, a node, a name,
 metadata and limits. :class:`Scheduler` does the work every backend shares (psij-python's
-split): it runs each command through the one :class:`~site_configs.runner.Runner`, turns
+split): it runs each command through the one :class:`~core.runner.Runner`, turns
 a command that cannot run or exits non-zero into a :class:`SchedulerError` carrying the
 scheduler's own words and whether a retry may help, checks job ids against the backend's
 grammar, refuses root, and applies the unknown-state rule once: an id the scheduler does
@@ -27,15 +27,15 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, Self
 
-from scheduler_glue.states import JobState
-from site_configs.errors import (
+from core.errors import (
     CommandFailed,
     InvalidRequest,
     NotFound,
     PermissionDenied,
     SchedulerError,
 )
-from site_configs.runner import DEFAULT_TIMEOUT_SECONDS, CommandResult, Runner, run_command
+from core.runner import DEFAULT_TIMEOUT_SECONDS, CommandResult, Runner, run_command
+from scheduler_glue.states import JobState
 
 if TYPE_CHECKING:
     from site_configs.schema import SchedulerSection

@@ -77,7 +77,7 @@ install_users() {
 }
 
 source_stamp() {  # a hash of everything the runtime is built from
-    (cd "$HERE/.." && find api builder_jobs registry scheduler_glue site_configs pyproject.toml \
+    (cd "$HERE/.." && find api builder_jobs core registry scheduler_glue site_configs pyproject.toml \
         -type f ! -name '*.pyc' -print0 | sort -z | xargs -0 sha256sum) | sha256sum | cut -c1-64
 }
 
@@ -96,7 +96,7 @@ install_runtime() {  # /opt/imgsave/venv: what users, the service and the node e
         say "installing imgsave into $RUNTIME/venv"
         local build
         build=$(mktemp -d)
-        (cd "$HERE/.." && tar -c --exclude=__pycache__ api builder_jobs registry \
+        (cd "$HERE/.." && tar -c --exclude=__pycache__ api builder_jobs core registry \
             scheduler_glue site_configs pyproject.toml README.md) | tar -x -C "$build"
         if ! { "$RUNTIME/venv/bin/pip" install -q "$build" &&
                "$RUNTIME/venv/bin/pip" install -q --no-deps --force-reinstall "$build"; } \

@@ -10,35 +10,26 @@ import enum
 import ipaddress
 import os
 import pwd
+import re
 import tomllib
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from site_configs.errors import ConfigError
+from core.errors import ConfigError
 
 CONFIG_ENV = "IMGSAVE_SITE_CONFIG"
 PACKAGE_DIR = Path(__file__).resolve().parent
 DEFAULT_CONFIG = PACKAGE_DIR / "local.toml"
 
 
-class SchedulerKind(enum.StrEnum):
-    SLURM = "slurm"
-    PBS = "pbs"
-
-
 class EngineKind(enum.StrEnum):
     PODMAN = "podman"
     DOCKER = "docker"
     NERDCTL = "nerdctl"
-
-
-class RegistryKind(enum.StrEnum):
-    OCI = "oci"
-    HARBOR = "harbor"
 
 
 class RegistryAuth(enum.StrEnum):
@@ -70,8 +61,21 @@ class _Section(BaseModel):
 NonEmpty = Annotated[str, Field(min_length=1)]
 
 
+def _lower_case_name(value: str) -> str:
+    if not re.fullmatch(r"[a-z][a-z0-9_-]*", value):
+        raise ValueError(f"{value!r} is not a lower-case name (e.g. 'slurm')")
+    return value
+
+
+# A backend's name: scheduler.kind and registry.kind. The schema knows no backend; the
+# table that owns the kinds (scheduler_glue.BACKENDS, registry.kinds.KINDS) refuses an
+# unknown one, listing the valid names, when the config is used. So a new backend is
+# its own folder or module plus one table entry, and nothing here changes.
+KindName = Annotated[str, AfterValidator(_lower_case_name)]
+
+
 class SchedulerSection(_Section):
-    kind: SchedulerKind
+    kind: KindName  # a name in scheduler_glue.BACKENDS
     partition: NonEmpty = Field(description="Slurm partition or PBS queue for save jobs")
     qos: str = ""
     account: str = ""
@@ -111,7 +115,7 @@ class EngineSection(_Section):
 
 
 class RegistrySection(_Section):
-    kind: RegistryKind = RegistryKind.OCI
+    kind: KindName = "oci"  # a name in registry.kinds.KINDS
     url: NonEmpty = Field(description="https://harbor.example.org or http://127.0.0.1:5000")
     auth: RegistryAuth = RegistryAuth.ANONYMOUS
     credentials_file: str = Field("", description="docker config.json style, mode 0600")

@@ -28,11 +28,11 @@ from werkzeug.test import TestResponse
 from api.service.saves import SaveService
 from api.web.auth import issue_token
 from api.web.state import state
+from core.errors import NotFound
 from registry.catalog import ImageCatalog
 from registry.manifests import ManifestInfo
 from scheduler_glue.base import BatchJob, JobRecord, Scheduler
 from scheduler_glue.states import JobState
-from site_configs.errors import NotFound
 from site_configs.schema import SiteConfig, load_site_config
 
 PROXY = "10.9.8.7"

@@ -16,7 +16,7 @@ import requests
 
 from api.service.progress import SaveStatus
 from api.service.site import Site
-from site_configs.errors import NotFound
+from core.errors import NotFound
 from site_configs.schema import get_site_config
 
 TOP = Path(__file__).resolve().parents[1]

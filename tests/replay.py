@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
+from core.errors import CommandFailed
+from core.runner import DEFAULT_TIMEOUT_SECONDS, CommandResult
 from scheduler_glue.base import Scheduler
-from site_configs.errors import CommandFailed
-from site_configs.runner import DEFAULT_TIMEOUT_SECONDS, CommandResult
 
 FIXTURES = Path(__file__).parent / "fixtures"
 _CAPTURE = re.compile(
@@ -77,7 +77,7 @@ class UnexpectedCommand(AssertionError):
 
 
 class ReplayRunner:
-    """A fake :class:`~site_configs.runner.Runner`: PBS Pro cannot be installed here;
+    """A fake :class:`~core.runner.Runner`: PBS Pro cannot be installed here;
     this replays real captures, in order, for exactly the scripted argv."""
 
     def __init__(self, steps: Iterable[Step]) -> None:

@@ -13,7 +13,7 @@ from flask.testing import FlaskClient
 from requests.adapters import BaseAdapter
 
 from api.cli.remote import ApiClient, RemoteImages, image_path
-from site_configs.errors import InvalidRequest
+from core.errors import InvalidRequest
 from tests.api_support import MemorySite, bearer, make_token
 
 pytest_plugins = ["tests.api_fixtures"]

@@ -10,8 +10,8 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from api.web.state import state
+from core.errors import SchedulerError
 from scheduler_glue.states import JobState
-from site_configs.errors import SchedulerError
 from tests.api_support import MemorySite, bearer, make_token, save_body
 
 pytest_plugins = ["tests.api_fixtures"]

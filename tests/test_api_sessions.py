@@ -19,10 +19,10 @@ from api.service.sessions import (
     parse_podman_ps,
 )
 from api.web.app import create_app
+from core.errors import CommandFailed, ConfigError
+from core.runner import CommandResult
 from scheduler_glue.base import JobRecord
 from scheduler_glue.states import JobState
-from site_configs.errors import CommandFailed, ConfigError
-from site_configs.runner import CommandResult
 from tests.api_support import MemorySite, any_account, bearer, make_token, site_config
 
 pytest_plugins = ["tests.api_fixtures"]

@@ -24,7 +24,7 @@ from builder_jobs.engines import (
     parse_repo_digest,
     temporary_image,
 )
-from site_configs.errors import ConfigError
+from core.errors import ConfigError
 from site_configs.schema import EngineKind, EngineSection
 
 GOLDEN = Path(__file__).parent / "golden"

@@ -9,6 +9,7 @@ import pytest
 
 from builder_jobs.annotations import SaveProvenance, annotate_manifest
 from builder_jobs.oci_save import RegistryTarget, fetch_manifest
+from core.errors import RegistryError
 from registry.manifests import (
     DOCKER_MANIFEST,
     OCI_CONFIG,
@@ -19,7 +20,6 @@ from registry.manifests import (
 )
 from registry.oci import RegistryClient
 from registry.refs import ImageRef
-from site_configs.errors import RegistryError
 from tests.registry_server import RunningRegistry
 
 pytest_plugins = ["tests.test_builder_fixtures"]

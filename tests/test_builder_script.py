@@ -12,7 +12,7 @@ import jinja2
 import pytest
 
 from builder_jobs.script import SAVE_JOB_TEMPLATE, make_environment, render_job_script
-from site_configs.errors import InvalidRequest
+from core.errors import InvalidRequest
 
 GOLDEN = Path(__file__).parent / "golden" / "save_job_nasty.sh"
 NASTY_DIR = '/spool/it\'s a "dir" $(touch /tmp/imgsave-pwned) `id` ;&|*'

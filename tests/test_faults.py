@@ -435,8 +435,8 @@ def test_a_pause_whose_command_failed_stays_on_record() -> None:
     keeps the unpause on record, which the entry runs as the save ends (and the epilog,
     should the entry die first)."""
     from builder_jobs.node_guard import GuardedRunner
-    from site_configs.errors import CommandFailed
-    from site_configs.runner import run_command
+    from core.errors import CommandFailed
+    from core.runner import run_command
 
     with session_container("n1", "alice") as name:
         cid = container_id("n1", name)

@@ -15,10 +15,10 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
+from core.errors import ConfigError, NotFound, PermissionDenied, RegistryError
 from registry.auth import Credentials
 from registry.harbor import HarborClient
 from registry.oras import SIF_CONFIG_MEDIA_TYPE
-from site_configs.errors import ConfigError, NotFound, PermissionDenied, RegistryError
 from site_configs.schema import RegistrySection
 from tests.harbor_server import (
     FakeArtifact,

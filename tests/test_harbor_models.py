@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from core.errors import NotFound, RegistryError
 from registry.harbor_http import next_link, repository_path
 from registry.harbor_models import (
     HarborArtifact,
@@ -17,7 +18,6 @@ from registry.harbor_models import (
     parse_robot_name,
 )
 from registry.oras import SIF_CONFIG_MEDIA_TYPE
-from site_configs.errors import NotFound, RegistryError
 
 DIGEST = "sha256:" + "a" * 64
 

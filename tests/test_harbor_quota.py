@@ -11,9 +11,9 @@ from collections.abc import Iterator
 
 import pytest
 
+from core.errors import ImgsaveError, InvalidRequest, PermissionDenied
 from registry.auth import Credentials
 from registry.harbor import HarborClient, QuotaExceeded
-from site_configs.errors import ImgsaveError, InvalidRequest, PermissionDenied
 from site_configs.schema import RegistrySection
 from tests.harbor_server import (
     FakeArtifact,

@@ -14,7 +14,7 @@ from builder_jobs.node_guard import (
     is_helper_reference,
     record_path,
 )
-from site_configs.runner import CommandResult
+from core.runner import CommandResult
 
 TOP = Path(__file__).resolve().parents[1]
 PODMAN = ["podman", "--runtime", "runc"]

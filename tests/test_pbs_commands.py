@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from core.errors import InvalidRequest
 from scheduler_glue.base import BatchJob
 from scheduler_glue.metadata import encode_metadata
 from scheduler_glue.pbs.commands import (
@@ -20,7 +21,6 @@ from scheduler_glue.pbs.commands import (
     walltime,
 )
 from scheduler_glue.pbs.metadata_file import read_metadata_file, write_metadata_file
-from site_configs.errors import InvalidRequest
 
 
 def _job(**overrides: object) -> BatchJob:

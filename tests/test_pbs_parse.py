@@ -12,6 +12,7 @@ from pathlib import PurePosixPath
 
 import pytest
 
+from core.errors import SchedulerError
 from scheduler_glue.base import JobRecord
 from scheduler_glue.pbs.parse import (
     _EXEC_CODES,
@@ -29,7 +30,6 @@ from scheduler_glue.pbs.parse import (
     script_from_submit_arguments,
 )
 from scheduler_glue.states import JobState
-from site_configs.errors import SchedulerError
 from tests.replay import pbs_capture
 
 

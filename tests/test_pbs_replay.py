@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from site_configs.errors import CommandFailed
+from core.errors import CommandFailed
 from tests.replay import ReplayRunner, Step, UnexpectedCommand, load_capture, pbs_capture
 
 

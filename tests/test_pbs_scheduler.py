@@ -16,12 +16,12 @@ from pathlib import Path
 
 import pytest
 
+from core.errors import InvalidRequest, NotFound, PermissionDenied, SchedulerError
 from scheduler_glue.base import BatchJob
 from scheduler_glue.metadata import encode_metadata
 from scheduler_glue.pbs.backend import PbsScheduler
 from scheduler_glue.pbs.commands import qsub_argv
 from scheduler_glue.states import JobState
-from site_configs.errors import InvalidRequest, NotFound, PermissionDenied, SchedulerError
 from tests.replay import Capture, ReplayRunner, Step, as_ordinary_user, pbs_capture
 
 NOW = datetime(2026, 11, 23, 13, 30, tzinfo=UTC)

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
+from core.errors import ConfigError, PermissionDenied
 from registry.auth import (
     Credentials,
     credentials_from_file,
     credentials_from_helper,
     load_credentials,
 )
-from site_configs.errors import ConfigError, PermissionDenied
 from site_configs.schema import RegistrySection
 
 HOST = "127.0.0.1:5000"

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from core.errors import InvalidRequest, NotFound, RegistryError
 from registry.manifests import (
     CREATED_ANNOTATION,
     DOCKER_MANIFEST,
@@ -22,7 +23,6 @@ from registry.manifests import (
     sha256_digest,
 )
 from registry.oci import RegistryClient
-from site_configs.errors import InvalidRequest, NotFound, RegistryError
 from site_configs.schema import RegistrySection
 from tests.registry_server import REGISTRY_BINARY, RunningRegistry, free_port, running_registry
 

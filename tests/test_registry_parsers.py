@@ -7,6 +7,7 @@ import json
 import pytest
 import requests
 
+from core.errors import RegistryError
 from registry.manifests import (
     DOCKER_MANIFEST_LIST,
     OCI_MANIFEST,
@@ -17,7 +18,6 @@ from registry.manifests import (
 )
 from registry.tokens import Challenge, TokenCache, parse_challenge, repository_scope
 from registry.transport import error_message
-from site_configs.errors import RegistryError
 
 D = sha256_digest(b"x")
 

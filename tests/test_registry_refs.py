@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from core.errors import ConfigError, InvalidRequest, PermissionDenied
 from registry.refs import (
     ImageRef,
     check_digest,
@@ -16,7 +17,6 @@ from registry.refs import (
     target_for_user,
     user_namespace,
 )
-from site_configs.errors import ConfigError, InvalidRequest, PermissionDenied
 
 SITE = "harbor.example.org"
 D256 = "sha256:" + "a" * 64

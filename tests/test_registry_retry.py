@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from core.errors import RegistryError
 from registry.oci import RegistryClient
 from registry.retry import RetryPolicy
-from site_configs.errors import RegistryError
 from site_configs.schema import RegistrySection
 
 

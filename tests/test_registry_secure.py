@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from core.errors import ConfigError, PermissionDenied, RegistryError
 from registry.auth import Credentials, load_credentials
 from registry.manifests import sha256_digest
 from registry.oci import RegistryClient
-from site_configs.errors import ConfigError, PermissionDenied, RegistryError
 from site_configs.schema import RegistrySection
 from tests.registry_server import (
     REGISTRY_BINARY,

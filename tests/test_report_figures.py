@@ -15,9 +15,9 @@ from api.reports.usage_records import Outcome, classify
 from api.reports.usage_report import Period, UsageRow, _p95, aggregate, parse_groupings, parse_when
 from bench.report_scale import FakeSacct, bench_site, generate, write_spool
 from builder_jobs.events import FailureKind, SaveResult
+from core.errors import InvalidRequest
 from registry.presence import image_presence
 from scheduler_glue.states import JobState
-from site_configs.errors import InvalidRequest
 
 FAILED = SaveResult(ok=False, failure=FailureKind.REGISTRY)
 INTERNAL = SaveResult(ok=False, failure=FailureKind.INTERNAL)
@@ -199,7 +199,7 @@ def test_usage_row_dict_has_every_reason() -> None:
 def test_a_report_spans_at_most_ten_years() -> None:
     """A first report syncs accounting month by month: a since in 1990 is refused."""
     from api.reports.usage_report import Period
-    from site_configs.errors import InvalidRequest
+    from core.errors import InvalidRequest
 
     with pytest.raises(InvalidRequest, match="at most 10 years"):
         Period.parse("1990-01-01", "2026-01-01")

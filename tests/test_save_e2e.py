@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from builder_jobs.events import Stage
+from core.errors import InvalidRequest, NotFound, PermissionDenied
 from scheduler_glue.states import JobState
-from site_configs.errors import InvalidRequest, NotFound, PermissionDenied
 from tests.cluster_helpers import (
     IMGSAVE,
     REGISTRY,

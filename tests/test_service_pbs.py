@@ -22,9 +22,9 @@ from api.service.save_request import SaveRequest
 from api.service.saves import SaveService
 from builder_jobs.events import FailureKind, SaveResult, Stage, write_result
 from builder_jobs.spec import RESULT_FILE
+from core.errors import InvalidRequest, NotFound
 from scheduler_glue.pbs.backend import PbsScheduler
 from scheduler_glue.states import JobState
-from site_configs.errors import InvalidRequest, NotFound
 from site_configs.schema import SiteConfig, load_site_config
 from tests.replay import ReplayRunner, Step, as_ordinary_user, pbs_capture
 

@@ -19,11 +19,11 @@ from typing import TypeVar
 
 import pytest
 
+from core.errors import CommandFailed, NotFound, SchedulerError
+from core.runner import DEFAULT_TIMEOUT_SECONDS, CommandResult, run_command
 from scheduler_glue.base import BatchJob, JobRecord
 from scheduler_glue.slurm.backend import SlurmScheduler
 from scheduler_glue.states import JobState
-from site_configs.errors import CommandFailed, NotFound, SchedulerError
-from site_configs.runner import DEFAULT_TIMEOUT_SECONDS, CommandResult, run_command
 from tests.cluster_helpers import require_cluster
 
 pytestmark = pytest.mark.cluster

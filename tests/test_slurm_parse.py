@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from core.errors import SchedulerError
 from scheduler_glue.base import BatchJob, JobRecord
 from scheduler_glue.slurm.commands import (
     sacct_list_argv,
@@ -44,7 +45,6 @@ from scheduler_glue.slurm.parse import (
     slurm_version,
 )
 from scheduler_glue.states import JobState
-from site_configs.errors import SchedulerError
 from tests.replay import FIXTURES, Capture, load_capture
 
 SLURM = FIXTURES / "slurm"

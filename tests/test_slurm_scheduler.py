@@ -18,6 +18,13 @@ from pathlib import Path
 
 import pytest
 
+from core.errors import (
+    ConfigError,
+    InvalidRequest,
+    NotFound,
+    PermissionDenied,
+    SchedulerError,
+)
 from scheduler_glue import SCHEDULER_NAMES, make_scheduler
 from scheduler_glue.base import BatchJob
 from scheduler_glue.slurm import backend as slurm_module
@@ -32,14 +39,7 @@ from scheduler_glue.slurm.commands import (
     squeue_status_argv,
 )
 from scheduler_glue.states import JobState
-from site_configs.errors import (
-    ConfigError,
-    InvalidRequest,
-    NotFound,
-    PermissionDenied,
-    SchedulerError,
-)
-from site_configs.schema import SchedulerKind, SchedulerSection
+from site_configs.schema import SchedulerSection
 from tests.replay import FIXTURES, Capture, ReplayRunner, Step, as_ordinary_user, load_capture
 
 SINCE = datetime(2026, 11, 26, 3, 15, tzinfo=UTC)
@@ -387,7 +387,7 @@ def test_node_of_a_multi_node_job_is_its_first_node() -> None:
 
 def test_make_scheduler_by_name() -> None:
     section = SchedulerSection(
-        kind=SchedulerKind.SLURM,
+        kind="slurm",
         partition="imgsave",
         command_timeout_seconds=12,
         extra_submit_args=["--export=NONE"],
@@ -395,7 +395,7 @@ def test_make_scheduler_by_name() -> None:
     slurm = make_scheduler(section)
     assert isinstance(slurm, SlurmScheduler)
     assert slurm.timeout == 12 and slurm.extra_submit_args == ("--export=NONE",)
-    pbs = make_scheduler(section.model_copy(update={"kind": SchedulerKind.PBS}))
+    pbs = make_scheduler(section.model_copy(update={"kind": "pbs"}))
     assert pbs.name != "slurm" and type(pbs).__name__ == "PbsScheduler"
     assert SCHEDULER_NAMES == ("pbs", "slurm")
 

@@ -28,11 +28,11 @@ import pytest
 from builder_jobs.engines import Podman
 from builder_jobs.events import ProgressEvent, Stage
 from builder_jobs.streaming.commit import ImageTooLarge, StreamResult, stream_commit
+from core.errors import CommandFailed, RegistryError
 from registry.manifests import OCI_LAYER_ZSTD
 from registry.oci import RegistryClient
 from registry.refs import ImageRef
 from registry.retry import RetryPolicy
-from site_configs.errors import CommandFailed, RegistryError
 from tests.cutting_proxy import CuttingProxy, cutting_proxy
 from tests.flaky_proxy import FlakyProxy, flaky_proxy
 from tests.registry_server import RunningRegistry

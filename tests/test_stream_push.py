@@ -19,9 +19,9 @@ import zstandard
 from builder_jobs.streaming.codecs import Codec, PigzCodec, ZlibGzipCodec, ZstdCodec, codec_for
 from builder_jobs.streaming.layer_push import _Buffer, push_layer
 from builder_jobs.streaming.overlay_layer import layer_entries, tar_chunks
+from core.errors import ConfigError
 from registry.manifests import OCI_LAYER_GZIP, OCI_LAYER_ZSTD
 from registry.oci import RegistryClient
-from site_configs.errors import ConfigError
 from tests.registry_server import RunningRegistry
 
 pytest_plugins = ["tests.test_builder_fixtures"]

@@ -24,10 +24,10 @@ import zstandard
 
 from builder_jobs.streaming.codecs import ZstdCodec
 from builder_jobs.streaming.layer_push import PushedLayer, push_layer
+from core.errors import RegistryError
 from registry.oci import RegistryClient
 from registry.retry import RetryPolicy
 from registry.upload import UploadLost
-from site_configs.errors import RegistryError
 from tests.flaky_proxy import FlakyProxy, flaky_proxy
 from tests.registry_server import RunningRegistry, running_registry
 

@@ -25,8 +25,8 @@ from api.service.save_request import SaveRequest
 from api.service.site import Site
 from api.tables import human_bytes, render_table
 from builder_jobs.events import Stage
+from core.errors import ImgsaveError
 from scheduler_glue.states import JobState
-from site_configs.errors import ImgsaveError
 from site_configs.schema import CONFIG_ENV, ImageFormat, current_account, get_site_config
 
 F = TypeVar("F", bound=Callable[..., Any])

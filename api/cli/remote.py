@@ -20,15 +20,15 @@ import requests
 
 from api.service.progress import SaveStatus
 from api.service.save_request import SaveRequest, SubmittedSave
-from registry.catalog import ImageInfo
-from registry.refs import parse_reference, split_name_tag
-from site_configs.errors import (
+from core.errors import (
     ConfigError,
     ImgsaveError,
     InvalidRequest,
     NotFound,
     PermissionDenied,
 )
+from registry.catalog import ImageInfo
+from registry.refs import parse_reference, split_name_tag
 
 TOKEN_ENV = "IMGSAVE_TOKEN"
 DEFAULT_TOKEN_FILE = Path("~/.config/imgsave/token")

@@ -29,8 +29,8 @@ from api.reports.usage_report import (
     parse_groupings,
     totals,
 )
+from core.errors import ImgsaveError, InvalidRequest
 from registry.presence import image_presence
-from site_configs.errors import ImgsaveError, InvalidRequest
 from site_configs.schema import current_account
 
 if TYPE_CHECKING:

@@ -22,10 +22,10 @@ from typing import Any
 from api.service.spool import BY_JOB_DIR
 from builder_jobs.events import FailureKind, SaveResult, read_result, read_spool_text
 from builder_jobs.spec import RESULT_FILE, SPEC_FILE, SaveSpec
+from core.errors import ImgsaveError, InvalidRequest
 from scheduler_glue.base import JobRecord
 from scheduler_glue.metadata import requester_of
 from scheduler_glue.states import JobState
-from site_configs.errors import ImgsaveError, InvalidRequest
 
 log = logging.getLogger(__name__)
 

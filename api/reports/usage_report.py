@@ -23,7 +23,7 @@ from sqlalchemy.orm import InstrumentedAttribute
 
 from api.reports.usage_cache import UsageJob
 from api.reports.usage_records import FAILURE_REASONS, Outcome, utc_naive
-from site_configs.errors import InvalidRequest
+from core.errors import InvalidRequest
 
 GROUPINGS = ("user", "account", "day", "week", "month", "node", "format", "category", "outcome")
 TIME_GROUPINGS = ("day", "week", "month")

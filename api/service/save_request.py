@@ -6,8 +6,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from core.errors import InvalidRequest
 from registry.refs import ImageRef, check_unix_name, target_for_user
-from site_configs.errors import InvalidRequest
 from site_configs.schema import ImageFormat, SiteConfig
 
 # Container names as podman, docker and nerdctl accept them.

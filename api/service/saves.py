@@ -37,10 +37,10 @@ from builder_jobs.spec import (
     SaveSpec,
     spool_dir_for,
 )
+from core.errors import InvalidRequest, NotFound, PermissionDenied, SchedulerError
 from registry.refs import ImageRef
 from scheduler_glue.base import BatchJob, Scheduler
 from scheduler_glue.states import JobState
-from site_configs.errors import InvalidRequest, NotFound, PermissionDenied, SchedulerError
 from site_configs.schema import ImageFormat, SiteConfig, current_account
 
 log = logging.getLogger(__name__)

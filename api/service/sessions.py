@@ -25,8 +25,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from site_configs.errors import ConfigError, ImgsaveError
-from site_configs.runner import CommandResult, run_command
+from core.errors import ConfigError, ImgsaveError
+from core.runner import CommandResult, run_command
 from site_configs.schema import EngineSection, SiteConfig
 
 log = logging.getLogger(__name__)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from builder_jobs.events import read_spool_text
 from builder_jobs.spec import SPEC_FILE, SaveSpec
-from site_configs.errors import InvalidRequest, PermissionDenied, SchedulerError
+from core.errors import InvalidRequest, PermissionDenied, SchedulerError
 
 log = logging.getLogger(__name__)
 

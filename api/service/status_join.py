@@ -14,9 +14,9 @@ from pathlib import Path
 from api.service.progress import SaveStatus, build_status
 from api.service.spool import spec_in
 from builder_jobs.spec import SaveSpec, spool_dir_for
+from core.errors import ImgsaveError, NotFound
 from scheduler_glue.base import JobRecord, Scheduler
 from scheduler_glue.metadata import requester_of
-from site_configs.errors import ImgsaveError, NotFound
 from site_configs.schema import SiteConfig
 
 # How far back the scheduler is asked about a job whose spec is not in our own spool.

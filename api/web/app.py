@@ -31,7 +31,7 @@ from api.web import (
 from api.web.auth import unix_account_exists
 from api.web.errors import error_response, status_of
 from api.web.state import EXTENSION, ApiState
-from site_configs.errors import ImgsaveError
+from core.errors import ImgsaveError
 from site_configs.schema import SiteConfig, get_site_config
 
 if TYPE_CHECKING:

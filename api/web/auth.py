@@ -31,8 +31,8 @@ from flask import Request, session
 from sqlalchemy import select, update
 
 from api.db import ApiToken, Database, utcnow
+from core.errors import ImgsaveError, InvalidRequest
 from registry.refs import check_unix_name
-from site_configs.errors import ImgsaveError, InvalidRequest
 from site_configs.schema import ApiSection
 
 log = logging.getLogger(__name__)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from flask import Response, jsonify
 
 from api.web.auth import Unauthorized
-from site_configs.errors import (
+from core.errors import (
     CommandFailed,
     ConfigError,
     ImgsaveError,

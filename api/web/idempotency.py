@@ -17,7 +17,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 
 from api.db import Database, IdempotencyKey, utcnow
-from site_configs.errors import InvalidRequest
+from core.errors import InvalidRequest
 
 HEADER = "Idempotency-Key"
 MAX_KEY_LENGTH = 255

@@ -18,7 +18,7 @@ from api.reports.usage_report import Period, UsageRow, parse_groupings
 from api.tables import human_bytes
 from api.web.errors import status_of
 from api.web.state import state
-from site_configs.errors import ImgsaveError, InvalidRequest
+from core.errors import ImgsaveError, InvalidRequest
 
 # What the form offers; any other valid ``by`` (typed into the URL) is added to the list.
 GROUPINGS = ("user", "month", "week", "day", "node", "category", "format", "outcome",

@@ -11,9 +11,9 @@ from flask import Blueprint, Response, jsonify, request
 
 from api.web.auth import Principal
 from api.web.state import principal, state
+from core.errors import NotFound, PermissionDenied
 from registry.catalog import ImageInfo
 from registry.refs import check_unix_name, split_name_tag
-from site_configs.errors import NotFound, PermissionDenied
 
 bp = Blueprint("images", __name__, url_prefix="/api/v1")
 

@@ -11,8 +11,8 @@ from flask import Blueprint, Response, jsonify, request
 from api.reports.report import build_report
 from api.reports.report_output import png_bytes
 from api.web.state import principal, state
+from core.errors import PermissionDenied
 from registry.refs import check_unix_name
-from site_configs.errors import PermissionDenied
 
 bp = Blueprint("reports", __name__, url_prefix="/api/v1")
 

@@ -15,7 +15,7 @@ from api.service.saves import SaveService
 from api.web import idempotency
 from api.web.errors import ApiError
 from api.web.state import flag, json_body, principal, state
-from site_configs.errors import ImgsaveError, InvalidRequest, NotFound, PermissionDenied
+from core.errors import ImgsaveError, InvalidRequest, NotFound, PermissionDenied
 from site_configs.schema import ImageFormat
 
 bp = Blueprint("saves", __name__, url_prefix="/api/v1")

@@ -14,9 +14,9 @@ from flask import Blueprint, Response, jsonify
 
 from api.service.saves import JOB_NAME_PREFIX
 from api.web.state import flag, principal, state
+from core.errors import ImgsaveError, PermissionDenied
 from scheduler_glue.base import JobRecord
 from scheduler_glue.states import JobState
-from site_configs.errors import ImgsaveError, PermissionDenied
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ import click
 
 from api.db import ApiToken, Database, database_url
 from api.web.auth import issue_token, list_tokens, revoke_tokens
-from site_configs.errors import ImgsaveError
+from core.errors import ImgsaveError
 from site_configs.schema import current_account, get_site_config
 
 

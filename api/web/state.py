@@ -18,7 +18,7 @@ from api.db import Database
 from api.service.sessions import SessionLocator
 from api.web.auth import AccountExists, Principal, authenticate, unix_account_exists
 from api.web.errors import ApiError
-from site_configs.errors import InvalidRequest
+from core.errors import InvalidRequest
 from site_configs.schema import SiteConfig
 
 if TYPE_CHECKING:

@@ -35,11 +35,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from core.errors import ImgsaveError, InvalidRequest, NotFound, RegistryError
 from registry.catalog import CACHE_TAG_PREFIX
 from registry.manifests import Descriptor, ManifestInfo
 from registry.oci import RegistryClient
 from registry.refs import parse_reference
-from site_configs.errors import ImgsaveError, InvalidRequest, NotFound, RegistryError
 
 log = logging.getLogger(__name__)
 

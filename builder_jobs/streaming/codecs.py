@@ -18,8 +18,8 @@ from collections.abc import Generator, Iterable
 from dataclasses import dataclass
 from typing import IO, Protocol
 
+from core.errors import CommandFailed, ConfigError
 from registry.manifests import OCI_LAYER_GZIP, OCI_LAYER_ZSTD
-from site_configs.errors import CommandFailed, ConfigError
 
 PIGZ_READ = 1 << 20
 

@@ -49,11 +49,11 @@ from builder_jobs.streaming.overlay_layer import (
     tar_chunks,
 )
 from builder_jobs.streaming.overlay_storage import OverlayContainer, readable_overlay
+from core.errors import ImgsaveError
+from core.runner import Runner, run_command
 from registry.manifests import OCI_CONFIG, OCI_LAYER_GZIP, OCI_MANIFEST, Descriptor, sha256_digest
 from registry.oci import RegistryClient
 from registry.refs import ImageRef
-from site_configs.errors import ImgsaveError
-from site_configs.runner import Runner, run_command
 
 __all__ = ["ImageTooLarge", "StreamResult", "StreamingUnavailable", "stream_commit"]
 

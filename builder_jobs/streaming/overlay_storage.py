@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from builder_jobs.engines import ContainerEngine
 from builder_jobs.streaming.overlay_layer import StreamingUnavailable
-from site_configs.runner import Runner
+from core.runner import Runner
 
 MOUNTINFO = "/proc/self/mountinfo"
 

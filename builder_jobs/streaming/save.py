@@ -15,7 +15,7 @@ from builder_jobs.failures import SaveFailed, registry_failure
 from builder_jobs.oci_save import PushedImage, RegistryTarget
 from builder_jobs.streaming.commit import ImageTooLarge, stream_commit
 from builder_jobs.streaming.overlay_layer import StreamingUnavailable
-from site_configs.errors import ImgsaveError, RegistryError
+from core.errors import ImgsaveError, RegistryError
 from site_configs.schema import CommitMethod
 
 if TYPE_CHECKING:

@@ -48,6 +48,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Self
 from zoneinfo import ZoneInfo
 
+from core.errors import NotFound, SchedulerError
+from core.runner import DEFAULT_TIMEOUT_SECONDS, Runner, run_command
 from scheduler_glue.base import BatchJob, JobRecord, Scheduler, StatusUnavailable, unknown_record
 from scheduler_glue.pbs.commands import (
     NAME_CHARS,
@@ -78,8 +80,6 @@ from scheduler_glue.pbs.parse import (
     scheduler_message,
     script_from_submit_arguments,
 )
-from site_configs.errors import NotFound, SchedulerError
-from site_configs.runner import DEFAULT_TIMEOUT_SECONDS, Runner, run_command
 
 if TYPE_CHECKING:
     from site_configs.schema import SchedulerSection

@@ -11,8 +11,8 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
+from core.errors import InvalidRequest
 from scheduler_glue.base import BatchJob
-from site_configs.errors import InvalidRequest
 
 MAX_JOB_NAME = 236  # PBS_MAXJOBNAME in OpenPBS pbs_ifl.h
 NAME_CHARS = re.compile(r"[^A-Za-z0-9_+-]")  # OpenPBS ck_job_name.c: alnum, - _ +

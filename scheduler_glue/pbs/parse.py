@@ -26,9 +26,9 @@ from datetime import datetime, tzinfo
 from pathlib import PurePosixPath
 from typing import Any
 
+from core.errors import SchedulerError
 from scheduler_glue.base import JobRecord
 from scheduler_glue.states import JobState
-from site_configs.errors import SchedulerError
 
 log = logging.getLogger(__name__)
 

@@ -16,6 +16,13 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Self
 
+from core.errors import (
+    InvalidRequest,
+    NotFound,
+    PermissionDenied,
+    SchedulerError,
+)
+from core.runner import Runner, run_command
 from scheduler_glue.base import (
     BatchJob,
     CommandRefused,
@@ -46,13 +53,6 @@ from scheduler_glue.slurm.parse import (
     pyslurm_matches,
     slurm_errors,
 )
-from site_configs.errors import (
-    InvalidRequest,
-    NotFound,
-    PermissionDenied,
-    SchedulerError,
-)
-from site_configs.runner import Runner, run_command
 
 if TYPE_CHECKING:
     from site_configs.schema import SchedulerSection

@@ -20,10 +20,10 @@ from datetime import datetime, tzinfo
 
 import hostlist
 
+from core.errors import SchedulerError
 from scheduler_glue.base import JobRecord
 from scheduler_glue.metadata import decode_metadata
 from scheduler_glue.states import JobState
-from site_configs.errors import SchedulerError
 
 log = logging.getLogger(__name__)
 

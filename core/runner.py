@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from site_configs.errors import CommandFailed
+from core.errors import CommandFailed
 
 log = logging.getLogger(__name__)
 
