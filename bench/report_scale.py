@@ -5,7 +5,7 @@
 FAKE scheduler output, on purpose: the local cluster holds hundreds of jobs, not 10^5.
 :class:`FakeSacct` is a runner that answers the exact ``sacct`` argv SlurmScheduler
 builds with generated lines in the real ``--parsable2`` format: every line is a copy of
-a real line (job 4 of ``tests/fixtures/slurm/43_sacct_list_window.stdout``, a save with
+a real line (job 4 of ``tests/captures/slurm/43_sacct_list_window.txt``, a save with
 imgsave metadata) with its id, name, state, times, node, CPU time and comment replaced,
 the comment made by the real metadata encoder. It filters by the ``-S/-E`` window as
 ``sacct -s <states>`` does (jobs active in the window), so the parser, the cache and the
@@ -43,8 +43,9 @@ from core.runner import CommandResult  # noqa: E402
 from scheduler_glue.metadata import encode_metadata  # noqa: E402
 from scheduler_glue.slurm.backend import SlurmScheduler  # noqa: E402
 from site_configs.schema import ImageFormat, SiteConfig, load_site_config  # noqa: E402
+from tests.support.replay import CAPTURES, load_capture  # noqa: E402
 
-FIXTURE = TOP / "tests" / "fixtures" / "slurm" / "43_sacct_list_window.stdout"
+FIXTURE = CAPTURES / "slurm" / "43_sacct_list_window.txt"
 LOCAL_TOML = TOP / "site_configs" / "local.toml"
 COMMAND = ".venv/bin/python bench/report_scale.py --rows 100000 --update-docs"
 
@@ -64,7 +65,7 @@ OUTCOMES = (
 
 def template_line() -> list[str]:
     """The real sacct line of a save the generated lines are copies of."""
-    for line in FIXTURE.read_text().splitlines():
+    for line in load_capture(FIXTURE).stdout.splitlines():
         cols = line.split("|", 13)
         if cols[1].startswith("imgsave-") and "request_id=" in cols[13]:
             return cols

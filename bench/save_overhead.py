@@ -27,7 +27,7 @@ from bench.as_users import site_config, submit_as  # noqa: E402
 from bench.docs_table import replace_section  # noqa: E402
 from builder_jobs.spec import RESULT_FILE, spool_dir_for  # noqa: E402
 from site_configs.schema import load_site_config  # noqa: E402
-from tests.cluster_helpers import (  # noqa: E402
+from tests.support.cluster_helpers import (  # noqa: E402
     REGISTRY,
     node_exec,
     require_cluster,

@@ -24,7 +24,7 @@ from bench.as_users import site_config, submit_as  # noqa: E402
 from bench.docs_table import replace_section  # noqa: E402
 from bench.save_overhead import FILL_SCRIPT, NODE  # noqa: E402
 from site_configs.schema import load_site_config  # noqa: E402
-from tests.cluster_helpers import (  # noqa: E402
+from tests.support.cluster_helpers import (  # noqa: E402
     node_exec,
     require_cluster,
     session_container,

@@ -42,7 +42,7 @@ from builder_jobs.engines import Podman  # noqa: E402
 from builder_jobs.streaming.commit import stream_commit  # noqa: E402
 from registry.oci import RegistryClient  # noqa: E402
 from registry.refs import ImageRef  # noqa: E402
-from tests.registry_server import RunningRegistry, running_registry  # noqa: E402
+from tests.support.registry_server import RunningRegistry, running_registry  # noqa: E402
 
 PODMAN = ["podman", "--runtime", "runc", "--cgroup-manager", "cgroupfs"]
 ULIMITS = ["--ulimit", "nofile=20000:20000", "--ulimit", "nproc=4096:4096"]

@@ -182,7 +182,7 @@ class Scheduler(abc.ABC):
 
     # Whose account a submit runs under; tests that hand the commands to another account
     # (``runuser -u alice --``) say so by setting it. Root is always refused: on PBS
-    # root's jobs are refused or untracked (fixtures/pbs), and a root job is nobody's.
+    # root's jobs are refused or untracked (tests/captures/pbs), and a root job is nobody's.
     submitter_uid: Callable[[], int] = staticmethod(os.geteuid)
 
     def __init__(

@@ -1,7 +1,7 @@
 """Regenerate docs/cli.md from the click commands' own help (run after changing the CLI).
 
     .venv/bin/python scripts/cli_docs.py
-tests/test_cli_docs.py fails when the file is out of date.
+tests/unit/test_cli_docs.py fails when the file is out of date.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ parse every output (:mod:`scheduler_glue.pbs.parse`, :mod:`scheduler_glue.pbs.lo
 the base class (:class:`~scheduler_glue.base.Scheduler`) runs the commands, turns
 failures into typed errors and makes what PBS does not know UNKNOWN.
 
-Commands (OpenPBS 23.06 behaviour, see ``tests/fixtures/pbs``):
+Commands (OpenPBS 23.06 behaviour, see ``tests/captures/pbs``):
 
 - submit: ``pbsnodes -F json NODE`` first, because ``qsub -l select=1:host=NOSUCH`` is
   accepted and the job then waits forever ("Can Never Run"); then
@@ -145,7 +145,7 @@ class PbsScheduler(Scheduler):
         """``qstat -f[x] -F json``: with ``-x`` while the server keeps history. A server
         that says it keeps none (whatever the site config claims; switching history off
         also purges what was kept) is asked again without ``-x``, and from then on the
-        logs stand in for finished jobs (fixtures/pbs 31*)."""
+        logs stand in for finished jobs (tests/captures/pbs 31*)."""
         result = self.run(qstat_argv(job_ids, history=self.server_history))
         if self.server_history and HISTORY_OFF in result.stderr:
             log.warning("PBS keeps no job history (job_history_enable is False on the "

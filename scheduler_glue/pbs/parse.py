@@ -3,7 +3,7 @@
 Nothing here runs a command or touches a file; :mod:`scheduler_glue.pbs.backend` hands
 these to the base class's runner. The log-based fallbacks (``tracejob``, the accounting
 log) are in :mod:`scheduler_glue.pbs.logs`. Every parser is tested on real OpenPBS 23.06
-output (``tests/fixtures/pbs/``).
+output (``tests/captures/pbs/``).
 
 Job states: ``job_state`` letters and the finished-job outcome rules below follow the
 PBS Professional Reference Guide ("Job States", "Job Substates", "Job Exit Status";

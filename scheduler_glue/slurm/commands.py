@@ -5,11 +5,11 @@ Every command is an argv list for the base class's runner; nothing here runs one
 Why ``--parsable2`` and not ``sacct --json`` (measured on the local Slurm 22.05.8
 cluster, 123 jobs in accounting): for 10 ids ~100 ms against ~380 ms, for a whole window
 ~50 ms against ~390 ms; ``--json`` prints ~5.5 KB per job, and its ``exit_code`` says 0
-for a script that exited 3 (``tests/fixtures/slurm/21b_*``). See docs/install-slurm.md.
+for a script that exited 3 (``tests/captures/slurm/21b_*``). See docs/install-slurm.md.
 
 Why no ``-X`` (``--allocations``): with it the job's row reads TotalCPU ``00:00:00``
 whatever the job used, since sacct adds the steps' CPU times up only when it lists the
-steps (``tests/fixtures/slurm/46c_*`` against ``46_*``). The parser folds the step rows
+steps (``tests/captures/slurm/46c_*`` against ``46_*``). The parser folds the step rows
 (``123.batch``, ``123.extern``, ``123.0``) into one record per job.
 """
 

@@ -3,7 +3,7 @@
 Nothing here runs a command; :mod:`scheduler_glue.slurm.commands` builds the argv and
 :mod:`scheduler_glue.slurm.backend` hands both to the base class's runner. Every parser
 is tested on real Slurm 22.05 output captured from the local cluster
-(``tests/fixtures/slurm/``, see its README for the surprises).
+(``tests/captures/slurm/``, see its README for the surprises).
 
 Rows are split with ``str.split`` and a fixed field order, never a regex per row, so a
 ``list_jobs`` over 10^5 accounting rows stays fast. The free-text ``Comment`` is the last
