@@ -5,19 +5,29 @@ What the engine work builds on, checked for real: a user's session container und
 each engine lives on its node only, carries its owner label, and its writable layer
 (containerd's overlayfs snapshot, Docker's overlay2 ``UpperDir``) is a directory the
 node sees and the host does not; podman on the same node and the host's network are
-left as they were. Saving such containers through imgsave is not built yet.
+left as they were. Saving: the docker engine's commit runs for real here (the node-side
+save, run as root inside n1 with a site config naming the docker engine, as an admin
+would; through Slurm every node uses the one site config, which is podman's here);
+imgsave's containerd engine and docker's streaming commit are not built yet.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
+import tempfile
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import requests
 
-from tests.support.cluster_helpers import node_exec, require_cluster, unique
+from builder_jobs.events import FailureKind, SaveResult
+from builder_jobs.spec import RESULT_FILE, SPEC_FILE, SaveSpec
+from site_configs.schema import ImageFormat
+from tests.support.cluster_helpers import REGISTRY, TOP, node_exec, require_cluster, unique
 
 pytestmark = pytest.mark.cluster
 ENGINES = Path(__file__).resolve().parents[2] / "scripts" / "engines.sh"
@@ -114,3 +124,69 @@ def test_the_engines_leave_podman_and_the_hosts_network_alone(engines: list[str]
     assert host_links() == engines  # no docker0 bridge, no veth: --bridge=none
     out = node_exec("n1", "podman", "images", "--format", "{{.Repository}}").stdout
     assert "localhost/imgsave-base" in out.split()
+
+
+PODMAN_COMMAND = 'command = ["podman", "--runtime", "runc", "--cgroup-manager", "cgroupfs"]'
+DOCKER_COMMAND = 'command = ["docker", "-H", "unix:///run/docker/docker.sock"]'
+
+
+@pytest.fixture
+def docker_site() -> Iterator[Path]:
+    """A site config naming the docker engine (the node's socket), and a spool for the
+    node-side save, both where n1 sees them."""
+    work = Path(tempfile.mkdtemp(prefix="imgsave-docker-", dir="/tmp"))
+    text = (TOP / "site_configs" / "local.toml").read_text()
+    assert 'kind = "podman"' in text and PODMAN_COMMAND in text
+    config = work / "site.toml"
+    config.write_text(text.replace('kind = "podman"', 'kind = "docker"', 1)
+                      .replace(PODMAN_COMMAND, DOCKER_COMMAND, 1))
+    try:
+        yield config
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def save_on_n1(config: Path, user: str, container: str, target: str) -> SaveResult:
+    """``python -m builder_jobs.node_save`` as root inside n1 (what the privileged entry
+    runs after its checks), for ``user``'s request."""
+    spec = SaveSpec(request_id=uuid.uuid4().hex, user=user, container=container,
+                    target=f"{REGISTRY}/{user}/{target}", formats=(ImageFormat.OCI,),
+                    category="cpu", node="n1", site_config=str(config),
+                    created="2026-11-30T06:00:00+00:00")
+    directory = config.parent / spec.request_id
+    directory.mkdir()
+    (directory / SPEC_FILE).write_text(spec.to_json())
+    node_exec("n1", "env", "IMGSAVE_NODE=n1", "IMGSAVE_JOB_ID=0",
+              "/opt/imgsave/venv/bin/python", "-I", "-m", "builder_jobs.node_save",
+              str(directory / SPEC_FILE), check=False)
+    return SaveResult.from_json((directory / RESULT_FILE).read_text())
+
+
+def test_a_docker_container_is_saved_for_real_and_runs_on_the_other_node(
+    docker_session: str, docker_site: Path,
+) -> None:
+    """alice's container under dockerd, saved with docker's commit and push: the image
+    holds her new file and not the one she deleted, pulls and runs on n2 under podman,
+    and the container runs on; bob's save of it is refused, nothing pushed."""
+    name = docker_session
+    node_exec("n1", *DOCKER, "exec", name, "sh", "-c",
+              "mkdir -p /opt/work && echo afternoon > /opt/work/notes && rm /etc/imgsave-base")
+    repo = unique("docker-env")
+    result = save_on_n1(docker_site, "alice", name, f"{repo}:v1")
+    assert result.ok and result.commit_method == "engine-commit", result
+    assert result.digest.startswith("sha256:")
+    state = json.loads(node_exec("n1", *DOCKER, "inspect", name).stdout)[0]["State"]
+    assert state["Running"] and not state["Paused"]
+    shown = node_exec("n2", "podman", "run", "--rm", "--network", "none", "--tls-verify=false",
+                      f"{REGISTRY}/alice/{repo}:v1", "sh", "-c",
+                      "cat /opt/work/notes; ls /etc/imgsave-base 2>&1 || true").stdout
+    assert shown.splitlines()[0] == "afternoon" and "No such file" in shown, shown
+    # temporary names gone from docker's store
+    images = node_exec("n1", *DOCKER, "images", "--format", "{{.Repository}}").stdout
+    assert "imgsave-tmp" not in images
+
+    refused = save_on_n1(docker_site, "bob", name, f"{repo}:stolen")
+    assert not refused.ok and refused.failure is FailureKind.NOT_OWNER, refused
+    assert "owner=alice" not in refused.error  # the owner is never named
+    tags = requests.get(f"http://{REGISTRY}/v2/bob/{repo}/tags/list", timeout=10)
+    assert tags.status_code == 404 or not tags.json().get("tags")
