@@ -236,6 +236,7 @@ class Docker(Engine):
     """docker: daemon-side TLS and client-side credentials (see the module docstring)."""
 
     kind: ClassVar[EngineKind] = EngineKind.DOCKER
+    streams_overlay: ClassVar[bool] = True  # overlay2: the kernel's overlay, its UpperDir
 
     @staticmethod
     def image_fields(obj: Mapping[str, Any]) -> tuple[str, str, str | None]:

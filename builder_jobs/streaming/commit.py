@@ -145,8 +145,14 @@ def stream_commit(
     seconds["inspect"] = _lap(started)
 
     def push_base(reference: str) -> None:
-        for argv in engine.push(info.image_id, reference, authfile=authfile):
-            runner(argv, timeout=BASE_PUSH_TIMEOUT)
+        try:
+            for argv in engine.push(info.image_id, reference, authfile=authfile):
+                runner(argv, timeout=BASE_PUSH_TIMEOUT)
+        finally:  # docker and nerdctl tag before they push: untag (never the base itself)
+            extra = [n for n in engine.local_names_after_push(info.image_id, reference)
+                     if n != info.image_id]
+            if extra:
+                runner(engine.rmi(extra), timeout=BASE_PUSH_TIMEOUT, check=False)
 
     def find_base() -> tuple[LocalImage, BaseImage]:
         mark = time.monotonic()

@@ -21,7 +21,7 @@ MOUNTINFO = "/proc/self/mountinfo"
 
 @dataclass(frozen=True)
 class OverlayContainer:
-    """What a streaming commit needs from ``podman container inspect``."""
+    """What a streaming commit needs from ``container inspect`` (podman's or docker's)."""
 
     name: str
     id: str
@@ -33,8 +33,12 @@ class OverlayContainer:
 
 
 
+# the kernel's overlay as each engine names its driver: podman "overlay", docker "overlay2"
+OVERLAY_DRIVERS = ("overlay", "overlay2")
+
+
 def parse_overlay_container(text: str) -> OverlayContainer:
-    """``podman container inspect`` JSON → :class:`OverlayContainer`.
+    """``container inspect`` JSON (podman's or docker's) → :class:`OverlayContainer`.
 
     Raises :class:`StreamingUnavailable` when the storage driver is not overlay or the
     upper dir is unknown.
@@ -47,7 +51,7 @@ def parse_overlay_container(text: str) -> OverlayContainer:
         name, cid, image_id = str(obj["Name"]), str(obj["Id"]), str(obj["Image"])
     except (ValueError, KeyError, IndexError, AttributeError, TypeError) as e:
         raise StreamingUnavailable(f"container inspect printed unexpected JSON ({e})") from e
-    if driver.get("Name") != "overlay":
+    if driver.get("Name") not in OVERLAY_DRIVERS:
         raise StreamingUnavailable(f"storage driver is {driver.get('Name')!r}, not overlay")
     upper = str((driver.get("Data") or {}).get("UpperDir") or "")
     if not upper:
@@ -56,7 +60,8 @@ def parse_overlay_container(text: str) -> OverlayContainer:
         name=name.lstrip("/"),
         id=cid,
         image_id=image_id.removeprefix("sha256:"),
-        image_name=str(obj.get("ImageName") or ""),
+        # podman: ImageName; docker: the name the container was created from, Config.Image
+        image_name=str(obj.get("ImageName") or (obj.get("Config") or {}).get("Image") or ""),
         upper_dir=upper,
         running=bool(state.get("Running")),
         paused=bool(state.get("Paused")) or state.get("Status") == "paused",
@@ -95,9 +100,9 @@ def readable_overlay(container: str, engine: ContainerEngine, runner: Runner) ->
     """The container's overlay storage, if this process can read its upper dir whole;
     raises :class:`StreamingUnavailable` (nothing paused) when it cannot."""
     if not engine.streams_overlay:
-        raise StreamingUnavailable(f"implemented for podman only, the engine is {engine.kind}")
+        raise StreamingUnavailable(f"implemented for podman and docker, not {engine.kind}")
     if os.geteuid() != 0:
-        raise StreamingUnavailable("needs root to read podman's storage (rootless podman?)")
+        raise StreamingUnavailable("needs root to read the engine's storage (rootless?)")
     info = parse_overlay_container(runner(engine.inspect_container(container)).stdout)
     if not os.access(info.upper_dir, os.R_OK | os.X_OK):
         raise StreamingUnavailable(f"cannot read the upper dir {info.upper_dir}")

@@ -5,10 +5,11 @@ What the engine work builds on, checked for real: a user's session container und
 each engine lives on its node only, carries its owner label, and its writable layer
 (containerd's overlayfs snapshot, Docker's overlay2 ``UpperDir``) is a directory the
 node sees and the host does not; podman on the same node and the host's network are
-left as they were. Saving: the docker engine's commit runs for real here (the node-side
-save, run as root inside n1 with a site config naming the docker engine, as an admin
-would; through Slurm every node uses the one site config, which is podman's here);
-imgsave's containerd engine and docker's streaming commit are not built yet.
+left as they were. Saving under docker runs for real here, both ways (the streaming
+commit from overlay2's upper dir, and docker's commit + push), as the node-side save
+run as root inside n1 with a site config naming the docker engine (through Slurm every
+node uses the one site config, which is podman's here): both give the same file tree.
+imgsave's containerd engine is not built yet.
 """
 
 from __future__ import annotations
@@ -132,28 +133,30 @@ DOCKER_COMMAND = 'command = ["docker", "-H", "unix:///run/docker/docker.sock"]'
 
 @pytest.fixture
 def docker_site() -> Iterator[Path]:
-    """A site config naming the docker engine (the node's socket), and a spool for the
-    node-side save, both where n1 sees them."""
+    """Site configs naming the docker engine (the node's socket), streaming and engine
+    commit, and a spool for the node-side save, all where n1 sees them."""
     work = Path(tempfile.mkdtemp(prefix="imgsave-docker-", dir="/tmp"))
     text = (TOP / "site_configs" / "local.toml").read_text()
     assert 'kind = "podman"' in text and PODMAN_COMMAND in text
-    config = work / "site.toml"
-    config.write_text(text.replace('kind = "podman"', 'kind = "docker"', 1)
-                      .replace(PODMAN_COMMAND, DOCKER_COMMAND, 1))
+    text = text.replace('kind = "podman"', 'kind = "docker"', 1).replace(PODMAN_COMMAND,
+                                                                       DOCKER_COMMAND, 1)
+    (work / "streaming.toml").write_text(text)
+    (work / "engine.toml").write_text(text.replace("[engine]\n",
+                                                   '[engine]\ncommit_method = "engine"\n', 1))
     try:
-        yield config
+        yield work
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def save_on_n1(config: Path, user: str, container: str, target: str) -> SaveResult:
+def save_on_n1(work: Path, method: str, user: str, container: str, target: str) -> SaveResult:
     """``python -m builder_jobs.node_save`` as root inside n1 (what the privileged entry
-    runs after its checks), for ``user``'s request."""
+    runs after its checks), for ``user``'s request, with the ``method`` config."""
     spec = SaveSpec(request_id=uuid.uuid4().hex, user=user, container=container,
                     target=f"{REGISTRY}/{user}/{target}", formats=(ImageFormat.OCI,),
-                    category="cpu", node="n1", site_config=str(config),
+                    category="cpu", node="n1", site_config=str(work / f"{method}.toml"),
                     created="2026-11-30T06:00:00+00:00")
-    directory = config.parent / spec.request_id
+    directory = work / spec.request_id
     directory.mkdir()
     (directory / SPEC_FILE).write_text(spec.to_json())
     node_exec("n1", "env", "IMGSAVE_NODE=n1", "IMGSAVE_JOB_ID=0",
@@ -162,30 +165,46 @@ def save_on_n1(config: Path, user: str, container: str, target: str) -> SaveResu
     return SaveResult.from_json((directory / RESULT_FILE).read_text())
 
 
-def test_a_docker_container_is_saved_for_real_and_runs_on_the_other_node(
+# an afternoon's changes: new files with their own owners and modes, a deleted base file
+# (a whiteout), a directory replaced by a new one (opaque), a symlink
+CHANGES = ("mkdir -p /opt/work && echo afternoon > /opt/work/notes && chmod 640 /opt/work/notes"
+           " && chown 1000:100 /opt/work/notes && ln -s notes /opt/work/link"
+           " && rm /etc/imgsave-base && rm -rf /home/jovyan && mkdir -m 750 /home/jovyan"
+           " && touch /home/jovyan/fresh")
+# (/etc/hosts, hostname, resolv.conf are the running container's, mounted by podman)
+TREE = ("find /opt /home /etc -xdev ! -path /etc/hosts ! -path /etc/hostname"
+        " ! -path /etc/resolv.conf | sort | xargs stat -c '%n %A %u:%g %s %N'")
+
+
+def tree_of(image: str) -> str:
+    return node_exec("n2", "podman", "run", "--rm", "--network", "none", "--tls-verify=false",
+                     image, "sh", "-c", TREE).stdout
+
+
+def test_a_docker_container_is_saved_both_ways_with_the_same_tree(
     docker_session: str, docker_site: Path,
 ) -> None:
-    """alice's container under dockerd, saved with docker's commit and push: the image
-    holds her new file and not the one she deleted, pulls and runs on n2 under podman,
-    and the container runs on; bob's save of it is refused, nothing pushed."""
+    """alice's container under dockerd, saved by the streaming commit (overlay2's upper
+    dir) and by docker's commit + push: both images pull and run on n2 under podman and
+    hold the same tree (owners, modes, the whiteout, the opaque directory); the container
+    runs on, docker keeps no temporary or helper names; bob's save is refused."""
     name = docker_session
-    node_exec("n1", *DOCKER, "exec", name, "sh", "-c",
-              "mkdir -p /opt/work && echo afternoon > /opt/work/notes && rm /etc/imgsave-base")
+    node_exec("n1", *DOCKER, "exec", name, "sh", "-c", CHANGES)
     repo = unique("docker-env")
-    result = save_on_n1(docker_site, "alice", name, f"{repo}:v1")
-    assert result.ok and result.commit_method == "engine-commit", result
-    assert result.digest.startswith("sha256:")
+    streamed = save_on_n1(docker_site, "streaming", "alice", name, f"{repo}:streamed")
+    committed = save_on_n1(docker_site, "engine", "alice", name, f"{repo}:committed")
+    assert streamed.ok and streamed.commit_method == "streaming", streamed
+    assert committed.ok and committed.commit_method == "engine-commit", committed
     state = json.loads(node_exec("n1", *DOCKER, "inspect", name).stdout)[0]["State"]
     assert state["Running"] and not state["Paused"]
-    shown = node_exec("n2", "podman", "run", "--rm", "--network", "none", "--tls-verify=false",
-                      f"{REGISTRY}/alice/{repo}:v1", "sh", "-c",
-                      "cat /opt/work/notes; ls /etc/imgsave-base 2>&1 || true").stdout
-    assert shown.splitlines()[0] == "afternoon" and "No such file" in shown, shown
-    # temporary names gone from docker's store
-    images = node_exec("n1", *DOCKER, "images", "--format", "{{.Repository}}").stdout
-    assert "imgsave-tmp" not in images
+    tree = tree_of(f"{REGISTRY}/alice/{repo}:streamed")
+    assert tree == tree_of(f"{REGISTRY}/alice/{repo}:committed")
+    assert "/opt/work/notes -rw-r----- 1000:100 10" in tree and "/etc/imgsave-base" not in tree
+    assert "/home/jovyan/fresh" in tree and "drwxr-x---" in tree
+    images = node_exec("n1", *DOCKER, "images", "--format", "{{.Repository}}:{{.Tag}}").stdout
+    assert [i for i in images.split() if "imgsave-tmp" in i or "imgsave-base-" in i] == []
 
-    refused = save_on_n1(docker_site, "bob", name, f"{repo}:stolen")
+    refused = save_on_n1(docker_site, "streaming", "bob", name, f"{repo}:stolen")
     assert not refused.ok and refused.failure is FailureKind.NOT_OWNER, refused
     assert "owner=alice" not in refused.error  # the owner is never named
     tags = requests.get(f"http://{REGISTRY}/v2/bob/{repo}/tags/list", timeout=10)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from builder_jobs.engines import Docker, Podman
+from builder_jobs.engines import Docker, Nerdctl, Podman
 from builder_jobs.streaming.base_image import base_cache_tag, candidates, parse_image_inspect
 from builder_jobs.streaming.commit import image_config, image_manifest, stream_commit
 from builder_jobs.streaming.overlay_layer import StreamingUnavailable
@@ -47,6 +47,17 @@ def test_container_inspect_gives_the_upper_dir_and_state() -> None:
     assert info.name == "sc-exp" and info.running and not info.paused
     assert info.image_id == "9448a0f2de7769c2146505204f9a40222260ded900dba7da5f2b5a0033cda34e"
     assert info.image_name == "localhost/imgsave-stream-base:exp"
+
+
+def test_dockers_overlay2_inspect_gives_the_upper_dir_and_image() -> None:
+    """Real ``docker container inspect`` (docker 20.10, overlay2) of a session container."""
+    text = (FIXTURES.parent / "engines" / "docker_container_inspect_overlay2.json").read_text()
+    info = parse_overlay_container(text)
+    assert info.name == "jupyter-alice-dk" and info.running and not info.paused
+    assert info.upper_dir.startswith("/var/lib/docker/overlay2/")
+    assert info.upper_dir.endswith("/diff")
+    assert info.image_id.startswith("9f1872570cce") and ":" not in info.image_id
+    assert info.image_name == "localhost/imgsave-base:latest"  # Config.Image
 
 
 @pytest.mark.parametrize(
@@ -95,15 +106,16 @@ def test_overlay_mounts_that_do_not_hold_the_whole_diff_are_refused(
         check_overlay_mount(UPPER, change(line))
 
 
-def test_only_podman_streams(tmp_path: Path) -> None:
+def test_only_podman_and_docker_stream(tmp_path: Path) -> None:
     def never(*args: object, **kwargs: object) -> object:
         raise AssertionError("nothing may run")
 
-    docker = Docker(command=("docker",))
+    nerdctl = Nerdctl(command=("nerdctl",))
     client = RegistryClient("http://127.0.0.1:9")
     target = ImageRef("127.0.0.1:9", "alice/x", "v1")
-    with pytest.raises(StreamingUnavailable, match="podman only"):
-        stream_commit("c", target, client, docker, runner=never)  # type: ignore[arg-type]
+    with pytest.raises(StreamingUnavailable, match="podman and docker, not nerdctl"):
+        stream_commit("c", target, client, nerdctl, runner=never)  # type: ignore[arg-type]
+    assert Docker(command=("docker",)).streams_overlay
     with pytest.raises(ValueError, match="needs a tag"):
         stream_commit("c", ImageRef("h", "alice/x"), client, Podman(command=("podman",)))
 
