@@ -83,8 +83,10 @@ class JobGuard:
         os.replace(partial, self.path)
 
     def clear(self) -> None:
-        """The save ended on its own: nothing is left to undo."""
+        """The save ended (or the epilog undid it): nothing is left to undo. A partial
+        write a kill interrupted goes too."""
         self.path.unlink(missing_ok=True)
+        self.path.with_suffix(".partial").unlink(missing_ok=True)
 
     @classmethod
     def load(cls, path: Path) -> JobGuard | None:
@@ -241,6 +243,7 @@ def epilog(state_dir: Path, job_id: str, config_path: str = "") -> int:
         return 0
     guard = JobGuard.load(path)
     if guard is None:
+        path.with_suffix(".partial").unlink(missing_ok=True)  # a kill mid-write, no record
         return 0
     done = undo(guard)
     if config_path:

@@ -177,8 +177,12 @@ TREE = ("find /opt /home /etc -xdev ! -path /etc/hosts ! -path /etc/hostname"
 
 
 def tree_of(image: str) -> str:
-    return node_exec("n2", "podman", "run", "--rm", "--network", "none", "--tls-verify=false",
-                     image, "sh", "-c", TREE).stdout
+    """The image's tree, pulled and run on n2 with podman (then removed from n2 again)."""
+    try:
+        return node_exec("n2", "podman", "run", "--rm", "--network", "none",
+                         "--tls-verify=false", image, "sh", "-c", TREE).stdout
+    finally:
+        node_exec("n2", "podman", "rmi", "-f", image, check=False)
 
 
 def test_a_docker_container_is_saved_both_ways_with_the_same_tree(

@@ -118,13 +118,25 @@ def make_session_container(builder_base_image: str) -> Iterator[Callable[[str], 
 def shared_sif_root(directory: Path) -> Path:
     """Where the SIFs of a test whose files live in ``directory`` go: outside pytest's
     tmp_path (root's, 0700), since each user's SIF is written with their own uid; one
-    directory per user, owned by them, as their home would be."""
+    directory per user, owned by them, as their home would be. Removed when the test
+    session ends (:func:`_remove_sif_roots`)."""
     digest = hashlib.sha256(str(directory).encode()).hexdigest()[:12]
-    return Path("/tmp") / f"imgsave-sif-{digest}"
+    return Path("/tmp") / f"imgsave-test-sifs-{digest}"
+
+
+_SIF_ROOTS: set[Path] = set()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _remove_sif_roots() -> Iterator[None]:
+    yield
+    for root in _SIF_ROOTS:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def _make_sif_root(directory: Path) -> Path:
     root = shared_sif_root(directory)
+    _SIF_ROOTS.add(root)
     root.mkdir(exist_ok=True)
     root.chmod(0o755)
     for user in ("alice", "bob"):

@@ -59,3 +59,19 @@ def test_the_epilog_removes_only_this_sites_helper_tags(tmp_path: Path) -> None:
     assert done == [f"{t}: not this site's helper tag, left" for t in guard.drop_tags]
     assert not is_helper_reference("imgsave-base-0123")
     assert is_helper_reference("h:5000/a/b:imgsave-base-0123")
+
+
+def test_a_partial_record_left_by_a_kill_mid_write_is_removed(tmp_path: Path) -> None:
+    """SIGKILL between writing ``JOB.partial`` and renaming it leaves the partial file:
+    the epilog (no record to replay) and clear() both remove it."""
+    from builder_jobs.node_guard import epilog
+
+    guard = JobGuard(record_path(tmp_path, "5151"), "c" * 32)
+    partial = guard.path.with_suffix(".partial")
+    partial.parent.mkdir(parents=True)
+    partial.write_text("{")
+    assert epilog(tmp_path, "5151") == 0 and not partial.exists()
+    guard.write()
+    partial.write_text("{")
+    guard.clear()
+    assert not partial.exists() and not guard.path.exists()
