@@ -204,7 +204,7 @@ def run_stream(
     container: str, registry: RunningRegistry, repo: str, tag: str, compression: str
 ) -> dict[str, float]:
     target = ImageRef(registry.host, repo, tag)
-    with RegistryClient(registry.url, verify=False) as client:
+    with RegistryClient(registry.url) as client:
         start = time.perf_counter()
         result = stream_commit(container, target, client, ENGINE, compression=compression)
         wall = time.perf_counter() - start

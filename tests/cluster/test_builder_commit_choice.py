@@ -55,7 +55,7 @@ def test_auto_streams_on_overlay_and_the_image_runs(
     assert stages[-1] is Stage.DONE
     assert stages == sorted(stages, key=list(Stage).index)  # the bar only moves forward
     assert "stream_pause" in result.seconds
-    with RegistryClient(builder_registry.url, verify=False) as client:
+    with RegistryClient(builder_registry.url) as client:
         manifest = client.manifest(repo, "v1")
     assert manifest is not None and manifest.digest == result.digest
     assert manifest.annotations[ann.OWNER] == "alice"

@@ -85,7 +85,7 @@ def test_save_push_pull_run(
     # Only the annotated manifest is left: the un-annotated one was deleted.
     assert _revisions(builder_registry, repo) == [result.digest.split(":", 1)[1]]
 
-    with RegistryClient(builder_registry.url, verify=False) as client:
+    with RegistryClient(builder_registry.url) as client:
         manifest = client.manifest(repo, "v1")
     assert manifest is not None and manifest.digest == result.digest
     notes = manifest.annotations

@@ -201,7 +201,7 @@ def _stream(
     **kwargs: Any,
 ) -> StreamResult:
     target = ImageRef(registry.host, repository, tag)
-    with RegistryClient(registry.url, verify=False, retry=retry) as client:
+    with RegistryClient(registry.url, retry=retry) as client:
         return stream_commit(container, target, client, ENGINE, **kwargs)
 
 
@@ -276,7 +276,7 @@ def test_streamed_image_has_the_same_tree_as_the_container_and_an_engine_commit(
 def _check_registry_image(
     registry: RunningRegistry, repo: str, result: StreamResult, compression: str
 ) -> None:
-    with RegistryClient(registry.url, verify=False) as client:
+    with RegistryClient(registry.url) as client:
         info = client.manifest(repo, "streamed")
         assert info is not None and info.digest == result.digest
         assert info.total_size == result.image_bytes
@@ -308,7 +308,7 @@ def test_a_local_base_reaches_the_registry_and_leaves_no_helper_tag(
         second = _stream(container, builder_registry, repo, "v2")
     assert first.base_pushed and first.base_repository == repo
     assert second.base_repository == repo
-    with RegistryClient(builder_registry.url, verify=False) as client:
+    with RegistryClient(builder_registry.url) as client:
         assert sorted(client.list_tags(repo)) == ["v1", "v2"]
         v1, v2 = client.manifest(repo, "v1"), client.manifest(repo, "v2")
         assert v1 is not None and v2 is not None
@@ -340,7 +340,7 @@ def test_a_base_pulled_from_the_registry_is_mounted_not_pushed(
         result = _stream(container, builder_registry, repo, "v1")
     assert not result.base_pushed and result.base_layers_mounted == 1
     assert result.base_repository == f"library/base-{suffix}"
-    with RegistryClient(builder_registry.url, verify=False) as client:
+    with RegistryClient(builder_registry.url) as client:
         assert client.list_tags(repo) == ["v1"]  # no cache tag: nothing was pushed
     saved = cleanup_images(f"{builder_registry.host}/{repo}:v1")
     _pull(saved)
@@ -396,7 +396,7 @@ def test_a_failed_base_push_fails_the_save_and_the_container_runs_on(
         state = podman("inspect", "-f", "{{.State.Status}}", container).stdout.strip()
     assert "push" in caught.value.argv and str(missing) in caught.value.argv
     assert state == "running"
-    with RegistryClient(builder_registry.url, verify=False) as client:
+    with RegistryClient(builder_registry.url) as client:
         assert client.list_tags(repo) == []
 
 
@@ -421,7 +421,7 @@ def test_a_registry_that_dies_mid_upload_fails_the_save_and_the_container_runs_o
     # the chunk's PATCH once, then the upload's state asked for: the bounded attempts
     assert f"gave up after {FAST_RETRY.attempts} attempts" in caught.value.message
     assert took < 60
-    with RegistryClient(builder_registry.url, verify=False) as client:
+    with RegistryClient(builder_registry.url) as client:
         tags = client.list_tags(repo)
     assert "v0" in tags and "v1" not in tags  # (a helper tag may stay: nobody to ask)
 
@@ -443,7 +443,7 @@ def test_a_registry_down_for_a_moment_mid_upload_costs_a_resent_chunk_not_the_sa
     assert proxy.dropped_matching("PATCH ") == 1 and proxy.dropped_matching("GET ") >= 1
     retries = [r for r in caplog.records if "attempt" in r.getMessage()]
     assert len(retries) == len(proxy.dropped)  # each dropped request retried once
-    with RegistryClient(builder_registry.url, verify=False) as client:
+    with RegistryClient(builder_registry.url) as client:
         assert client.manifest_digest(repo, "v1") == result.digest
         assert client.blob_exists(repo, result.layer_digest)
 
@@ -467,7 +467,7 @@ def test_a_registry_that_stays_down_fails_in_bounded_time_and_a_resubmit_succeed
             assert podman("inspect", "-f", "{{.State.Status}}", container).stdout.strip() == (
                 "running"
             )
-            with RegistryClient(builder_registry.url, verify=False) as client:
+            with RegistryClient(builder_registry.url) as client:
                 assert "v1" not in client.list_tags(repo)
             proxy.recover()  # the resubmit goes through a working path
             result = _stream(container, _as_registry(proxy), repo, "v1", retry=FAST_RETRY)
@@ -475,7 +475,7 @@ def test_a_registry_that_stays_down_fails_in_bounded_time_and_a_resubmit_succeed
     assert error.retryable and proxy.url in error.message and "unreachable" in error.message
     assert f"gave up after {FAST_RETRY.attempts} attempts" in error.message
     assert took < 30
-    with RegistryClient(builder_registry.url, verify=False) as client:
+    with RegistryClient(builder_registry.url) as client:
         assert client.manifest_digest(repo, "v1") == result.digest
 
 
@@ -505,5 +505,5 @@ def test_an_image_over_the_size_limit_stops_the_read_and_unpauses(
         state = podman("inspect", "-f", "{{.State.Status}}", container).stdout.strip()
     assert state == "running"
     assert caught.value.limit == base_size + 10**6 and not caught.value.retryable
-    with RegistryClient(builder_registry.url, verify=False) as client:
+    with RegistryClient(builder_registry.url) as client:
         assert client.list_tags(repo) == []  # neither v1 nor the base's helper tag

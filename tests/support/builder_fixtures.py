@@ -53,7 +53,7 @@ def podman(
 
 def registry_tags(registry: RunningRegistry, repository: str) -> list[str]:
     """The repository's tags; [] when it does not exist."""
-    with RegistryClient(registry.url, verify=False) as client:
+    with RegistryClient(registry.url) as client:
         return client.list_tags(repository)
 
 

@@ -102,7 +102,7 @@ def test_annotate_refuses_non_manifests(raw: bytes, media_type: str) -> None:
 
 @pytest.fixture
 def client(builder_registry: RunningRegistry) -> Iterator[RegistryClient]:
-    with RegistryClient(builder_registry.url, verify=False) as c:
+    with RegistryClient(builder_registry.url) as c:
         yield c
 
 

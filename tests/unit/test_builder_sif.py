@@ -236,7 +236,7 @@ def test_sif_save_file_and_oras_push(
     assert cat.stdout == "hi\n"
 
     assert result.reference == f"{builder_registry.host}/{repo}:v1"
-    with RegistryClient(builder_registry.url, verify=False) as client:
+    with RegistryClient(builder_registry.url) as client:
         manifest = client.manifest(repo, "v1", with_config=False)
         assert manifest is not None
         assert manifest.config_media_type == SIF_CONFIG_MEDIA_TYPE

@@ -54,7 +54,7 @@ def test_layer_lands_in_the_registry_with_both_digests(
     repo = f"alice/layer-{uuid.uuid4().hex[:8]}"
     read_done = threading.Event()
     sent: list[int] = []
-    with RegistryClient(builder_registry.url, verify=False) as client:
+    with RegistryClient(builder_registry.url) as client:
         pushed = push_layer(
             client,
             repo,
@@ -88,7 +88,7 @@ def test_a_failing_read_raises_its_own_error_and_cancels_the_upload(
         raise PermissionError(13, "Permission denied", "/var/lib/containers/x")
 
     repo = f"alice/broken-{uuid.uuid4().hex[:8]}"
-    with RegistryClient(builder_registry.url, verify=False) as client:
+    with RegistryClient(builder_registry.url) as client:
         # not a RegistryError "unreachable": the read failed, not the network
         with pytest.raises(PermissionError):
             push_layer(client, repo, broken_tar(), ZstdCodec())
@@ -121,7 +121,7 @@ def test_a_one_byte_buffer_still_uploads_everything(
     tmp_path: Path, builder_registry: RunningRegistry
 ) -> None:
     tree = _tree(tmp_path / "upper")
-    with RegistryClient(builder_registry.url, verify=False) as client:
+    with RegistryClient(builder_registry.url) as client:
         pushed = push_layer(
             client, "alice/tight", tar_chunks(layer_entries(str(tree))), ZstdCodec(), buffer_bytes=1
         )
