@@ -213,3 +213,14 @@ def test_a_docker_container_is_saved_both_ways_with_the_same_tree(
     assert "owner=alice" not in refused.error  # the owner is never named
     tags = requests.get(f"http://{REGISTRY}/v2/bob/{repo}/tags/list", timeout=10)
     assert tags.status_code == 404 or not tags.json().get("tags")
+
+
+def test_users_get_neither_docker_nor_ctr_on_a_node(engines: list[str]) -> None:
+    """The daemons' sockets are root's (docker's group has no users): alice and bob
+    reach their containers only through imgsave's one privileged entry."""
+    for user in ("alice", "bob"):
+        docker = node_exec("n1", "runuser", "-u", user, "--", *DOCKER, "ps", check=False)
+        ctr = node_exec("n1", "runuser", "-u", user, "--", *CTR, "containers", "ls",
+                        check=False)
+        assert docker.returncode != 0 and "permission denied" in docker.stderr, docker
+        assert ctr.returncode != 0 and "permission denied" in ctr.stderr, ctr
