@@ -35,11 +35,11 @@ from site_configs.schema import get_site_config
 from tests.support.cluster_helpers import (
     TOP,
     as_user,
+    centre_user,
     imgsave_as,
     require_cluster,
     session_container,
     submit_as,
-    unique,
     wait_final,
 )
 
@@ -63,15 +63,8 @@ def _config_file(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def fresh_user() -> Iterator[str]:
-    """A real Unix user made for this test (its saves are its own), removed after."""
-    user = unique("rpt")
-    subprocess.run(["useradd", "--create-home", "--shell", "/bin/sh", user], check=True,
-                   timeout=30)
-    try:
+    with centre_user("rpt") as user:
         yield user
-    finally:
-        subprocess.run(["userdel", "--remove", user], check=False, timeout=30,
-                       capture_output=True)
 
 
 def _squeue_state(job_id: str) -> str:

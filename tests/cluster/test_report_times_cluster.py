@@ -30,11 +30,11 @@ from scheduler_glue.states import JobState
 from site_configs.schema import get_site_config
 from tests.support.cluster_helpers import (
     CLUSTER,
+    centre_user,
     imgsave_as,
     require_cluster,
     session_container,
     site,
-    unique,
     wait_final,
 )
 
@@ -48,19 +48,8 @@ def _cluster() -> None:
 
 @pytest.fixture
 def fresh_user() -> Iterator[str]:
-    """A real Unix user made for this test (its saves are its own), with a Slurm
-    association as every user of a centre has (without one, accounting records the job
-    with no user name, and nobody can claim it), removed after."""
-    user = unique("cpu")
-    subprocess.run(["useradd", "--create-home", "--shell", "/bin/sh", user], check=True, timeout=30)
-    subprocess.run(["sacctmgr", "-i", "add", "user", user, "Account=imgsave"], check=True,
-                   timeout=60, capture_output=True)
-    try:
+    with centre_user("cpu") as user:
         yield user
-    finally:
-        subprocess.run(["sacctmgr", "-i", "delete", "user", user], check=False, timeout=60,
-                       capture_output=True)
-        subprocess.run(["userdel", "--remove", user], check=False, timeout=30, capture_output=True)
 
 
 def _steps_cpu(job_id: str) -> float:

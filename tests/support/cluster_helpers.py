@@ -151,3 +151,22 @@ def job_state(job_id: str) -> str:
     out = subprocess.run(["sacct", "-X", "-n", "-P", "-j", job_id, "-o", "State"],
                          capture_output=True, text=True, timeout=30, check=True)
     return out.stdout.strip().split(" ", 1)[0]
+
+
+@contextmanager
+def centre_user(prefix: str) -> Iterator[str]:
+    """A real Unix user made for one test (its saves are its own), with a Slurm
+    association as every user of a centre has (without one, accounting records the job
+    with no user name and nobody can claim it), removed after."""
+    user = unique(prefix)
+    subprocess.run(["useradd", "--create-home", "--shell", "/bin/sh", user], check=True,
+                   timeout=30)
+    try:
+        subprocess.run(["sacctmgr", "-i", "add", "user", user, "Account=imgsave"], check=True,
+                       timeout=60, capture_output=True)
+        yield user
+    finally:
+        subprocess.run(["sacctmgr", "-i", "delete", "user", user], check=False, timeout=60,
+                       capture_output=True)
+        subprocess.run(["userdel", "--remove", user], check=False, timeout=30,
+                       capture_output=True)
