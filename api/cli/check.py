@@ -51,7 +51,7 @@ def render(results: list[CheckResult]) -> str:
                    "database). Repeat for several; default all three.")
 @click.option("--for-user", "users", multiple=True, metavar="USER",
               help="Also check this user's Slurm association and spool. Repeatable.")
-@click.option("--sudoers", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--sudoers", type=click.Path(dir_okay=False, readable=False, path_type=Path),
               default=DEFAULT_SUDOERS, show_default=True,
               help="The sudoers file holding imgsave's rule.")
 @click.option("--probe-user", default="", metavar="USER",
