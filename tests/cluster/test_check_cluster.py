@@ -17,6 +17,7 @@ import pwd
 import shutil
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -180,3 +181,41 @@ def test_bad_portal_files_fail(scratch: Path) -> None:
     assert "other users can read it" in found["secret key"]
     assert statuses(results, "instance dir") == ["ok"]
     assert statuses(results, "database") == ["warn"]  # not made yet: serve makes it 0600
+
+
+SLURM_CONF = Path("/etc/slurm/slurm.conf")
+FLAGS = "AccountingStoreFlags=job_comment\n"
+
+
+def reconfigure(text: str, flags: str) -> None:
+    """Write slurm.conf, ``scontrol reconfigure``, and wait until slurmctld reports
+    ``flags`` as its AccountingStoreFlags."""
+    SLURM_CONF.write_text(text)
+    subprocess.run(["scontrol", "reconfigure"], check=True, timeout=60, capture_output=True)
+    for _ in range(40):
+        shown = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True,
+                               timeout=30, check=True).stdout
+        if any(line.split("=", 1)[-1].strip() == flags for line in shown.splitlines()
+               if line.startswith("AccountingStoreFlags")):
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"slurmctld did not take AccountingStoreFlags={flags}")
+
+
+def test_accounting_without_the_job_comment_fails(scratch: Path) -> None:
+    """The one test that changes the shared cluster: slurm.conf loses job_comment (and
+    gains job_script) for a few seconds, under the cluster-test lock; restored in finally.
+    No job is submitted meanwhile."""
+    original = SLURM_CONF.read_text()
+    assert FLAGS in original
+    try:
+        reconfigure(original.replace(FLAGS, "AccountingStoreFlags=job_script\n"), "job_script")
+        code, results = check(config(scratch), "--scope", "site")
+        assert code == 1
+        assert "lacks job_comment" in failures(results)["slurm accounting"]
+        assert any("job_script" in r["detail"] and r["status"] == "warn"
+                   for r in results["slurm accounting"])
+    finally:
+        reconfigure(original, "job_comment")
+    code, results = check(config(scratch), "--scope", "site")
+    assert code == 0 and "slurm accounting" not in failures(results)
