@@ -1,12 +1,12 @@
 """``imgsave check`` on the live local cluster: passes as set up, then finds each
 misconfiguration, broken in a temporary site config, temporary directories or a
-temporary copy of the sudoers rule (the shared cluster itself is never changed).
+temporary copy of the sudoers rule. One test changes the shared cluster itself (slurm.conf
+without job_comment for a few seconds, under the cluster-test lock, restored in finally).
 
 Runs the installed ``imgsave`` (scripts/cluster.sh install) as root and as alice.
-Not broken here: Slurm's accounting flags and preemption (that needs slurm.conf changed
-and slurmctld restarted; tests/unit/test_check.py covers them on the real captured
-``scontrol show config``), and valid-looking but wrong registry credentials (the local
-registry is anonymous).
+Not broken here: Slurm preemption (PreemptType needs slurmctld restarted;
+tests/unit/test_check.py covers it on the real captured ``scontrol show config``), and
+valid-looking but wrong registry credentials (the local registry is anonymous).
 """
 
 from __future__ import annotations
