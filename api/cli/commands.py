@@ -338,9 +338,11 @@ def _remote_report(obj: Context, since: str | None, until: str | None, by: str,
     click.echo(render_document(doc, output_format or ("json" if obj.as_json else "table")))
 
 
+from api.cli.check import check  # noqa: E402 - imgsave check: a site's, a node's setup
 from api.web.serve import serve, token  # noqa: E402 - the REST API and portal commands
 
 main.add_command(serve)
+main.add_command(check)
 main.add_command(token)
 
 if __name__ == "__main__":

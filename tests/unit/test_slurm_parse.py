@@ -95,6 +95,7 @@ def test_every_capture_has_command_and_exit_code() -> None:
             "scancel",
             "scontrol",
             "sinfo",
+            "sacctmgr",
             "runuser",
         }, path
 
