@@ -26,7 +26,7 @@ import re
 import shlex
 import signal
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from site_configs.schema import DEFAULT_SECRET_ENV_PATTERNS
@@ -41,6 +41,8 @@ OWN_LABEL_PREFIXES = ("imgsave.", "io.imgsave.")
 RUNTIME_ENV = ("HOSTNAME", "HOME")  # set by the engine in every container at start
 DEFAULT_STOP_SIGNAL = "SIGTERM"
 _ANONYMOUS_VOLUME = re.compile(r"[0-9a-f]{64}")  # podman names an anonymous volume so
+SETTINGS = ("User", "ExposedPorts", "Env", "Entrypoint", "Cmd", "Volumes", "WorkingDir",
+            "Labels", "StopSignal")  # the image-spec config keys a save takes from a container
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,9 @@ class ContainerConfig:
     exposed_ports: tuple[str, ...] = ()  # "8888/tcp"
     stop_signal: str = ""  # "SIGINT"; "" for the default
     volumes: tuple[str, ...] = ()  # anonymous volumes' mount points
+    # the SETTINGS the engine's inspect reports; for the others the image's own value
+    # stays (nerdctl's inspect reports only Labels; the config its commit pushed has them)
+    reported: frozenset[str] = frozenset(SETTINGS)
 
 
 @dataclass(frozen=True)
@@ -96,8 +101,10 @@ def saved_config(
     """``image`` (an OCI/docker image config) with its ``config`` replaced by the rule's.
 
     ``base_env`` is the base image's ``Env``: ``HOSTNAME`` and ``HOME`` are kept only
-    when it has them.
+    when it has them. A setting the container's inspect does not report
+    (:attr:`ContainerConfig.reported`) is taken from ``image``, through the same rule.
     """
+    container = _completed(container, image.get("config") or {})
     base_names = {_env_name(e) for e in base_env}
     env: list[str] = []
     dropped_env: list[str] = []
@@ -133,6 +140,25 @@ def saved_config(
     return SavedConfig(out, tuple(dict.fromkeys(dropped_env)), tuple(dropped_labels))
 
 
+def _completed(container: ContainerConfig, image: Mapping[str, Any]) -> ContainerConfig:
+    """``container`` with the settings its inspect did not report taken from ``image``."""
+    missing = set(SETTINGS) - container.reported
+    if not missing or not isinstance(image, Mapping):
+        return container
+    own = parse_container_config({"Config": {k: image[k] for k in missing if k in image}})
+    taken: dict[str, dict[str, Any]] = {
+        "User": {"user": own.user}, "ExposedPorts": {"exposed_ports": own.exposed_ports},
+        "Env": {"env": own.env}, "Entrypoint": {"entrypoint": own.entrypoint},
+        "Cmd": {"cmd": own.cmd}, "Volumes": {"volumes": own.volumes},
+        "WorkingDir": {"working_dir": own.working_dir}, "Labels": {"labels": own.labels},
+        "StopSignal": {"stop_signal": own.stop_signal},
+    }
+    changes: dict[str, Any] = {}
+    for key in missing:
+        changes.update(taken[key])
+    return replace(container, **changes, reported=frozenset(SETTINGS))
+
+
 def image_env(image: Mapping[str, Any]) -> tuple[str, ...]:
     """``Env`` of an image config (``{"config": {"Env": [...]}}``) or of an engine's
     ``image inspect`` object (``{"Config": {"Env": [...]}}``)."""
@@ -156,6 +182,10 @@ def parse_container_config(obj: Mapping[str, Any]) -> ContainerConfig:
         config = {}
     cmd = _strings(config.get("Cmd"))
     labels = config.get("Labels")
+    reported = {k for k in SETTINGS if k in config}
+    if any(isinstance(obj.get(k), Mapping) and obj[k].get(p) is not None
+           for k, p in (("HostConfig", "PortBindings"), ("NetworkSettings", "Ports"))):
+        reported.add("ExposedPorts")  # podman: its ports are there, not in Config
     return ContainerConfig(
         cmd=cmd,
         entrypoint=_entrypoint(obj, config.get("Entrypoint"), cmd),
@@ -166,6 +196,7 @@ def parse_container_config(obj: Mapping[str, Any]) -> ContainerConfig:
         exposed_ports=_ports(obj, config),
         stop_signal=_signal_name(config.get("StopSignal")),
         volumes=_volumes(obj, config),
+        reported=frozenset(reported),
     )
 
 

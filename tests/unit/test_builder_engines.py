@@ -158,6 +158,7 @@ def test_parse_docker_sample() -> None:
                 "imgsave.owner": "alice",
                 "maintainer": "Jupyter Project <jupyter@googlegroups.com>",
             },
+            reported=frozenset({"Cmd", "Env", "WorkingDir", "User", "Labels"}),
         ),
     )
 

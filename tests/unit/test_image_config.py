@@ -159,9 +159,29 @@ def test_image_env_of_a_config_or_an_image_inspect() -> None:
 
 
 def test_missing_or_odd_inspect_fields_give_empty_settings() -> None:
-    assert parse_container_config({}) == ContainerConfig()
+    assert parse_container_config({}) == ContainerConfig(reported=frozenset())
     odd = {"Config": {"Env": "A=1", "Labels": [], "Cmd": None, "Volumes": []}}
-    assert parse_container_config(odd) == ContainerConfig()
+    assert parse_container_config(odd) == ContainerConfig(
+        reported=frozenset({"Env", "Labels", "Cmd", "Volumes"}))
+
+
+def test_settings_an_inspect_does_not_report_come_from_the_image_through_the_rule() -> None:
+    """nerdctl's inspect (its dockercompat struct) reports only Labels: the engine path
+    keeps what nerdctl's commit pushed (command, env...), still minus the secrets."""
+    info = parse_container_inspect(
+        (CAPTURES / "nerdctl_container_inspect_running.json").read_text(), EngineKind.NERDCTL)
+    assert info.config.reported == {"Labels"}
+    pushed = dict(BASE, config={"Cmd": ["start-notebook.sh"], "User": "1000",
+                                "Env": ["PATH=/bin", "HF_TOKEN=x"],
+                                "Labels": {"imgsave.owner": "", "from-image": "1"}})
+    saved = saved_config(pushed, info.config, ConfigRule(), BASE_ENV)
+    assert saved.config["config"] == {
+        "Cmd": ["start-notebook.sh"], "User": "1000", "Env": ["PATH=/bin"],
+        "Labels": {"io.kubernetes.pod.name": "jupyter-alice",
+                   "io.kubernetes.pod.namespace": "jhub",
+                   "io.kubernetes.container.name": "notebook"},
+    }  # the labels are the container's (reported), the rest the pushed image's
+    assert saved.dropped_env == ("HF_TOKEN",)
 
 
 def test_site_config_key_and_its_validation(tmp_path: Path) -> None:
