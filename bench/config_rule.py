@@ -106,8 +106,10 @@ def main() -> int:
             f"The rewrite makes the engine path's registry step {ratio:.2f}x as long "
             f"(+{(statistics.median(times['annotate + config rule']) - base) * 1000:.1f} ms: "
             "a config GET, a blob upload, a blob DELETE). The rule itself takes "
-            f"{rule_us:.0f} us. Not covered: the one `image inspect` of the base the "
-            "engine path adds, and a remote registry's round trips.")
+            f"{rule_us:.0f} us. The streaming commit adds no request (it writes its "
+            "config once either way). Not covered: the one `image inspect` of the base "
+            "the engine path adds, and a remote registry's round trips; the machine was "
+            "shared with other test runs (hence the spread).")
     print(body)
     if args.update_docs:
         replace_section(TOP / "docs" / "saved-image.md", "How much it costs", body)
