@@ -41,6 +41,8 @@ OWN_LABEL_PREFIXES = ("imgsave.", "io.imgsave.")
 RUNTIME_ENV = ("HOSTNAME", "HOME")  # set by the engine in every container at start
 DEFAULT_STOP_SIGNAL = "SIGTERM"
 _ANONYMOUS_VOLUME = re.compile(r"[0-9a-f]{64}")  # podman names an anonymous volume so
+MAX_REPORTED = 50  # names of dropped env vars a result lists; then "(N more)"
+MAX_NAME = 100  # characters of one reported name
 SETTINGS = ("User", "ExposedPorts", "Env", "Entrypoint", "Cmd", "Volumes", "WorkingDir",
             "Labels", "StopSignal")  # the image-spec config keys a save takes from a container
 
@@ -137,7 +139,24 @@ def saved_config(
         inner["StopSignal"] = container.stop_signal
     out = {k: v for k, v in image.items() if k in OCI_TOP_LEVEL}
     out["config"] = inner
-    return SavedConfig(out, tuple(dict.fromkeys(dropped_env)), tuple(dropped_labels))
+    return SavedConfig(out, reported_names(dropped_env), tuple(dropped_labels))
+
+
+def reported_names(names: Sequence[str]) -> tuple[str, ...]:
+    """Names as a result and the status may show them: each once, control characters
+    escaped (a name is the user's text, and admins read statuses in a terminal), at
+    most :data:`MAX_NAME` characters each and :data:`MAX_REPORTED` names, then a count."""
+    unique = list(dict.fromkeys(names))
+    shown = [_printable(n) for n in unique[:MAX_REPORTED]]
+    if len(unique) > MAX_REPORTED:
+        shown.append(f"({len(unique) - MAX_REPORTED} more)")
+    return tuple(shown)
+
+
+def _printable(name: str) -> str:
+    text = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii")
+                   for c in name)
+    return text if len(text) <= MAX_NAME else text[: MAX_NAME - 3] + "..."
 
 
 def _completed(container: ContainerConfig, image: Mapping[str, Any]) -> ContainerConfig:

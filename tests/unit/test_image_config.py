@@ -197,3 +197,12 @@ def test_site_config_key_and_its_validation(tmp_path: Path) -> None:
     path.write_text(text + '\n[save]\nsecret_env_patterns = ["A=B"]\n')
     with pytest.raises(ConfigError, match="secret_env_patterns"):
         load_site_config(str(path))
+
+
+def test_reported_names_are_escaped_bounded_and_counted() -> None:
+    container = ContainerConfig(env=("EVIL\x1b[2J_TOKEN=x", "A" * 300 + "_TOKEN=x",
+                                     *(f"T{i}_TOKEN=x" for i in range(60))))
+    dropped = saved_config(BASE, container, ConfigRule()).dropped_env
+    assert dropped[0] == "EVIL\\x1b[2J_TOKEN" and len(dropped[1]) == 100
+    assert len(dropped) == 51 and dropped[-1] == "(12 more)"
+    assert all(c.isprintable() for name in dropped for c in name)
