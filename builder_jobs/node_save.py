@@ -169,12 +169,14 @@ def base_image_env(run: SaveRun, info: ContainerInfo) -> tuple[str, ...]:
     image = info.image_id or info.image
     if not image:
         return ()
-    out = run.run(run.engine.inspect_image(image), INSPECT_TIMEOUT_SECONDS)
     try:
-        found = json.loads(out)
-    except ValueError as e:
-        raise SaveFailed(FailureKind.ENGINE, f"image inspect did not print JSON: {e}") from e
-    return image_env(found[0] if isinstance(found, list) and found else found or {})
+        out = run.runner(run.engine.inspect_image(image), timeout=INSPECT_TIMEOUT_SECONDS)
+        found = json.loads(out.stdout)
+    except (ImgsaveError, ValueError) as e:  # HOME/HOSTNAME are then left out: not worth failing
+        log.warning("could not read the base image's env (%s): %s", image, e)
+        return ()
+    obj = found[0] if isinstance(found, list) and found else found
+    return image_env(obj) if isinstance(obj, dict) else ()
 
 
 def provenance(run: SaveRun, info: ContainerInfo) -> SaveProvenance:
