@@ -32,6 +32,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
+from builder_jobs.image_config import ContainerConfig, parse_container_config
 from core.errors import ConfigError, ImgsaveError
 from site_configs.schema import EngineKind, EngineSection
 
@@ -53,6 +54,7 @@ class ContainerInfo:
     labels: Mapping[str, str] = field(default_factory=dict)
     running: bool = False
     image_id: str = ""  # the engine's local image id (config digest), when known
+    config: ContainerConfig = field(default_factory=ContainerConfig)  # what a save keeps
 
 
 def temporary_image(request_id: str) -> str:
@@ -299,7 +301,8 @@ def parse_container_inspect(text: str, kind: EngineKind) -> ContainerInfo:
     Where they differ: podman has ``ImageName`` and ``ImageDigest`` and a bare image id
     in ``Image``; docker has ``sha256:<id>`` in ``Image`` and the name in
     ``Config.Image``; nerdctl has the image *name* in ``Image`` (each engine's
-    :meth:`Engine.image_fields`). docker's ``Name`` starts with "/".
+    :meth:`Engine.image_fields`). docker's ``Name`` starts with "/". The container's
+    settings a saved image keeps: :func:`builder_jobs.image_config.parse_container_config`.
     """
     obj = _single_object(text, "container inspect")
     labels = _labels((obj.get("Config") or {}).get("Labels"))
@@ -315,6 +318,7 @@ def parse_container_inspect(text: str, kind: EngineKind) -> ContainerInfo:
             labels=labels,
             running=running,
             image_id=image_id,
+            config=parse_container_config(obj),
         )
     except KeyError as e:
         raise InspectParseError(f"container inspect output has no {e.args[0]!r} field") from e

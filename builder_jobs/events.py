@@ -91,6 +91,8 @@ class SaveResult:
     sif_digest: str = ""
     commit_method: str = ""
     commit_note: str = ""  # e.g. why the streaming commit was not possible
+    # env var names (never values) left out of the image config as secret-looking
+    dropped_env: list[str] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
     failure: FailureKind | None = None
     error: str = ""

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import grp
+import json
 import logging
 import pwd
 import signal
@@ -41,6 +42,7 @@ from builder_jobs.events import (
     write_result,
 )
 from builder_jobs.failures import SaveFailed, engine_failure, registry_failure
+from builder_jobs.image_config import ConfigRule, image_env, saved_config
 from builder_jobs.no_space import full_path, no_space, remove_engine_leftover
 from builder_jobs.oci_save import PushedImage, RegistryTarget
 from builder_jobs.run import SaveRun
@@ -151,10 +153,30 @@ def push(run: SaveRun, target: RegistryTarget, info: ContainerInfo) -> PushedIma
         except CommandFailed as e:
             pushing = argv[len(engine.base)] == "push"
             raise (registry_failure(e, ref) if pushing else engine_failure(e)) from e
+    rule, base_env = ConfigRule.from_site(run.site), base_image_env(run, info)
     try:
-        return target.annotate(provenance(run, info).annotations())
+        return target.annotate(
+            provenance(run, info).annotations(),
+            config=lambda pushed: saved_config(pushed, info.config, rule, base_env),
+        )
     except ImgsaveError as e:
         raise registry_failure(e, ref) from e
+
+
+def base_image_env(run: SaveRun, info: ContainerInfo) -> tuple[str, ...]:
+    """The base image's ``Env`` from the engine (the image config rule keeps HOME and
+    HOSTNAME only where the base sets them)."""
+    image = info.image_id or info.image
+    if not image:
+        return ()
+    try:
+        out = run.runner(run.engine.inspect_image(image), timeout=INSPECT_TIMEOUT_SECONDS)
+        found = json.loads(out.stdout)
+    except (ImgsaveError, ValueError) as e:  # HOME/HOSTNAME are then left out: not worth failing
+        log.warning("could not read the base image's env (%s): %s", image, e)
+        return ()
+    obj = found[0] if isinstance(found, list) and found else found
+    return image_env(obj) if isinstance(obj, dict) else ()
 
 
 def provenance(run: SaveRun, info: ContainerInfo) -> SaveProvenance:
@@ -236,6 +258,9 @@ def save(run: SaveRun) -> SaveResult:
             targets = open_targets(run, ref, want_oci, want_sif)
         if want_oci:
             pushed, method, why_not = commit_and_push(run, targets[0], info)
+            if pushed.dropped_env:
+                run.emit(Stage.PUSHING, "left out of the image's config (secret-looking "
+                         f"names): {', '.join(pushed.dropped_env)}")
             size = pushed.image_bytes
             run.emit(Stage.PUSHING, f"pushed {ref}@{pushed.digest}", size, size)
         if want_sif:
@@ -259,6 +284,7 @@ def save(run: SaveRun) -> SaveResult:
         sif_digest=sif_out.digest,
         commit_method=method if pushed else sif.SIF_METHOD,
         commit_note=why_not if pushed else "",
+        dropped_env=list(pushed.dropped_env) if pushed else [],
         seconds=dict(run.seconds),
     )
     # The image is in the registry and usable: say so before the local housekeeping

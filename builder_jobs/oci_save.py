@@ -1,23 +1,39 @@
 """The registry side of an OCI save: remember the tag, annotate the push, undo a failure.
 
 The engine pushes the committed image under the target tag. :class:`RegistryTarget`
-then fetches that manifest, adds imgsave's annotations, puts it back under the tag and
-deletes the un-annotated manifest. If anything fails after the push began,
+then fetches that manifest, puts the image config right by the one rule every commit
+method follows (:mod:`builder_jobs.image_config`: the engine keeps the container's
+env, labels... but also imgsave's owner label and env vars such as ``FOO_TOKEN``),
+adds imgsave's annotations, puts the manifest back under the tag and deletes the
+engine's manifest and, where the config changed, the engine's config blob.
+
+Why in the registry and not with the engine's ``commit --change``: podman's and
+docker's ``--change`` can set an ENV or LABEL but not remove one (``ENV FOO_TOKEN=``
+keeps the name and an empty value; nerdctl's accepts only CMD and ENTRYPOINT), so the
+only way to leave a variable out is a new config blob. The engine's own config blob
+does reach the registry for the moment between the push and its deletion; a registry
+that refuses blob deletion (Harbor has no blob DELETE; distribution needs
+``storage.delete.enabled``) keeps it unreferenced until its garbage collection, which
+is recorded in :attr:`RegistryTarget.warnings`. If anything fails after the push began,
 :meth:`RegistryTarget.rollback` deletes what this save put there and restores the
 manifest the tag pointed to before, so a failed save never leaves a half-done tag.
 """
 
 from __future__ import annotations
 
+import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from builder_jobs.annotations import annotate_manifest
+from builder_jobs.image_config import SavedConfig
 from core.errors import ImgsaveError, NotFound, RegistryError
 from registry.manifests import (
     ManifestInfo,
     parse_manifest,
+    sha256_digest,
 )
 from registry.oci import RegistryClient
 from registry.refs import ImageRef
@@ -47,6 +63,7 @@ class PushedImage:
 
     digest: str
     manifest: ManifestInfo
+    dropped_env: tuple[str, ...] = ()  # secret-looking env names left out of the config
 
     @property
     def image_bytes(self) -> int:
@@ -79,8 +96,13 @@ class RegistryTarget:
         """Remember what the tag points to now (also proves the registry answers)."""
         self.previous = fetch_manifest(self.client, self.repository, self.ref.tag)
 
-    def annotate(self, annotations: Mapping[str, str]) -> PushedImage:
-        """Re-put the pushed manifest with ``annotations``; delete the un-annotated one."""
+    def annotate(
+        self, annotations: Mapping[str, str],
+        config: Callable[[Mapping[str, Any]], SavedConfig] | None = None,
+    ) -> PushedImage:
+        """Re-put the pushed manifest with ``annotations`` and, with ``config``, the
+        image config it returns for the pushed one; delete the engine's manifest (and
+        its config blob when replaced)."""
         pushed = fetch_manifest(self.client, self.repository, self.ref.tag)
         if pushed is None or (self.previous and pushed.digest == self.previous.digest):
             raise RegistryError(
@@ -88,14 +110,40 @@ class RegistryTarget:
                 "registry; is the engine pushing to another registry (mirror, proxy)?"
             )
         self.pushed_digests.append(pushed.digest)
-        rewritten = annotate_manifest(pushed.body, pushed.media_type, annotations)
+        body, replaced, dropped = pushed.body, "", tuple[str, ...]()
+        if config is not None:
+            body, replaced, dropped = self._rewrite_config(pushed, config)
+        rewritten = annotate_manifest(body, pushed.media_type, annotations)
         digest = self.client.push_manifest(
             self.repository, self.ref.tag, rewritten.body, rewritten.media_type
         )
         self.pushed_digests.append(digest)
         if digest != pushed.digest:
             self._delete(pushed.digest, "the un-annotated manifest")
-        return PushedImage(digest, parse_manifest(rewritten.body, digest, rewritten.media_type))
+        if replaced:
+            self._delete_blob(replaced, "the engine's image config")
+        info = parse_manifest(rewritten.body, digest, rewritten.media_type)
+        return PushedImage(digest, info, dropped)
+
+    def _rewrite_config(
+        self, pushed: RawManifest, rule: Callable[[Mapping[str, Any]], SavedConfig]
+    ) -> tuple[bytes, str, tuple[str, ...]]:
+        """The manifest naming the ruled config (pushed as a blob), the engine's config
+        digest if it was replaced ("" if unchanged), the env names left out."""
+        try:
+            body = json.loads(pushed.body)
+            old = dict(body["config"])
+            engine_config = json.loads(self.client.get_blob(self.repository, old["digest"]))
+        except (ValueError, KeyError, TypeError) as e:
+            raise RegistryError(f"the pushed image {self.ref} has no readable config: {e}") from e
+        saved = rule(engine_config)
+        data = json.dumps(saved.config).encode()
+        digest = sha256_digest(data)
+        if digest == old["digest"]:
+            return pushed.body, "", saved.dropped_env
+        self.client.push_blob(self.repository, data, digest)
+        body["config"] = dict(old, digest=digest, size=len(data))
+        return json.dumps(body, indent=2).encode(), str(old["digest"]), saved.dropped_env
 
     def rollback(self) -> None:
         """Undo this save in the registry: no new tag, the previous manifest restored.
@@ -127,6 +175,15 @@ class RegistryTarget:
             pass
         except ImgsaveError as e:
             self._warn(f"could not delete {what} {self.repository}@{digest}: {e}")
+
+    def _delete_blob(self, digest: str, what: str) -> None:
+        try:
+            self.client.delete_blob(self.repository, digest)
+        except NotFound:
+            pass
+        except ImgsaveError as e:
+            self._warn(f"could not delete {what} {self.repository}@{digest} (unreferenced "
+                       f"now; the registry's garbage collection removes it): {e}")
 
     def _warn(self, message: str) -> None:
         log.warning("%s", message)

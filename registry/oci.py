@@ -292,6 +292,21 @@ class RegistryClient(RegistryTransport):
             )
         self.check(response, what, 202, 200)
 
+    def delete_blob(self, repository: str, digest: str) -> None:
+        """Delete the blob ``digest`` from ``repository`` (spec: content management).
+
+        :class:`NotFound` if absent; :class:`RegistryError` if the registry refuses
+        (deletion disabled, or a registry that does not offer blob deletion).
+        """
+        check_repository(repository)
+        check_digest(digest)
+        response = self.send(
+            "DELETE",
+            f"/v2/{repository}/blobs/{digest}",
+            scope=repository_scope(repository, "delete"),
+        )
+        self.check(response, f"delete blob {repository}@{digest}", 202, 200)
+
     def delete_tag_or_digest(self, repository: str, reference: str) -> str:
         """Delete by tag or digest; returns the digest deleted.
 

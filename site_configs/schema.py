@@ -167,6 +167,26 @@ class SifSection(_Section):
         return value
 
 
+# env var names a saved image never keeps (fnmatch patterns, any case): docs/saved-image.md
+DEFAULT_SECRET_ENV_PATTERNS = (
+    "*TOKEN*", "*PASSWORD*", "*PASSWD*", "*SECRET*", "*_KEY", "*API_KEY*", "*APIKEY*",
+    "*CREDENTIAL*", "*PRIVATE*", "AWS_*",
+)
+
+
+def _env_pattern(value: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9_*?\[\]!-]+", value):
+        raise ValueError(f"{value!r} is not an env var name pattern (letters, digits, _ * ? [ ])")
+    return value
+
+
+class SaveSection(_Section):
+    secret_env_patterns: list[Annotated[str, AfterValidator(_env_pattern)]] = Field(
+        default_factory=lambda: list(DEFAULT_SECRET_ENV_PATTERNS),
+        description="env vars whose names match are left out of every saved image",
+    )
+
+
 class NodeSection(_Section):
     """The one privileged entry on the nodes (docs/security.md)."""
 
@@ -226,6 +246,7 @@ class SiteConfig(_Section):
     limits: LimitsSection = Field(default_factory=LimitsSection)
     api: ApiSection = Field(default_factory=ApiSection)
     node: NodeSection = Field(default_factory=NodeSection)
+    save: SaveSection = Field(default_factory=SaveSection)
     database_url: str = ""
     source_path: str = Field("", exclude=True)
 

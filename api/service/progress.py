@@ -99,6 +99,7 @@ class SaveStatus:
             "sif_path": self.result.sif_path if self.result else "",
             "commit_method": self.result.commit_method if self.result else "",
             "commit_note": self.result.commit_note if self.result else "",
+            "dropped_env": list(self.result.dropped_env) if self.result else [],
             "seconds": dict(self.result.seconds) if self.result else {},
             "reason": self.reason,
         }
@@ -116,6 +117,7 @@ def status_from_dict(data: dict[str, object]) -> SaveStatus:
         size_bytes=int(str(data.get("size_bytes") or 0)),
         sif_path=str(data.get("sif_path", "")),
         commit_method=str(data.get("commit_method", "")),
+        dropped_env=[str(n) for n in _list(data.get("dropped_env"))],
         seconds=dict(seconds) if isinstance(seconds, dict) else {},
         error=str(data.get("reason", "")),
     ) if stage.final else None

@@ -5,14 +5,15 @@ a local layer, read it back to compress, upload). The upper dir of the container
 overlay mount *is* the diff, so this reads it once, pausing the container only for that
 read, and compresses, hashes and uploads in the same pass (:mod:`.overlay_layer`,
 :mod:`.layer_push`). The base image's layers are never sent again (:mod:`.base_image`).
-The new image is the base image's config plus one layer and a history entry, pushed as
-an OCI manifest under the target tag: the tag changes only at the very end, so a
-failed streaming commit leaves it as it was.
+The new image is the base image's config with the container's settings put in by the
+one rule every commit method follows (:mod:`builder_jobs.image_config`: the
+container's command, env, labels... minus imgsave's labels and secret-looking env
+vars), plus one layer and a history entry, pushed as an OCI manifest under the target
+tag: the tag changes only at the very end, so a failed streaming commit leaves it as
+it was.
 
-What differs from an engine commit: the config is the *base image's*, not the
-container's (no ``--env``/command/labels given at ``podman run`` travel; podman's
-commit copies those), and the new layer may be zstd (docker before 23.0 cannot pull
-zstd layers; podman, containerd, Harbor and distribution can).
+What differs from an engine commit: the new layer may be zstd (docker before 23.0
+cannot pull zstd layers; podman, containerd, Harbor and distribution can).
 
 When the container cannot be read this way, :class:`StreamingUnavailable` says why and
 nothing has been paused or pushed: the caller runs the engine's commit instead. The
@@ -33,6 +34,13 @@ from typing import Any
 
 from builder_jobs.engines import ContainerEngine
 from builder_jobs.events import ProgressEvent, Stage
+from builder_jobs.image_config import (
+    ConfigRule,
+    ContainerConfig,
+    SavedConfig,
+    image_env,
+    saved_config,
+)
 from builder_jobs.streaming.base_image import (
     BaseImage,
     LocalImage,
@@ -103,6 +111,7 @@ class StreamResult:
     base_pushed: bool = False  # the one-off engine push of the base ran
     base_notes: tuple[str, ...] = ()
     method: str = "streaming"
+    dropped_env: tuple[str, ...] = ()  # secret-looking env names left out of the config
 
 
 def stream_commit(
@@ -118,6 +127,8 @@ def stream_commit(
     authfile: str = "",
     buffer_bytes: int = BUFFER_BYTES,
     max_image_bytes: int = 0,
+    container_config: ContainerConfig | None = None,
+    config_rule: ConfigRule | None = None,
     runner: Runner = run_command,
 ) -> StreamResult:
     """Save ``container`` as ``target`` (which needs a tag) through ``client``.
@@ -133,6 +144,9 @@ def stream_commit(
     cannot be read directly (not overlay, rootless, metacopy, another engine); then
     nothing was paused or pushed, except when the read itself finds a metacopy or
     redirect xattr, after which the container runs again and the upload is cancelled.
+    The image config follows :func:`builder_jobs.image_config.saved_config` with
+    ``config_rule`` (default: the default patterns) on ``container_config`` (the
+    container's settings; inspected here when not given).
     """
     if not target.tag:
         raise ValueError(f"target {target} needs a tag")
@@ -154,8 +168,13 @@ def stream_commit(
             if extra:
                 runner(engine.rmi(extra), timeout=BASE_PUSH_TIMEOUT, check=False)
 
+    settings: list[ContainerConfig] = [container_config] if container_config else []
+
     def find_base() -> tuple[LocalImage, BaseImage]:
         mark = time.monotonic()
+        if not settings:
+            settings.append(engine.parse_container(
+                runner(engine.inspect_container(info.id)).stdout).config)
         inspected = runner(engine.inspect_image(info.image_id)).stdout
         image = parse_image_inspect(inspected, name=info.image_name)
         with client.twin() as own:  # this runs in a thread of its own
@@ -195,7 +214,9 @@ def stream_commit(
             if max_image_bytes and image.size + layer.tar_size > max_image_bytes:
                 raise ImageTooLarge(image.size + layer.tar_size, max_image_bytes)
             emit(ProgressEvent(Stage.PUSHING, message="streaming commit: config and manifest"))
-            digest, image_bytes = _push_image(client, target, base, layer, annotations or {})
+            saved = _config(base, layer, settings[0], config_rule or ConfigRule())
+            digest, image_bytes = _push_image(client, target, base, layer, saved,
+                                              annotations or {})
             seconds["manifest"] = _lap(mark)
         finally:
             wait([lookup])
@@ -219,6 +240,7 @@ def stream_commit(
         base_layers_mounted=base.mounted,
         base_pushed=base.engine_pushed,
         base_notes=base.notes,
+        dropped_env=saved.dropped_env,
     )
 
 
@@ -301,7 +323,8 @@ def _throttled(emit: Callable[[ProgressEvent], None], stats: LayerStats) -> Call
 
 
 def image_config(base: Mapping[str, Any], diff_id: str, created: str) -> dict[str, Any]:
-    """The base image's config with one more layer and a history entry for it."""
+    """``base`` (the base image's config, the container's settings put in by
+    :func:`_config`) with one more layer and a history entry for it."""
     rootfs = dict(base.get("rootfs") or {})
     history = list(base.get("history") or [])
     config = dict(base)
@@ -331,15 +354,25 @@ def _descriptor(d: Descriptor) -> dict[str, Any]:
     return {"mediaType": media_type, "digest": d.digest, "size": d.size}
 
 
+def _config(base: BaseImage, layer: PushedLayer, container: ContainerConfig, rule: ConfigRule
+            ) -> SavedConfig:
+    """The new image's config: the base's, the container's settings by the one rule
+    (:mod:`builder_jobs.image_config`), the new layer and its history entry."""
+    created = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    ruled = saved_config(base.config, container, rule, image_env(base.config))
+    return SavedConfig(image_config(ruled.config, layer.diff_id, created),
+                       ruled.dropped_env, ruled.dropped_labels)
+
+
 def _push_image(
     client: RegistryClient,
     target: ImageRef,
     base: BaseImage,
     layer: PushedLayer,
+    saved: SavedConfig,
     annotations: Mapping[str, str],
 ) -> tuple[str, int]:
-    created = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    config_bytes = json.dumps(image_config(base.config, layer.diff_id, created)).encode()
+    config_bytes = json.dumps(saved.config).encode()
     config = Descriptor(sha256_digest(config_bytes), len(config_bytes), OCI_CONFIG)
     client.push_blob(target.repository, config_bytes, config.digest)
     new = Descriptor(layer.digest, layer.size, layer.media_type)

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from builder_jobs.events import FailureKind, ProgressEvent
 from builder_jobs.failures import SaveFailed, registry_failure
+from builder_jobs.image_config import ConfigRule
 from builder_jobs.oci_save import PushedImage, RegistryTarget
 from builder_jobs.streaming.commit import ImageTooLarge, stream_commit
 from builder_jobs.streaming.overlay_layer import StreamingUnavailable
@@ -47,6 +48,7 @@ def try_streaming(
                 annotations=annotations, events=forward,
                 authfile=run.site.registry.credentials_file,
                 max_image_bytes=run.site.limits.max_image_bytes, runner=run.runner,
+                container_config=info.config, config_rule=ConfigRule.from_site(run.site),
         )  # fmt: skip
     except StreamingUnavailable as e:
         target.began = False
@@ -66,4 +68,4 @@ def try_streaming(
     if manifest is None:
         raise SaveFailed(FailureKind.REGISTRY,
                          f"{target.ref}@{result.digest} vanished right after the push")
-    return PushedImage(result.digest, manifest), ""
+    return PushedImage(result.digest, manifest, result.dropped_env), ""

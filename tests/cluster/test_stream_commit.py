@@ -288,8 +288,11 @@ def _check_registry_image(
     assert config["rootfs"]["diff_ids"][-1] == result.diff_id
     assert len(config["rootfs"]["diff_ids"]) == len(info.layers) == 2
     assert config["history"][-1]["created_by"] == "imgsave streaming commit"
-    assert config["config"]["Cmd"] == ["/bin/sh"]  # the base's config, not `sleep infinity`
+    # the container's settings by the one rule (builder_jobs/image_config.py), inspected
+    # by stream_commit itself here: its command, not the base's /bin/sh; the base's env
+    assert config["config"]["Cmd"] == ["sleep", "infinity"]
     assert "BASE=yes" in config["config"]["Env"]
+    assert "imgsave.owner" not in config["config"].get("Labels", {})
     assert config["architecture"] and config["os"] == "linux"
 
 

@@ -25,6 +25,7 @@ from builder_jobs.engines import (
     parse_repo_digest,
     temporary_image,
 )
+from builder_jobs.image_config import ContainerConfig
 from core.errors import ConfigError
 from site_configs.schema import EngineKind, EngineSection
 
@@ -148,6 +149,17 @@ def test_parse_docker_sample() -> None:
         },
         running=True,
         image_id="0a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f9",
+        config=ContainerConfig(
+            cmd=("start-notebook.sh",),
+            env=("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",),
+            working_dir="/home/jovyan",
+            user="1000",
+            labels={
+                "imgsave.owner": "alice",
+                "maintainer": "Jupyter Project <jupyter@googlegroups.com>",
+            },
+            reported=frozenset({"Cmd", "Env", "WorkingDir", "User", "Labels"}),
+        ),
     )
 
 

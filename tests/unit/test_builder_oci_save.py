@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import pytest
 
 from builder_jobs.annotations import SaveProvenance, annotate_manifest
+from builder_jobs.image_config import ConfigRule, ContainerConfig, SavedConfig, saved_config
 from builder_jobs.oci_save import RegistryTarget, fetch_manifest
 from core.errors import RegistryError
 from registry.manifests import (
@@ -170,3 +171,61 @@ def test_rollback_restores_the_previous_manifest(
     assert client.manifest_digest(repo, "v1") == old
     assert client.manifest_digest(repo, new) is None
     assert target.warnings == []
+
+
+def test_annotate_with_the_config_rule_replaces_the_engines_config_and_deletes_it(
+    builder_registry: RunningRegistry, client: RegistryClient
+) -> None:
+    """The engine commit path: the engine pushed a docker-style config holding the
+    container's FOO_TOKEN (in ``config`` and ``container_config``) and the owner label;
+    after annotate the tag's config has neither, and the engine's config blob is gone."""
+    repo = "alice/config-rule"
+    target = _target(builder_registry, client, repo)
+    target.snapshot()
+    engine_config = json.dumps({
+        "architecture": "amd64", "os": "linux", "docker_version": "20.10.24",
+        "config": {"Env": ["PATH=/bin", "FOO_TOKEN=s3cr3t"], "Cmd": ["sleep", "infinity"],
+                   "Labels": {"imgsave.owner": "", "team": "bio"}},
+        "container_config": {"Env": ["PATH=/bin", "FOO_TOKEN=s3cr3t"]},
+        "rootfs": {"type": "layers", "diff_ids": ["sha256:" + "1" * 64]},
+    }).encode()  # fmt: skip
+    old = sha256_digest(engine_config)
+    client.push_blob(repo, engine_config, old)
+    client.push_blob(repo, b"layer", sha256_digest(b"layer"))
+    manifest = json.loads(_docker_manifest())
+    manifest["config"].update(digest=old, size=len(engine_config))
+    manifest["layers"][0].update(digest=sha256_digest(b"layer"), size=5)
+    client.push_manifest(repo, "v1", json.dumps(manifest).encode(), DOCKER_MANIFEST)
+    container = ContainerConfig(cmd=("sleep", "infinity"), env=("PATH=/bin", "FOO_TOKEN=s3cr3t"),
+                                labels={"imgsave.owner": "alice", "team": "bio"})
+
+    pushed = target.annotate(PROVENANCE.annotations(),
+                             config=lambda c: saved_config(c, container, ConfigRule()))
+    assert pushed.dropped_env == ("FOO_TOKEN",)
+    stored = fetch_manifest(client, repo, "v1")
+    assert stored is not None and stored.digest == pushed.digest
+    body = json.loads(stored.body)
+    assert body["config"]["mediaType"] == OCI_CONFIG and body["config"]["digest"] != old
+    config = client.get_blob(repo, body["config"]["digest"])
+    assert b"FOO_TOKEN" not in config and b"s3cr3t" not in config and b"imgsave" not in config
+    assert json.loads(config)["config"] == {"Env": ["PATH=/bin"], "Cmd": ["sleep", "infinity"],
+                                            "Labels": {"team": "bio"}}
+    assert not client.blob_exists(repo, old)  # the engine's config went with its manifest
+    assert target.warnings == []
+
+
+def test_annotate_keeps_an_engine_config_the_rule_does_not_change(
+    builder_registry: RunningRegistry, client: RegistryClient
+) -> None:
+    repo = "alice/config-same"
+    target = _target(builder_registry, client, repo)
+    target.snapshot()
+    _push_image(client, repo, "v1", b"layer")
+    plain = fetch_manifest(client, repo, "v1")
+    assert plain is not None
+    config_digest = json.loads(plain.body)["config"]["digest"]
+    pushed = target.annotate({}, config=lambda c: SavedConfig(dict(c)))
+    stored = fetch_manifest(client, repo, "v1")
+    assert stored is not None and pushed.dropped_env == ()
+    assert json.loads(stored.body)["config"]["digest"] == config_digest
+    assert client.blob_exists(repo, config_digest)  # still the image's config: kept
