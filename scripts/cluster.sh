@@ -15,6 +15,12 @@
 #
 # Everything binds to 127.0.0.1. See docs/local-cluster.md.
 set -euo pipefail
+# Whoever runs this may hold a lock (flock LOCK scripts/...): no daemon started here may
+# inherit it and hold it forever. Close every inherited descriptor but 0-2 (and bash's 255).
+for fd in /proc/$$/fd/*; do
+    fd=${fd##*/}
+    if ((fd > 2 && fd != 255)); then eval "exec $fd>&-"; fi
+done
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 TEMPLATES="$HERE/../site_configs/local"

@@ -16,6 +16,12 @@
 # Inside a node: `ctr -n k8s.io ...` and `docker -H unix:///run/docker/docker.sock ...`.
 # Needs the cluster up (scripts/cluster.sh up) for the node namespaces and base image.
 set -euo pipefail
+# Whoever runs this may hold a lock (flock LOCK scripts/...): no daemon started here may
+# inherit it and hold it forever. Close every inherited descriptor but 0-2 (and bash's 255).
+for fd in /proc/$$/fd/*; do
+    fd=${fd##*/}
+    if ((fd > 2 && fd != 255)); then eval "exec $fd>&-"; fi
+done
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 CLUSTER="$HERE/cluster.sh"
