@@ -9,7 +9,12 @@ left as they were. Saving under docker runs for real here, both ways (the stream
 commit from overlay2's upper dir, and docker's commit + push), as the node-side save
 run as root inside n1 with a site config naming the docker engine (through Slurm every
 node uses the one site config, which is podman's here): both give the same file tree.
-imgsave's containerd engine is not built yet.
+Through Slurm (site_configs/local.toml lists containerd and docker as
+``[[engine.others]]`` after podman): alice's session under containerd (``ctr``; from the
+base pulled from the registry, as on a Kubernetes node) and under docker each saves as
+OCI and SIF with ``imgsave submit``; the image pulled on n2 holds exactly the
+container's tree; bob is refused; a failed save resumes the container; a containerd
+base that is not in the registry is pushed from containerd's content store.
 """
 
 from __future__ import annotations
@@ -182,9 +187,11 @@ CHANGES = ("mkdir -p /opt/work && echo afternoon > /opt/work/notes && chmod 640 
            " && chown 1000:100 /opt/work/notes && ln -s notes /opt/work/link"
            " && rm /etc/imgsave-base && rm -rf /home/jovyan && mkdir -m 750 /home/jovyan"
            " && touch /home/jovyan/fresh")
-# (/etc/hosts, hostname, resolv.conf are the running container's, mounted by podman)
+# (/etc/hosts, hostname, resolv.conf are the running container's, mounted by podman,
+# which also adds the /etc/mtab link when it runs an image)
 TREE = ("find /opt /home /etc -xdev ! -path /etc/hosts ! -path /etc/hostname"
-        " ! -path /etc/resolv.conf | sort | xargs stat -c '%n %A %u:%g %s %N'")
+        " ! -path /etc/resolv.conf ! -path /etc/mtab | sort"
+        " | xargs stat -c '%n %A %u:%g %s %N'")
 
 
 def tree_of(image: str) -> str:
