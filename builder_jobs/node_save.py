@@ -138,11 +138,9 @@ def base_digest(run: SaveRun, info: ContainerInfo) -> str:
 def commit(run: SaveRun, info: ContainerInfo) -> None:
     """Commit the container (by id: the one whose owner was checked) to the temp tag,
     and refuse an image over the site's size limit before anything is pushed."""
-    run.local_images = [run.temp_image]
-    run.run(
-        run.engine.commit(info.id, run.temp_image, clear_labels=[run.site.engine.owner_label]),
-        run.site.engine.commit_timeout_seconds,
-    )
+    argv = run.engine.commit(info.id, run.temp_image, clear_labels=[run.site.engine.owner_label])
+    run.local_images = [run.temp_image]  # (an engine without a commit raised above)
+    run.run(argv, run.site.engine.commit_timeout_seconds)
     size = parse_image_size(
         run.run(run.engine.inspect_image(run.temp_image), INSPECT_TIMEOUT_SECONDS)
     )
