@@ -24,14 +24,26 @@ from builder_jobs.engine_containerd import (
     repo_digest,
 )
 from builder_jobs.engines import Docker, Podman
+from builder_jobs.events import EventLog, FailureKind
+from builder_jobs.failures import SaveFailed
 from builder_jobs.node_guard import GuardedRunner, JobGuard, record_path
+from builder_jobs.node_save import locate
+from builder_jobs.run import SaveRun
+from builder_jobs.spec import SaveSpec
 from builder_jobs.streaming.overlay_layer import StreamingUnavailable
 from builder_jobs.streaming.overlay_storage import ReadsOwnStorage, check_overlay_mount
 from core.errors import CommandFailed, ConfigError
 from core.runner import CommandResult
-from site_configs.schema import EngineKind, EngineRuntime, EngineSection
+from site_configs.schema import (
+    EngineKind,
+    EngineRuntime,
+    EngineSection,
+    ImageFormat,
+    load_site_config,
+)
 
-CAPTURES = Path(__file__).resolve().parents[1] / "captures" / "engines"
+TOP = Path(__file__).resolve().parents[2]
+CAPTURES = TOP / "tests" / "captures" / "engines"
 CTR = ["ctr", "--namespace", "k8s.io"]
 UPPER = "/var/lib/containerd/io.containerd.snapshotter.v1.overlayfs/snapshots/14/fs"
 MANIFEST = "sha256:050714ac509b10bfce2b542d2a51e55c436108e812a6603640aaf76f3e0508be"
@@ -213,3 +225,54 @@ def test_the_guard_records_ctrs_resume_before_its_pause(tmp_path: Path) -> None:
     assert JobGuard.load(guard.path).unpause == []  # type: ignore[union-attr]
     guarded(docker.commit("d1", "img"))  # docker's commit --pause=true, docker's undo
     assert seen[-1] == ["docker", "unpause", "d1"]
+
+
+class Node:
+    """A node's engines as a runner: podman has no such container, docker is down,
+    containerd holds it (its real outputs)."""
+
+    def __init__(self, owner: str = "alice") -> None:
+        self.info = capture("ctr_containers_info_running.json").replace(
+            '"imgsave.owner": "alice"', f'"imgsave.owner": "{owner}"')
+
+    def __call__(self, argv: Sequence[str], **kwargs: object) -> CommandResult:
+        if argv[0] == "podman":
+            raise CommandFailed(list(argv), 125, "[]", capture(
+                "podman_container_inspect_missing.stderr"))
+        if argv[0] == "docker":
+            raise CommandFailed(list(argv), 1, "", "Cannot connect to the Docker daemon at "
+                                "unix:///run/docker/docker.sock. Is the docker daemon running?")
+        if argv[-1] == "cap-ctr":
+            return CommandResult(tuple(argv), 0, self.info, "")
+        raise CommandFailed(list(argv), 1, "", capture("ctr_containers_info_missing.stderr"))
+
+
+def node_run(tmp_path: Path, container: str, runner: Node, user: str = "alice") -> SaveRun:
+    text = (TOP / "site_configs" / "local.toml").read_text()
+    (tmp_path / "site.toml").write_text(text)
+    spec = SaveSpec(request_id="c" * 32, user=user, container=container,
+                    target=f"127.0.0.1:5000/{user}/x:v1", formats=(ImageFormat.OCI,),
+                    category="cpu", node="n1", site_config=str(tmp_path / "site.toml"),
+                    created="2026-11-30T06:00:00+00:00")
+    return SaveRun(spec=spec, site=load_site_config(tmp_path / "site.toml"),
+                   events=EventLog(tmp_path / "events.jsonl"), runner=runner, env={})
+
+
+def test_the_node_finds_the_container_in_whichever_engine_holds_it(tmp_path: Path) -> None:
+    run = node_run(tmp_path, "cap-ctr", Node())
+    assert [e.kind for e in run.engines] == ["podman", "containerd", "docker"]
+    info = locate(run)
+    assert info.id == "cap-ctr" and isinstance(run.engine, Containerd)
+
+
+def test_another_users_container_in_any_engine_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(SaveFailed) as refused:
+        locate(node_run(tmp_path, "cap-ctr", Node(owner="alice"), user="bob"))
+    assert refused.value.kind is FailureKind.NOT_OWNER and "alice" not in refused.value.message
+
+
+def test_a_container_in_no_engine_is_not_found_even_with_a_daemon_down(tmp_path: Path) -> None:
+    with pytest.raises(SaveFailed) as missing:
+        locate(node_run(tmp_path, "nosuch", Node()))
+    assert missing.value.kind is FailureKind.CONTAINER_NOT_FOUND
+    assert missing.value.message == "container nosuch not found on n1"
