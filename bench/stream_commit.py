@@ -1,4 +1,4 @@
-"""Streaming commit vs ``podman commit && podman push`` vs ``tar | zstd -1 -T0 > /dev/null``.
+"""Streaming commit vs the engine's ``commit && push`` vs ``tar | zstd -1 -T0 > /dev/null``.
 
 Two kinds of diff. The issue's own case: what ``pip install numpy scipy sympy`` leaves
 (real wheels, installed with this venv's pip into a cache once, then copied into the
@@ -11,10 +11,14 @@ never has it yet). A private docker-registry on 127.0.0.1 receives both pushes. 
 and ratios of medians.
 
     .venv/bin/python bench/stream_commit.py [--sizes 50,250,1024] [--pip "numpy scipy sympy"]
-        [--runs 5] [--compression zstd] [--update-docs]
+        [--runs 5] [--compression zstd] [--engine podman|docker|containerd] [--update-docs]
 
 Needs root, podman, docker-registry and (for ``--pip``) access to a package index;
 takes a few minutes per diff. ``--pip ""`` leaves the real-package case out.
+``--engine docker|containerd`` saves containers of the local cluster's dockerd or
+containerd (``scripts/engines.sh up``), so it runs inside n1's mount namespace:
+``scripts/cluster.sh node-exec n1 $PWD/.venv/bin/python $PWD/bench/stream_commit.py
+--engine docker ...``; anchors in :mod:`bench.engine_sessions`.
 """
 
 from __future__ import annotations
@@ -38,18 +42,24 @@ TOP = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(TOP))
 
 from bench.docs_table import replace_section  # noqa: E402
-from builder_jobs.engines import Podman  # noqa: E402
+from bench.engine_sessions import (  # noqa: E402
+    ENGINE_INTRO,
+    ENGINE_NOTES,
+    PODMAN,
+    PODMAN_BASE,
+    STARTERS,
+    Session,
+    anchor,
+)
+from builder_jobs.engines import ContainerEngine  # noqa: E402
 from builder_jobs.streaming.commit import stream_commit  # noqa: E402
 from registry.oci import RegistryClient  # noqa: E402
 from registry.refs import ImageRef  # noqa: E402
 from tests.support.registry_server import RunningRegistry, running_registry  # noqa: E402
 
-PODMAN = ["podman", "--runtime", "runc", "--cgroup-manager", "cgroupfs"]
-ULIMITS = ["--ulimit", "nofile=20000:20000", "--ulimit", "nproc=4096:4096"]
-BASE = "localhost/imgsave-bench-base:latest"
+BASE = PODMAN_BASE
 PIP_CACHE = Path("/var/tmp/imgsave-bench-pip")  # installed packages, reused across runs
 SITE_PACKAGES = "usr/local/lib/python3.11/site-packages"
-ENGINE = Podman(command=tuple(PODMAN), tls_verify=False)
 WORDS = (
     "def class return import from self None True False if else elif for while in not "
     "numpy array value index data result lambda yield try except raise with as pass "
@@ -201,23 +211,15 @@ def timed(func: Callable[[], object]) -> float:
 
 
 def run_stream(
-    container: str, registry: RunningRegistry, repo: str, tag: str, compression: str
+    session: Session, registry: RunningRegistry, repo: str, tag: str, compression: str
 ) -> dict[str, float]:
     target = ImageRef(registry.host, repo, tag)
+    engine: ContainerEngine = session.engine
     with RegistryClient(registry.url) as client:
         start = time.perf_counter()
-        result = stream_commit(container, target, client, ENGINE, compression=compression)
+        result = stream_commit(session.name, target, client, engine, compression=compression)
         wall = time.perf_counter() - start
     return {**result.seconds, "wall": wall, "layer_mb": result.layer_size / 1e6}
-
-
-def run_engine(container: str, registry: RunningRegistry, repo: str, tag: str) -> dict[str, float]:
-    local = f"localhost/imgsave-bench-commit:{tag}"
-    commit = timed(lambda: podman(*ENGINE.commit(container, local)[len(PODMAN) :]))
-    (push_argv,) = ENGINE.push(local, f"{registry.host}/{repo}:{tag}")
-    push = timed(lambda: podman(*push_argv[len(PODMAN) :]))
-    podman("rmi", local)
-    return {"commit": commit, "push": push, "wall": commit + push, "pause": commit}
 
 
 def run_tar_zstd(upper: str) -> dict[str, float]:
@@ -234,29 +236,31 @@ def run_tar_zstd(upper: str) -> dict[str, float]:
 
 
 def bench_diff(
-    diff: Diff, runs: int, registry: RunningRegistry, compressions: list[str]
+    diff: Diff, runs: int, registry: RunningRegistry, compressions: list[str], engine: str
 ) -> dict[str, object]:
-    name = f"imgsave-bench-{uuid.uuid4().hex[:8]}"
-    podman("run", "-d", *ULIMITS, "--name", name, BASE, "sleep", "infinity")
+    session = STARTERS[engine]()
+    writable = [session.merged] + ([session.twin.merged] if session.twin else [])
     try:
-        merged = Path(podman("mount", name))
-        (merged / "opt").mkdir(exist_ok=True)
-        files = diff.fill(merged)
-        upper = podman("container", "inspect", "-f", "{{.GraphDriver.Data.UpperDir}}", name)
+        for merged in writable:  # containerd's anchor commits the same diff in docker
+            (merged / "opt").mkdir(exist_ok=True)
+            files = diff.fill(merged)
+        upper = session.upper
         suffix = uuid.uuid4().hex[:6]
         methods: dict[str, Callable[[int], dict[str, float]]] = {
             "tar|zstd": lambda run: run_tar_zstd(upper),
-            "engine": lambda run: run_engine(name, registry, f"bench/engine-{suffix}", f"r{run}"),
+            "engine": lambda run: anchor(session, registry.host, f"bench/engine-{suffix}",
+                                         f"r{run}"),
         }
         for c in compressions:
             methods[f"stream-{c}"] = lambda run, c=c: run_stream(  # type: ignore[misc]
-                name, registry, f"bench/stream-{c}-{suffix}", f"r{run}", c
+                session, registry, f"bench/stream-{c}-{suffix}", f"r{run}", c
             )
         results: dict[str, list[dict[str, float]]] = {m: [] for m in methods}
         order = list(methods)
         for run in range(runs + 1):  # run 0 warms the page cache and the registry
             for method in order:
-                (merged / "opt" / "nonce").write_bytes(os.urandom(64))
+                for merged in writable:
+                    (merged / "opt" / "nonce").write_bytes(os.urandom(64))
                 settle()
                 measured = with_cpu(methods[method], run, registry_pid(registry))
                 if run:
@@ -266,7 +270,7 @@ def bench_diff(
         tar_mb = int(subprocess.run(["du", "-sm", upper], capture_output=True, text=True,
                                     check=True).stdout.split()[0])  # fmt: skip
     finally:
-        subprocess.run([*PODMAN, "rm", "-f", "-t", "0", name], capture_output=True, check=False)
+        session.remove()
     return {"label": diff.label, "mb": tar_mb, "files": files, "results": results}
 
 
@@ -398,9 +402,11 @@ def main() -> None:
                         help='packages for the real-package diff ("" leaves it out)')  # fmt: skip
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--compression", default="zstd", help="zstd, gzip or zstd,gzip")
+    parser.add_argument("--engine", default="podman", choices=sorted(STARTERS))
     parser.add_argument("--update-docs", action="store_true")
     args = parser.parse_args()
-    base_image()
+    if args.engine == "podman":
+        base_image()
     diffs = [
         Diff(f"synthetic {mb} MB", fill_synthetic(mb))
         for mb in (int(s) for s in args.sizes.split(",") if s)
@@ -411,7 +417,8 @@ def main() -> None:
     compressions = args.compression.split(",")
     with tempfile.TemporaryDirectory(prefix="imgsave-bench-") as tmp:
         with running_registry(Path(tmp) / "registry") as registry:
-            measured = [bench_diff(d, args.runs, registry, compressions) for d in diffs]
+            measured = [bench_diff(d, args.runs, registry, compressions, args.engine)
+                        for d in diffs]
     result = table(measured, compressions)
     print(result)
     if args.update_docs:
@@ -419,8 +426,18 @@ def main() -> None:
             f".venv/bin/python bench/stream_commit.py --sizes {args.sizes} --pip '{args.pip}' "
             f"--runs {args.runs} --compression {args.compression} --update-docs"
         )
-        body = f"{DOC_INTRO}\n\n    {command}\n\n{targets(measured)}\n\n{result}\n\n{DOC_NOTES}"
-        replace_section(TOP / "docs" / "benchmarks.md", "Streaming commit", body)
+        if args.engine == "podman":
+            body = f"{DOC_INTRO}\n\n    {command}\n\n{targets(measured)}\n\n{result}\n\n{DOC_NOTES}"
+            replace_section(TOP / "docs" / "benchmarks.md", "Streaming commit", body)
+            return
+        command = command.replace(
+            ".venv/bin/python bench/stream_commit.py",
+            "scripts/cluster.sh node-exec n1 $PWD/.venv/bin/python $PWD/bench/stream_commit.py"
+            f" --engine {args.engine}", 1)
+        notes = f"\n\n{ENGINE_NOTES}" if args.engine == "containerd" else ""
+        body = f"{ENGINE_INTRO[args.engine]}\n\n    {command}\n\n{result}{notes}"
+        replace_section(TOP / "docs" / "benchmarks.md", f"Streaming commit under {args.engine}",
+                        body)
 
 
 if __name__ == "__main__":

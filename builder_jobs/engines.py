@@ -4,7 +4,8 @@
 (inspect and its parser), pause and resume it, commit it (or say that its storage can
 be streamed, :attr:`ContainerEngine.streams_overlay`), export its filesystem (SIF),
 push the image and remove local names. Any engine that gives those fits as one more
-class and one entry in :data:`ENGINES` (containerd's ``ctr``, enroot, ...).
+class and one entry in :mod:`builder_jobs.engine_choice` (containerd's ``ctr`` is
+:mod:`builder_jobs.engine_containerd`; enroot, ...).
 
 The engines with docker's command line (podman, docker, nerdctl) share :class:`Engine`;
 one small subclass each fills in the few places where their command lines differ. Every
@@ -34,7 +35,7 @@ from typing import Any, ClassVar, Protocol
 
 from builder_jobs.image_config import ContainerConfig, parse_container_config
 from core.errors import ConfigError, ImgsaveError
-from site_configs.schema import EngineKind, EngineSection
+from site_configs.schema import EngineKind
 
 TEMP_REPOSITORY = "localhost/imgsave-tmp"
 
@@ -71,6 +72,8 @@ class ContainerEngine(Protocol):
     # the streaming commit can read this engine's storage (kernel overlay, podman's
     # inspect format: builder_jobs.streaming.overlay_storage); else the engine commits
     streams_overlay: ClassVar[bool]
+    # in the error of ``inspect_container`` of a container this engine does not have
+    not_found_text: ClassVar[str]
 
     @property
     def base(self) -> list[str]:
@@ -135,6 +138,7 @@ class Engine:
     # Engines whose ``commit --change`` accepts LABEL (nerdctl: only CMD, ENTRYPOINT).
     change_label_supported: ClassVar[bool] = True
     streams_overlay: ClassVar[bool] = False
+    not_found_text: ClassVar[str] = "no such container"
 
     @property
     def base(self) -> list[str]:
@@ -269,30 +273,13 @@ class Nerdctl(Engine):
         return argv
 
 
+# the engines with docker's command line; every engine, containerd too, is chosen by
+# builder_jobs.engine_choice
 ENGINES: dict[EngineKind, type[Engine]] = {
     EngineKind.PODMAN: Podman,
     EngineKind.DOCKER: Docker,
     EngineKind.NERDCTL: Nerdctl,
 }
-
-
-def engine_for(section: EngineSection) -> ContainerEngine:
-    """The engine the site config names; an unknown kind lists the valid names."""
-    try:
-        cls = ENGINES[EngineKind(section.kind)]
-    except (KeyError, ValueError) as e:
-        valid = ", ".join(sorted(k.value for k in ENGINES))
-        raise ConfigError(f"unknown engine kind {section.kind!r}; valid: {valid}") from e
-    if section.namespace and cls is not Nerdctl:
-        raise ConfigError(
-            f"engine.namespace is set to {section.namespace!r}, but only nerdctl has "
-            f"containerd namespaces (engine.kind is {section.kind})"
-        )
-    return cls(
-        command=tuple(section.command),
-        namespace=section.namespace,
-        tls_verify=section.tls_verify,
-    )
 
 
 def parse_container_inspect(text: str, kind: EngineKind) -> ContainerInfo:

@@ -40,7 +40,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from builder_jobs import cancel, sif
-from builder_jobs.engines import ContainerInfo, engine_for, temporary_image
+from builder_jobs.engine_choice import engine_for, engines_on
+from builder_jobs.engines import ContainerInfo, temporary_image
 from builder_jobs.events import EventStream, FailureKind, ProgressEvent, SaveResult, Stage
 from builder_jobs.failures import SaveFailed
 from builder_jobs.no_space import is_full
@@ -207,10 +208,12 @@ def main(argv: Sequence[str] | None,
                        f"refused: {e.message if isinstance(e, ImgsaveError) else e}")
     log.info("job %s: saving %s for %s", args[1], spec.container, spec.user)
     state_dir = Path(config.node.state_dir)
-    engine = engine_for(config.engine)
-    # what the epilog undoes if this process dies outright (builder_jobs/node_guard.py)
-    names = engine.local_names_after_push(temporary_image(spec.request_id), spec.target)
-    cleanup = [engine.rmi([name]) for name in names]  # one each: any may be gone
+    engines = engines_on(config.engine, spec.node) or [engine_for(config.engine)]
+    # what the epilog undoes if this process dies outright (builder_jobs/node_guard.py):
+    # the save's temporary names in whichever engine holds the container
+    cleanup = [engine.rmi([name]) for engine in engines  # one each: any may be gone
+               for name in engine.local_names_after_push(temporary_image(spec.request_id),
+                                                         spec.target)]
     # the SIF step's work directory (builder_jobs/sif.py), if it got that far
     cleanup.append(["find", sif.work_root(), "-maxdepth", "1", "-name",
                     f"imgsave-sif-{spec.request_id}-*", "-exec", "rm", "-rf", "{}", "+"])
@@ -222,7 +225,8 @@ def main(argv: Sequence[str] | None,
         kind = FailureKind.NO_SPACE if is_full(e) else FailureKind.INTERNAL
         return _failed(events, kind, f"cannot write the save's record in {state_dir}: {e}")
     run = SaveRun(spec=spec, site=config, events=events, env={}, job_id_known=args[1],
-                  runner=GuardedRunner(run_command, guard, engine.base, bound=DIE_WITH_ENTRY),
+                  runner=GuardedRunner(run_command, guard, engines[0].base, bound=DIE_WITH_ENTRY,
+                                       engines=engines),
                   located=lambda info: _lock_container(state_dir, info))
     try:
         result = save(run)

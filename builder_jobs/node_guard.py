@@ -28,11 +28,15 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from core.errors import CommandFailed
 from core.runner import DEFAULT_TIMEOUT_SECONDS, CommandResult, Runner, run_command
 from registry.catalog import CACHE_TAG_PREFIX
+
+if TYPE_CHECKING:
+    from builder_jobs.engines import ContainerEngine
 
 log = logging.getLogger("builder_jobs.node_guard")
 
@@ -113,12 +117,27 @@ class GuardedRunner:
     the entry was killed and the epilog removed its tag."""
 
     def __init__(
-        self, runner: Runner, guard: JobGuard, base: Sequence[str], bound: Sequence[str] = ()
+        self, runner: Runner, guard: JobGuard, base: Sequence[str], bound: Sequence[str] = (),
+        engines: Sequence[ContainerEngine] = (),
     ) -> None:
         self.runner = runner
         self.guard = guard
         self.base = list(base)
         self.bound = list(bound)
+        # every engine of the node: a pause is recognised by its own argv (containerd's
+        # is ``ctr ... tasks pause C``), its undo is that engine's resume
+        self.engines = list(engines)
+
+    def _engine_pause(self, args: list[str]) -> tuple[list[str], bool]:
+        """(the undo of ``args`` if it is some engine's pause, is it some engine's resume)."""
+        if not args:
+            return [], False
+        for engine in self.engines:
+            if args == [str(a) for a in engine.pause(args[-1])]:
+                return [str(a) for a in engine.resume(args[-1])], False
+            if args == [str(a) for a in engine.resume(args[-1])]:
+                return [], True
+        return [], False
 
     def __call__(
         self,
@@ -129,15 +148,21 @@ class GuardedRunner:
         input_text: str | None = None,
     ) -> CommandResult:
         args = [str(a) for a in argv]
-        verb = args[len(self.base)] if args[: len(self.base)] == self.base and len(
-            args) > len(self.base) else ""  # fmt: skip
+        bases = [self.base, *([str(a) for a in e.base] for e in self.engines)]
+        base = next((b for b in bases if args[: len(b)] == b and len(args) > len(b)), [])
+        verb = args[len(base)] if base else ""
         container = ""
-        if verb == "pause":
+        undo, resuming = self._engine_pause(args)
+        if undo:
             container = args[-1]
+        elif verb == "pause":
+            container = args[-1]
+            undo = [*base, "unpause", container]
         elif verb == "commit" and "--pause=true" in args:
             container = args[-2]
+            undo = [*base, "unpause", container]
         if container:
-            self.guard.unpause = [*self.base, "unpause", container]
+            self.guard.unpause = undo
             self.guard.write()  # before: a kill during the command is covered too
         if verb == "push" and is_helper_reference(args[-1]):
             reference = args[-1].removeprefix("docker://")  # podman's transport prefix
@@ -150,7 +175,8 @@ class GuardedRunner:
             if verb == "commit" and container:
                 self._resumed()  # the engine's commit resumes on its own failure
             raise
-        if (verb == "unpause" and result.returncode == 0) or (verb == "commit" and container):
+        resumed = verb == "unpause" or resuming
+        if (resumed and result.returncode == 0) or (verb == "commit" and container):
             self._resumed()
         return result
 

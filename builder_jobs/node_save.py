@@ -28,6 +28,7 @@ from pathlib import Path
 
 from builder_jobs import cancel, sif
 from builder_jobs.annotations import SaveProvenance
+from builder_jobs.engine_containerd import EngineCannot
 from builder_jobs.engines import (
     ContainerInfo,
     parse_image_size,
@@ -61,28 +62,42 @@ INSPECT_TIMEOUT_SECONDS = 60.0
 
 
 def locate(run: SaveRun) -> ContainerInfo:
-    """Find the container on this node and check that it belongs to the spec's user."""
+    """Find the container on this node and check that it belongs to the spec's user.
+
+    Each engine the site config gives this node is asked in turn; the first holding a
+    container of that name labelled as the user's becomes ``run.engine``. An engine
+    that does not answer is passed over (and logged if the container is found nowhere)."""
     spec, label = run.spec, run.site.engine.owner_label
-    try:
-        out = run.runner(
-            run.engine.inspect_container(spec.container), timeout=INSPECT_TIMEOUT_SECONDS
-        )
-    except CommandFailed as e:
-        if "no such container" in (e.stderr + e.stdout).lower():
-            raise SaveFailed(
-                FailureKind.CONTAINER_NOT_FOUND,
-                f"container {spec.container} not found on {run.node}",
-            ) from e
-        raise engine_failure(e) from e
-    info = run.engine.parse_container(out.stdout)
-    if info.labels.get(label) != spec.user:
+    failures: list[CommandFailed] = []
+    others = False
+    for engine in run.engines:
+        try:
+            out = run.runner(engine.inspect_container(spec.container),
+                             timeout=INSPECT_TIMEOUT_SECONDS)
+        except CommandFailed as e:
+            if engine.not_found_text not in (e.stderr + e.stdout).lower():
+                failures.append(e)
+            continue
+        info = engine.parse_container(out.stdout)
+        if info.labels.get(label) == spec.user:
+            run.engine = engine
+            return info
+        others = True
+    if others:
         # Never say whose it is: only that it lacks the requesting user's label.
         raise SaveFailed(
             FailureKind.NOT_OWNER,
             f"container {spec.container} on {run.node} is not labelled {label}={spec.user}; "
             "only your own containers can be saved",
         )
-    return info
+    if failures and len(failures) == len(run.engines):
+        raise engine_failure(failures[-1]) from failures[-1]  # none could look
+    for failure in failures:  # a daemon down is the admins' matter: in the job's log
+        log.warning("engine did not answer on %s: %s", run.node, failure)
+    raise SaveFailed(
+        FailureKind.CONTAINER_NOT_FOUND,
+        f"container {spec.container} not found on {run.node}",
+    )
 
 
 def resolve_target(run: SaveRun) -> ImageRef:
@@ -125,11 +140,9 @@ def base_digest(run: SaveRun, info: ContainerInfo) -> str:
 def commit(run: SaveRun, info: ContainerInfo) -> None:
     """Commit the container (by id: the one whose owner was checked) to the temp tag,
     and refuse an image over the site's size limit before anything is pushed."""
-    run.local_images = [run.temp_image]
-    run.run(
-        run.engine.commit(info.id, run.temp_image, clear_labels=[run.site.engine.owner_label]),
-        run.site.engine.commit_timeout_seconds,
-    )
+    argv = run.engine.commit(info.id, run.temp_image, clear_labels=[run.site.engine.owner_label])
+    run.local_images = [run.temp_image]  # (an engine without a commit raised above)
+    run.run(argv, run.site.engine.commit_timeout_seconds)
     size = parse_image_size(
         run.run(run.engine.inspect_image(run.temp_image), INSPECT_TIMEOUT_SECONDS)
     )
@@ -201,7 +214,10 @@ def commit_and_push(run: SaveRun, target: RegistryTarget, info: ContainerInfo
     if pushed is not None:
         return pushed, STREAMING_METHOD, ""
     with run.stage(Stage.COMMITTING, f"committing {info.name}"):
-        commit(run, info)
+        try:
+            commit(run, info)
+        except EngineCannot as e:  # containerd: streaming is its only way
+            raise SaveFailed(FailureKind.ENGINE, f"{e.message}; here: {why_not}") from e
     with run.stage(Stage.PUSHING, f"pushing {target.ref}"):
         return push(run, target, info), COMMIT_METHOD, why_not
 

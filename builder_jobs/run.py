@@ -12,7 +12,8 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from builder_jobs.engines import ContainerEngine, ContainerInfo, engine_for, temporary_image
+from builder_jobs.engine_choice import engine_for, engines_on
+from builder_jobs.engines import ContainerEngine, ContainerInfo, temporary_image
 from builder_jobs.events import EventSink, ProgressEvent, Stage
 from builder_jobs.failures import engine_failure
 from builder_jobs.script import JOB_ID_VARIABLE, NODE_VARIABLE
@@ -39,7 +40,11 @@ class SaveRun:
     located: Callable[[ContainerInfo], None] | None = None
 
     def __post_init__(self) -> None:
-        self.engine: ContainerEngine = engine_for(self.site.engine)
+        # the engines this node's sessions may run under; LOCATING sets ``engine`` to the
+        # one that holds the container
+        self.engines: list[ContainerEngine] = engines_on(self.site.engine, self.node)
+        self.engine: ContainerEngine = (self.engines[0] if self.engines
+                                        else engine_for(self.site.engine))
         self.temp_image = temporary_image(self.spec.request_id)
         self.local_images: list[str] = []
         self.target_ref = ImageRef("", "")  # set once LOCATING has checked the spec's target

@@ -10,8 +10,12 @@
 #                                                  node, load the base image into each
 #   scripts/engines.sh down                        stop them (containers go with them)
 #   scripts/engines.sh status                      which daemon runs where
-#   scripts/engines.sh session NODE USER NAME ENGINE   USER's session container NAME
-#                                                  under ENGINE (containerd | docker)
+#   scripts/engines.sh session NODE USER NAME ENGINE [IMAGE]   USER's session container
+#                                                  NAME under ENGINE (containerd | docker);
+#                                                  containerd's default image is the base
+#                                                  pulled from the local registry (as a
+#                                                  Kubernetes node pulls it), docker's the
+#                                                  base loaded from an archive
 #
 # Inside a node: `ctr -n k8s.io ...` and `docker -H unix:///run/docker/docker.sock ...`.
 # Needs the cluster up (scripts/cluster.sh up) for the node namespaces and base image.
@@ -29,6 +33,7 @@ STATE=/var/lib/imgsave-cluster
 LOGS=/var/log/imgsave-cluster
 NODES=(n1 n2)
 BASE_IMAGE=localhost/imgsave-base:latest
+REGISTRY_BASE=127.0.0.1:5000/library/imgsave-base:latest  # the same image, in the registry
 NAMESPACE=k8s.io
 DOCKER_SOCKET=/run/docker/docker.sock
 PACKAGES=(containerd docker.io)
@@ -114,6 +119,11 @@ load_base_image() {  # podman's base image, saved as archives, into both engines
             in_node "$n" ctr -n "$NAMESPACE" images import --base-name localhost/imgsave-base \
                 --index-name "$BASE_IMAGE" "$dir/base.oci.tar" >/dev/null
     fi
+    if ! in_node "$n" ctr -n "$NAMESPACE" images ls -q "name==$REGISTRY_BASE" 2>/dev/null | grep -q .; then
+        say "pulling $REGISTRY_BASE into containerd on $n"
+        in_node "$n" podman push -q --tls-verify=false "$BASE_IMAGE" "$REGISTRY_BASE"
+        in_node "$n" ctr -n "$NAMESPACE" images pull --plain-http "$REGISTRY_BASE" >/dev/null
+    fi
     if ! in_node "$n" docker -H "unix://$DOCKER_SOCKET" image inspect "$BASE_IMAGE" >/dev/null 2>&1; then
         say "loading $BASE_IMAGE into docker on $n"
         rm -f "$dir/base.docker.tar"
@@ -153,15 +163,15 @@ cmd_status() {
     done
 }
 
-session() {  # session NODE USER NAME ENGINE
-    local n=$1 user=$2 name=$3 engine=$4
+session() {  # session NODE USER NAME ENGINE [IMAGE]
+    local n=$1 user=$2 name=$3 engine=$4 image=${5:-}
     case "$engine" in
         containerd)
             in_node "$n" ctr -n "$NAMESPACE" run -d --label "imgsave.owner=$user" \
-                "$BASE_IMAGE" "$name" sleep infinity >/dev/null ;;
+                "${image:-$REGISTRY_BASE}" "$name" sleep infinity >/dev/null ;;
         docker)
             in_node "$n" docker -H "unix://$DOCKER_SOCKET" run -d --name "$name" \
-                --label "imgsave.owner=$user" --network none "$BASE_IMAGE" sleep infinity ;;
+                --label "imgsave.owner=$user" --network none "${image:-$BASE_IMAGE}" sleep infinity ;;
         *) say "engine must be containerd or docker (podman: scripts/cluster.sh session)"; return 2 ;;
     esac
 }
@@ -171,5 +181,5 @@ case "${1:-}" in
     down) cmd_down ;;
     status) cmd_status ;;
     session) shift; session "$@" ;;
-    *) sed -n '2,17p' "$0"; exit 2 ;;
+    *) sed -n '2,21p' "$0"; exit 2 ;;
 esac

@@ -7,6 +7,7 @@ documented in docs/site-config.md; keep the two in step.
 from __future__ import annotations
 
 import enum
+import fnmatch
 import ipaddress
 import os
 import pwd
@@ -30,6 +31,7 @@ class EngineKind(enum.StrEnum):
     PODMAN = "podman"
     DOCKER = "docker"
     NERDCTL = "nerdctl"
+    CONTAINERD = "containerd"  # driven with ctr (builder_jobs/engine_containerd.py)
 
 
 class RegistryAuth(enum.StrEnum):
@@ -102,16 +104,43 @@ class SchedulerSection(_Section):
         return value
 
 
-class EngineSection(_Section):
+class EngineRuntime(_Section):
+    """One engine users' sessions run under: what the node entry runs, on which nodes."""
+
     kind: EngineKind
     # argv prefix, e.g. ["sudo", "-n", "/usr/bin/nerdctl"]; never a shell string
     command: list[NonEmpty] = Field(min_length=1)
-    namespace: str = Field("", description="nerdctl --namespace (k8s.io on Kubernetes nodes)")
+    namespace: str = Field(
+        "", description="containerd namespace: nerdctl --namespace, ctr -n (default k8s.io)"
+    )
+    # containerd only: its root directory, whose content store holds the base image's
+    # blobs ("" = /var/lib/containerd)
+    root: str = ""
+    # the nodes whose sessions run under this engine: shell-style patterns ("gpu*",
+    # "n[1-4]"); empty = every node
+    nodes: list[NonEmpty] = Field(default_factory=list)
+
+    def runs_on(self, node: str) -> bool:
+        """Does this engine run sessions on ``node``?"""
+        return not self.nodes or any(fnmatch.fnmatchcase(node, p) for p in self.nodes)
+
+
+class EngineSection(EngineRuntime):
+    """The engine (``kind``, ``command``, ...) and how saves use every engine."""
+
     owner_label: NonEmpty = "imgsave.owner"
     commit_timeout_seconds: Annotated[float, Field(gt=0)] = 1800.0
     tls_verify: bool = True
     commit_method: CommitMethod = CommitMethod.AUTO
     layer_compression: Compression = Compression.ZSTD  # the streaming commit's new layer
+    # more engines the node entry looks in, in order after this one, for the container a
+    # save names (a node running sessions under podman and docker, ...); the first engine
+    # holding a container of that name labelled as the user's saves it
+    others: list[EngineRuntime] = Field(default_factory=list)
+
+    def runtimes_on(self, node: str) -> list[EngineRuntime]:
+        """The engines that may hold a session on ``node``, in the order they are asked."""
+        return [r for r in (self, *self.others) if r.runs_on(node)]
 
 
 class RegistrySection(_Section):

@@ -56,7 +56,11 @@ from builder_jobs.streaming.overlay_layer import (
     layer_entries,
     tar_chunks,
 )
-from builder_jobs.streaming.overlay_storage import OverlayContainer, readable_overlay
+from builder_jobs.streaming.overlay_storage import (
+    OverlayContainer,
+    ReadsOwnStorage,
+    readable_overlay,
+)
 from core.errors import ImgsaveError
 from core.runner import Runner, run_command
 from registry.manifests import OCI_CONFIG, OCI_LAYER_GZIP, OCI_MANIFEST, Descriptor, sha256_digest
@@ -175,10 +179,19 @@ def stream_commit(
         if not settings:
             settings.append(engine.parse_container(
                 runner(engine.inspect_container(info.id)).stdout).config)
-        inspected = runner(engine.inspect_image(info.image_id)).stdout
-        image = parse_image_inspect(inspected, name=info.image_name)
+        if isinstance(engine, ReadsOwnStorage):  # containerd: from its content store
+            image = engine.local_image(info, runner)
+        else:
+            inspected = runner(engine.inspect_image(info.image_id)).stdout
+            image = parse_image_inspect(inspected, name=info.image_name)
         with client.twin() as own:  # this runs in a thread of its own
-            base = ensure_base(own, target.registry, target.repository, image, push_base)
+            push: Callable[[str], None] = push_base
+            if isinstance(engine, ReadsOwnStorage):
+                own_storage = engine
+
+                def push(reference: str) -> None:
+                    own_storage.push_base(own, image, reference, runner)
+            base = ensure_base(own, target.registry, target.repository, image, push)
         seconds["base"] = _lap(mark)
         return image, base
 

@@ -11,10 +11,15 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from builder_jobs.engines import ContainerEngine
 from builder_jobs.streaming.overlay_layer import StreamingUnavailable
 from core.runner import Runner
+
+if TYPE_CHECKING:
+    from builder_jobs.streaming.base_image import LocalImage
+    from registry.oci import RegistryClient
 
 MOUNTINFO = "/proc/self/mountinfo"
 
@@ -31,6 +36,26 @@ class OverlayContainer:
     running: bool
     paused: bool
 
+
+
+@runtime_checkable
+class ReadsOwnStorage(Protocol):
+    """An engine whose container storage takes more than one ``inspect`` to find
+    (containerd: container record, snapshot, task, content store); the streaming commit
+    asks it through these instead of parsing ``inspect`` JSON."""
+
+    def overlay_container(self, container: str, runner: Runner) -> OverlayContainer:
+        """The container's upper dir, image name and state (raises StreamingUnavailable)."""
+        ...
+
+    def local_image(self, container: OverlayContainer, runner: Runner) -> LocalImage:
+        """The image the container was created from."""
+        ...
+
+    def push_base(self, client: RegistryClient, image: LocalImage, reference: str,
+                  runner: Runner) -> None:
+        """Push that image once, as ``reference``, when the registry has no copy."""
+        ...
 
 
 # the kernel's overlay as each engine names its driver: podman "overlay", docker "overlay2"
@@ -100,10 +125,14 @@ def readable_overlay(container: str, engine: ContainerEngine, runner: Runner) ->
     """The container's overlay storage, if this process can read its upper dir whole;
     raises :class:`StreamingUnavailable` (nothing paused) when it cannot."""
     if not engine.streams_overlay:
-        raise StreamingUnavailable(f"implemented for podman and docker, not {engine.kind}")
+        raise StreamingUnavailable(f"implemented for podman, docker and containerd, not "
+                                   f"{engine.kind}")
     if os.geteuid() != 0:
         raise StreamingUnavailable("needs root to read the engine's storage (rootless?)")
-    info = parse_overlay_container(runner(engine.inspect_container(container)).stdout)
+    if isinstance(engine, ReadsOwnStorage):
+        info = engine.overlay_container(container, runner)
+    else:
+        info = parse_overlay_container(runner(engine.inspect_container(container)).stdout)
     if not os.access(info.upper_dir, os.R_OK | os.X_OK):
         raise StreamingUnavailable(f"cannot read the upper dir {info.upper_dir}")
     if info.running or info.paused:

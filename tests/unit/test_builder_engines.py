@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pytest
 
+from builder_jobs.engine_choice import engine_for
 from builder_jobs.engines import (
     ContainerInfo,
     Docker,
     InspectParseError,
     Nerdctl,
     Podman,
-    engine_for,
     parse_container_inspect,
     parse_image_size,
     parse_repo_digest,
@@ -108,7 +108,7 @@ def test_engine_for_site_config() -> None:
     assert isinstance(engine, Nerdctl) and engine.namespace == "k8s.io"
     podman = engine_for(EngineSection(kind=EngineKind.PODMAN, command=list(PODMAN)))
     assert isinstance(podman, Podman) and podman.tls_verify
-    with pytest.raises(ConfigError, match="only nerdctl"):
+    with pytest.raises(ConfigError, match="only nerdctl and containerd"):
         engine_for(EngineSection(kind=EngineKind.PODMAN, command=["podman"], namespace="x"))
 
 

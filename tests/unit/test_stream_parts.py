@@ -113,7 +113,7 @@ def test_only_podman_and_docker_stream(tmp_path: Path) -> None:
     nerdctl = Nerdctl(command=("nerdctl",))
     client = RegistryClient("http://127.0.0.1:9")
     target = ImageRef("127.0.0.1:9", "alice/x", "v1")
-    with pytest.raises(StreamingUnavailable, match="podman and docker, not nerdctl"):
+    with pytest.raises(StreamingUnavailable, match="podman, docker and containerd, not nerdctl"):
         stream_commit("c", target, client, nerdctl, runner=never)  # type: ignore[arg-type]
     assert Docker(command=("docker",)).streams_overlay
     with pytest.raises(ValueError, match="needs a tag"):
