@@ -112,6 +112,9 @@ class EngineSection(_Section):
     tls_verify: bool = True
     commit_method: CommitMethod = CommitMethod.AUTO
     layer_compression: Compression = Compression.ZSTD  # the streaming commit's new layer
+    # a re-save adds one layer of what changed (docs/incremental-save.md) until the image
+    # has this many over its base; the next save is one layer again. 1: always full.
+    max_layers: Annotated[int, Field(ge=1, le=100)] = 16
 
 
 class RegistrySection(_Section):

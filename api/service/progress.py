@@ -99,6 +99,11 @@ class SaveStatus:
             "sif_path": self.result.sif_path if self.result else "",
             "commit_method": self.result.commit_method if self.result else "",
             "commit_note": self.result.commit_note if self.result else "",
+            "save_kind": self.result.save_kind if self.result else "",
+            "incremental": self.result.incremental if self.result else False,
+            "chain_layers": self.result.chain_layers if self.result else 0,
+            "full_reason": self.result.full_reason if self.result else "",
+            "bytes_pushed": self.result.bytes_pushed if self.result else 0,
             "seconds": dict(self.result.seconds) if self.result else {},
             "reason": self.reason,
         }
@@ -116,6 +121,10 @@ def status_from_dict(data: dict[str, object]) -> SaveStatus:
         size_bytes=int(str(data.get("size_bytes") or 0)),
         sif_path=str(data.get("sif_path", "")),
         commit_method=str(data.get("commit_method", "")),
+        incremental=data.get("incremental") is True,
+        chain_layers=int(str(data.get("chain_layers") or 0)),
+        full_reason=str(data.get("full_reason", "")),
+        bytes_pushed=int(str(data.get("bytes_pushed") or 0)),
         seconds=dict(seconds) if isinstance(seconds, dict) else {},
         error=str(data.get("reason", "")),
     ) if stage.final else None

@@ -13,8 +13,10 @@ from typing import TYPE_CHECKING
 from builder_jobs.events import FailureKind, ProgressEvent
 from builder_jobs.failures import SaveFailed, registry_failure
 from builder_jobs.oci_save import PushedImage, RegistryTarget
-from builder_jobs.streaming.commit import ImageTooLarge, stream_commit
+from builder_jobs.streaming.chain import ResaveChain
+from builder_jobs.streaming.commit import ImageTooLarge, StreamResult, stream_commit
 from builder_jobs.streaming.overlay_layer import StreamingUnavailable
+from builder_jobs.streaming.save_index import RecordStore
 from core.errors import ImgsaveError, RegistryError
 from site_configs.schema import CommitMethod
 
@@ -23,16 +25,22 @@ if TYPE_CHECKING:
     from builder_jobs.run import SaveRun
 
 STREAMING_METHOD = "streaming"
+LIST_TIMEOUT_SECONDS = 60.0
 
 
 def try_streaming(
     run: SaveRun, target: RegistryTarget, info: ContainerInfo,
     annotations: Mapping[str, str],
-) -> tuple[PushedImage | None, str]:
-    """Save by streaming the upper dir; ``(None, why)`` when the engine must do it."""
+) -> tuple[PushedImage | None, str, StreamResult | None]:
+    """Save by streaming the upper dir (on the container's earlier save where the node's
+    record allows: :mod:`.chain`); ``(None, why, None)`` when the engine must do it."""
     method = run.site.engine.commit_method
     if method is CommitMethod.ENGINE:
-        return None, "engine commit chosen by the site config"
+        return None, "engine commit chosen by the site config", None
+    chain = ResaveChain(
+        RecordStore(run.site.node.state_dir), engine=run.site.engine.kind.value,
+        user=run.spec.user, max_layers=run.site.engine.max_layers, full=run.spec.full,
+    )  # fmt: skip
 
     def forward(event: ProgressEvent) -> None:
         run.events.emit(event)
@@ -47,12 +55,13 @@ def try_streaming(
                 annotations=annotations, events=forward,
                 authfile=run.site.registry.credentials_file,
                 max_image_bytes=run.site.limits.max_image_bytes, runner=run.runner,
+                chain=chain,
         )  # fmt: skip
     except StreamingUnavailable as e:
         target.began = False
         if method is CommitMethod.STREAMING:
             raise SaveFailed(FailureKind.ENGINE, e.message) from e
-        return None, e.reason
+        return None, e.reason, None
     except ImageTooLarge as e:
         raise SaveFailed(FailureKind.SIZE_LIMIT, e.message) from e
     except RegistryError as e:
@@ -66,4 +75,15 @@ def try_streaming(
     if manifest is None:
         raise SaveFailed(FailureKind.REGISTRY,
                          f"{target.ref}@{result.digest} vanished right after the push")
-    return PushedImage(result.digest, manifest), ""
+    chain.prune(lambda: _container_ids(run))  # records of containers gone from the node
+    return PushedImage(result.digest, manifest), "", result
+
+
+def _container_ids(run: SaveRun) -> list[str]:
+    """Every container the engine has on this node (running or not), by full id."""
+    argv = [*run.engine.base, "ps", "-a", "-q", "--no-trunc"]
+    try:
+        out = run.runner(argv, timeout=LIST_TIMEOUT_SECONDS).stdout
+    except ImgsaveError as e:
+        raise OSError(f"cannot list the containers: {e}") from e
+    return out.split()
