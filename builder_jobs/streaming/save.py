@@ -7,6 +7,7 @@ and records why; ``streaming`` fails instead; ``engine`` never streams.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
@@ -16,13 +17,15 @@ from builder_jobs.oci_save import PushedImage, RegistryTarget
 from builder_jobs.streaming.chain import ResaveChain
 from builder_jobs.streaming.commit import ImageTooLarge, StreamResult, stream_commit
 from builder_jobs.streaming.overlay_layer import StreamingUnavailable
-from builder_jobs.streaming.save_index import RecordStore
+from builder_jobs.streaming.save_index import RecordError, RecordStore
 from core.errors import ImgsaveError, RegistryError
 from site_configs.schema import CommitMethod
 
 if TYPE_CHECKING:
     from builder_jobs.engines import ContainerInfo
     from builder_jobs.run import SaveRun
+
+log = logging.getLogger(__name__)
 
 STREAMING_METHOD = "streaming"
 LIST_TIMEOUT_SECONDS = 60.0
@@ -37,10 +40,7 @@ def try_streaming(
     method = run.site.engine.commit_method
     if method is CommitMethod.ENGINE:
         return None, "engine commit chosen by the site config", None
-    chain = ResaveChain(
-        RecordStore(run.site.node.state_dir), engine=run.site.engine.kind.value,
-        user=run.spec.user, max_layers=run.site.engine.max_layers, full=run.spec.full,
-    )  # fmt: skip
+    chain = _chain(run)
 
     def forward(event: ProgressEvent) -> None:
         run.events.emit(event)
@@ -75,8 +75,22 @@ def try_streaming(
     if manifest is None:
         raise SaveFailed(FailureKind.REGISTRY,
                          f"{target.ref}@{result.digest} vanished right after the push")
-    chain.prune(lambda: _container_ids(run))  # records of containers gone from the node
+    if chain is not None:
+        chain.prune(lambda: _container_ids(run))  # records of containers gone from the node
     return PushedImage(result.digest, manifest), "", result
+
+
+def _chain(run: SaveRun) -> ResaveChain | None:
+    """The save's chain policy; None (a plain streaming save) if the node has no name
+    a record directory can be made of."""
+    try:
+        store = RecordStore(run.site.node.state_dir, run.node or "local")
+    except RecordError as e:
+        log.warning("no incremental re-save: %s", e)
+        return None
+    engine = run.site.engine
+    return ResaveChain(store, engine=engine.kind.value, user=run.spec.user,
+                       max_layers=engine.max_layers, full=run.spec.full)
 
 
 def _container_ids(run: SaveRun) -> list[str]:

@@ -7,7 +7,9 @@ flag), never a copy of the data. ctime cannot be set by the user (the kernel sta
 every change of data, name, mode, owner, xattr or link count), so a path whose state is
 unchanged has the bytes and metadata it had.
 
-Records live in ``{node.state_dir}/saves/CONTAINER_ID.json``, written by root only:
+Records live in ``{node.state_dir}/saves/NODE/CONTAINER_ID.json`` (NODE: the scheduler's
+name of the node, so that a state dir shared by mistake, or by the local cluster's
+nodes, keeps each node's records apart), written by root only:
 :class:`RecordStore` refuses a state dir or records dir that is not a root-owned (the
 caller's) directory no one else can write, opens records with ``O_NOFOLLOW``, and reads
 only a regular file owned by the caller with no group or other access. A record names
@@ -30,6 +32,7 @@ from typing import NamedTuple
 RECORDS_DIR = "saves"
 FORMAT = 1
 _CONTAINER_ID = re.compile(r"[0-9a-f]{64}")
+_NODE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 
 
 class RecordError(Exception):
@@ -116,9 +119,11 @@ class SaveRecord:
 class RecordStore:
     """The node's save records, under ``state_dir`` (root's; see the module doc)."""
 
-    def __init__(self, state_dir: str | os.PathLike[str]) -> None:
+    def __init__(self, state_dir: str | os.PathLike[str], node: str = "local") -> None:
+        if not _NODE.fullmatch(node):
+            raise RecordError(f"{node!r} is not a node name")
         self.state_dir = Path(state_dir)
-        self.directory = self.state_dir / RECORDS_DIR
+        self.directory = self.state_dir / RECORDS_DIR / node
 
     def path_for(self, container_id: str) -> Path:
         if not _CONTAINER_ID.fullmatch(container_id):
@@ -181,7 +186,7 @@ class RecordStore:
         return gone
 
     def _check_dirs(self, *, create: bool) -> None:
-        for directory in (self.state_dir, self.directory):
+        for directory in (self.state_dir, self.directory.parent, self.directory):
             if create:
                 try:
                     directory.mkdir(mode=0o700)

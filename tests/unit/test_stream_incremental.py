@@ -244,3 +244,13 @@ def test_prune_removes_the_records_of_gone_containers_only(tmp_path: Path) -> No
     assert store.prune(["b" * 64]) == [CID]
     assert sorted(os.listdir(store.directory)) == ["b" * 64 + ".json", "unrelated"]
     assert RecordStore(tmp_path / "none").prune([]) == []
+
+
+def test_each_node_keeps_its_own_records_and_node_names_are_checked(tmp_path: Path) -> None:
+    n1, n2 = RecordStore(tmp_path / "state", "n1"), RecordStore(tmp_path / "state", "n2")
+    n1.save(_record())
+
+    assert n2.load(CID) is None and n2.prune([]) == []
+    assert n1.load(CID) == _record()
+    with pytest.raises(RecordError, match="not a node name"):
+        RecordStore(tmp_path / "state", "../n1")
