@@ -108,7 +108,9 @@ def indexed_entries(
             stack.append(child)
             if whole or old != state:
                 yield from _write(stack, stats)
-                if opaque or (replaced and not frame.whole):
+                # marked where it hides something new: in a full walk or a new or
+                # replaced directory, not an opaque directory the earlier layer holds
+                if (opaque and (whole or old is None)) or (replaced and not frame.whole):
                     stats.replaced_dirs += replaced
                     mode = stat.S_IMODE(st.st_mode)
                     yield LayerEntry(f"{rel}/{OPAQUE_MARKER}", EntryKind.FILE, mode,

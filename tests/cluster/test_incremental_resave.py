@@ -145,7 +145,7 @@ def test_each_reason_for_a_full_save_is_said_and_the_chain_starts_again(
     repo = f"alice/fallback-{uuid.uuid4().hex[:8]}"
     state = tmp_path / "state"
     with _container(stream_base) as container:
-        podman("exec", container, "sh", "-c", "echo one > /root/one")
+        podman("exec", container, "sh", "-c", "echo one > /opt/one")
         _save(container, builder_registry, repo, "1", _chain(state))
         same = _save(container, builder_registry, repo, "2", _chain(state))
         assert (same.incremental, same.chain_layers, same.files) == (True, 2, 0)

@@ -179,6 +179,23 @@ def test_a_replaced_directory_is_opaque_and_written_whole(tmp_path: Path) -> Non
     assert _plain(_apply(tree, diff)) == _plain(_first_save(upper)[0])
 
 
+@needs_root
+def test_an_opaque_directory_kept_since_the_earlier_save_is_not_marked_again(
+    tmp_path: Path,
+) -> None:
+    upper = tmp_path / "upper"
+    (upper / "d").mkdir(parents=True)
+    (upper / "d/n").write_text("n")
+    os.setxattr(upper / "d", "trusted.overlay.opaque", b"y")
+    tree, index = _first_save(upper)
+    (upper / "d/new").write_text("new")
+
+    diff = list(indexed_entries(str(upper), index, {}))
+
+    assert [e.name for e in diff] == ["d", "d/new"]  # no .wh..wh..opq: d/n stays
+    assert _plain(_apply(tree, diff)) == _plain(_first_save(upper)[0])
+
+
 # --- the record store ------------------------------------------------------------------
 
 
