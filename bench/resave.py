@@ -81,6 +81,8 @@ def _upper(container: str) -> str:
 
 
 def _du(path: Path) -> int:
+    if not path.exists():  # the registry makes its storage on the first push
+        return 0
     out = subprocess.run(["du", "-sb", str(path)], capture_output=True, text=True, check=True)
     return int(out.stdout.split()[0])
 

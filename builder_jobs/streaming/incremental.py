@@ -46,14 +46,17 @@ from builder_jobs.streaming.overlay_layer import (
 from builder_jobs.streaming.save_index import PathState, UpperIndex, path_state
 
 log = logging.getLogger(__name__)
+_STAT_FIELDS = 8  # PathState's fields up to rdev: what one lstat says
 
 
 @dataclass
 class _Frame:
-    """A directory being walked: its entry (written or still pending) and children."""
+    """A directory being walked: its stat (its entry is made once written) and children."""
 
     rel: str
-    entry: LayerEntry | None  # None for the upper dir itself (never an entry)
+    path: str
+    st: os.stat_result | None  # None for the upper dir itself (never an entry)
+    fd: int  # the directory, open: its children are looked up relative to it
     children: Iterator[str]
     whole: bool  # write everything below (new tree or replaced directory)
     written: bool = False
@@ -81,62 +84,103 @@ def indexed_entries(
     stats = stats if stats is not None else WalkStats()
     links: dict[tuple[int, int], str] = {}
     earlier_children = _children_of(earlier) if earlier is not None else {}
-    root = _Frame("", None, iter(_names(upper)), whole=earlier is None, written=True)
+    fd = _open_dir(upper)
+    names = _names(fd)
+    root = _Frame("", upper, None, fd, iter(names), whole=earlier is None, written=True)
     stack = [root]
-    yield from _deleted(root, earlier, earlier_children, set(_names(upper)), stats)
-    while stack:
-        frame = stack[-1]
-        name = next(frame.children, None)
-        if name is None:
-            stack.pop()
-            continue
-        rel = f"{frame.rel}/{name}" if frame.rel else name
-        path = os.path.join(upper, rel)
-        st = os.lstat(path)
-        stats.paths += 1
-        old = earlier.get(rel) if earlier is not None else None
-        if stat.S_ISDIR(st.st_mode):
-            opaque = _opaque(path)
-            state = path_state(st, opaque=opaque)
-            index[rel] = state
-            replaced = old is not None and (not old.is_dir or old.ino != st.st_ino
-                                            or (opaque and not old.opaque))  # fmt: skip
-            whole = frame.whole or replaced
-            entry = _entry(rel, EntryKind.DIR, st, _xattrs(path, rel))
-            names = _names(path)
-            child = _Frame(rel, entry, iter(names), whole)
-            stack.append(child)
-            if whole or old != state:
-                yield from _write(stack, stats)
-                # marked where it hides something new: in a full walk or a new or
-                # replaced directory, not an opaque directory the earlier layer holds
-                if (opaque and (whole or old is None)) or (replaced and not frame.whole):
-                    stats.replaced_dirs += replaced
-                    mode = stat.S_IMODE(st.st_mode)
-                    yield LayerEntry(f"{rel}/{OPAQUE_MARKER}", EntryKind.FILE, mode,
-                                     st.st_uid, st.st_gid)  # fmt: skip
-                if not whole and old is not None:
-                    yield from _deleted(child, earlier, earlier_children, set(names),
-                                        stats)  # fmt: skip
-            continue
-        link = os.readlink(path) if stat.S_ISLNK(st.st_mode) else ""
-        state = path_state(st, link=link)
+    try:
+        yield from _deleted(root, earlier, earlier_children, set(names), stats)
+        while stack:
+            frame = stack[-1]
+            name = next(frame.children, None)
+            if name is None:
+                os.close(stack.pop().fd)
+                continue
+            if earlier is not None and not frame.whole:  # the usual case first: unchanged
+                rel = f"{frame.rel}/{name}" if frame.rel else name
+                st = os.stat(name, dir_fd=frame.fd, follow_symlinks=False)
+                old = earlier.get(rel)
+                if old is not None and not stat.S_ISDIR(st.st_mode) and old == _same_as(old, st):
+                    stats.paths += 1
+                    index[rel] = old
+                    continue
+            yield from _visit(frame, name, stack, earlier, earlier_children, index, links,
+                              stats)  # fmt: skip
+    finally:
+        for frame in stack:
+            os.close(frame.fd)
+
+
+def _visit(
+    frame: _Frame,
+    name: str,
+    stack: list[_Frame],
+    earlier: Mapping[str, PathState] | None,
+    earlier_children: Mapping[str, list[str]],
+    index: UpperIndex,
+    links: dict[tuple[int, int], str],
+    stats: WalkStats,
+) -> Iterator[LayerEntry]:
+    """One path of the walk: index it, write it if it changed (a directory: enter it)."""
+    rel = f"{frame.rel}/{name}" if frame.rel else name
+    path = f"{frame.path}/{name}"
+    st = os.stat(name, dir_fd=frame.fd, follow_symlinks=False)  # relative: no path walk
+    stats.paths += 1
+    old = earlier.get(rel) if earlier is not None else None
+    now = path_state(st)
+    # unchanged stat, unchanged path (a new link target or xattr changes ctime)
+    same = old is not None and old[:_STAT_FIELDS] == now[:_STAT_FIELDS]
+    if stat.S_ISDIR(st.st_mode):
+        opaque = old.opaque if same and old else _opaque(path)
+        state = now._replace(opaque=opaque)
         index[rel] = state
-        if frame.whole or old != state:
-            leaf = _non_dir(path, rel, st, _xattrs(path, rel), links)
-            if leaf is not None:
-                yield from _write(stack, stats)
-                stats.written += 1
-                yield leaf
+        replaced = old is not None and (not old.is_dir or old.ino != st.st_ino
+                                        or (opaque and not old.opaque))  # fmt: skip
+        whole = frame.whole or replaced
+        fd = _open_dir(name, frame.fd)
+        names = _names(fd)
+        child = _Frame(rel, path, st, fd, iter(names), whole)
+        stack.append(child)
+        if whole or old != state:
+            yield from _write(stack, stats)
+            # marked where it hides something new: in a full walk or a new or
+            # replaced directory, not an opaque directory the earlier layer holds
+            if (opaque and (whole or old is None)) or (replaced and not frame.whole):
+                stats.replaced_dirs += replaced
+                mode = stat.S_IMODE(st.st_mode)
+                yield LayerEntry(f"{rel}/{OPAQUE_MARKER}", EntryKind.FILE, mode,
+                                 st.st_uid, st.st_gid)  # fmt: skip
+            if not whole and old is not None:
+                yield from _deleted(child, earlier, earlier_children, set(names), stats)
+        return
+    if same and old:
+        state = old
+    elif stat.S_ISLNK(st.st_mode):
+        state = now._replace(link=os.readlink(name, dir_fd=frame.fd))
+    else:
+        state = now
+    index[rel] = state
+    if frame.whole or old != state:
+        leaf = _non_dir(path, rel, st, _xattrs(path, rel), links)
+        if leaf is not None:
+            yield from _write(stack, stats)
+            stats.written += 1
+            yield leaf
+
+
+def _same_as(old: PathState, st: os.stat_result) -> PathState:
+    """``old`` with the stat's fields: equal to ``old`` when nothing changed."""
+    return PathState(st.st_mode, st.st_uid, st.st_gid, st.st_size, st.st_ino, st.st_ctime_ns,
+                     st.st_mtime_ns, st.st_rdev, old.link, old.opaque)  # fmt: skip
 
 
 def _write(stack: list[_Frame], stats: WalkStats) -> Iterator[LayerEntry]:
     """The directories on the walk's stack not written yet, outermost first."""
     for frame in stack:
-        if not frame.written and frame.entry is not None:
+        if not frame.written and frame.st is not None:
             frame.written = True
             stats.written += 1
-            yield frame.entry
+            yield _entry(frame.rel, EntryKind.DIR, frame.st, _xattrs(frame.path, frame.rel))
 
 
 def _deleted(
@@ -169,8 +213,13 @@ def _children_of(index: Mapping[str, PathState]) -> dict[str, list[str]]:
     return children
 
 
-def _names(directory: str) -> list[str]:
-    return sorted(os.listdir(directory), key=os.fsencode)
+def _names(fd: int) -> list[str]:
+    return sorted(os.listdir(fd), key=os.fsencode)
+
+
+def _open_dir(name: str, dir_fd: int | None = None) -> int:
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    return os.open(name, flags, dir_fd=dir_fd)
 
 
 def _opaque(path: str) -> bool:
