@@ -32,7 +32,6 @@ import subprocess
 import sys
 import tarfile
 import tempfile
-import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -47,6 +46,7 @@ from bench.stream_commit import (  # noqa: E402
     SITE_PACKAGES,
     ULIMITS,
     base_image,
+    own_cpu,
     fill_pip,
     pip_tree,
     podman,
@@ -101,13 +101,15 @@ def _compressed(upper: str, paths: list[str]) -> int:
 def _save(
     container: str, registry: RunningRegistry, repo: str, tag: str, chain: ResaveChain | None
 ) -> tuple[StreamResult, float, int]:
+    """The save's result, its CPU seconds (this process and the podman calls) and how
+    much the registry's storage grew."""
     before = _du(registry.storage)
     target = ImageRef(registry.host, repo, tag)
     with RegistryClient(registry.url) as client:
-        start = time.perf_counter()
+        cpu = own_cpu()
         result = stream_commit(container, target, client, ENGINE, chain=chain)
-        wall = time.perf_counter() - start
-    return result, wall, _du(registry.storage) - before
+        cpu = own_cpu() - cpu
+    return result, cpu, _du(registry.storage) - before
 
 
 def _change(case: int, merged: Path, run: int) -> list[str]:
@@ -153,7 +155,7 @@ def bench(packages: str, runs: int, registry: RunningRegistry, state: Path) -> d
                 for way, save in ways:
                     tag += 1
                     settle()
-                    result, wall, growth = save(str(tag))
+                    result, cpu, growth = save(str(tag))
                     if way == "incremental":
                         assert result.incremental, result.full_reason
                     allowance = 1.05 * compressed + (result.bytes_pushed - result.layer_size)
@@ -161,7 +163,7 @@ def bench(packages: str, runs: int, registry: RunningRegistry, state: Path) -> d
                                 "pushed": result.bytes_pushed, "layer": result.layer_size,
                                 "growth": growth, "compressed": compressed,
                                 "ratio": result.bytes_pushed / allowance,
-                                "tar": result.tar_size, "wall": wall,
+                                "tar": result.tar_size, "cpu": cpu,
                                 **{f"s_{k}": v for k, v in result.seconds.items()}}  # fmt: skip
                     for key, value in measured.items():
                         rows[label].setdefault(f"{way}.{key}", []).append(float(value))
@@ -183,15 +185,16 @@ def table(measured: dict[str, object]) -> str:
     rows = measured["rows"]
     assert isinstance(rows, dict)
     lines = [
-        "| change | save | node s | pause s | pushed | registry growth | changed, compressed "
-        "| pushed / (1.05 x changed + config + manifest) |",
-        "|---|---|---|---|---|---|---|---|",
+        "| change | save | node s | node CPU s | pause s | pushed | registry growth "
+        "| changed, compressed | pushed / (1.05 x changed + config + manifest) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for label, r in rows.items():
         for way in ("incremental", "full"):
             pushed, compressed = _median(r[f"{way}.pushed"]), _median(r[f"{way}.compressed"])
             lines.append(
                 f"| {label} | {way} | {_median(r[f'{way}.node_s']):.3f} | "
+                f"{_median(r[f'{way}.cpu']):.3f} | "
                 f"{_median(r[f'{way}.pause_s']):.3f} | {_bytes(pushed)} | "
                 f"{_bytes(_median(r[f'{way}.growth']))} | {_bytes(compressed)} | "
                 f"{_median(r[f'{way}.ratio']):.2f} |"
