@@ -345,6 +345,9 @@ class Containerd:
     def rmi(self, images: Sequence[str]) -> list[str]:
         return [*self.base, "images", "rm", *images]
 
+    def list_containers(self) -> list[str]:
+        return [*self.base, "containers", "ls", "-q"]
+
     def image_record(self, image: str, runner: Runner) -> ImageRecord:
         """The base image's ``ctr images ls`` row (the image the container was made from)."""
         record = parse_images_ls(runner(self.inspect_image(image)).stdout, image)

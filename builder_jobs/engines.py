@@ -122,6 +122,10 @@ class ContainerEngine(Protocol):
         """Remove these local image names."""
         ...
 
+    def list_containers(self) -> list[str]:
+        """Print the full id of every container on the node, running or not, one a line."""
+        ...
+
 
 @dataclass(frozen=True)
 class Engine:
@@ -202,6 +206,9 @@ class Engine:
     def rmi(self, images: Sequence[str]) -> list[str]:
         """Remove these local image names (untag; the data goes when no tag is left)."""
         return [*self.base, "rmi", *images]
+
+    def list_containers(self) -> list[str]:
+        return [*self.base, "ps", "-a", "-q", "--no-trunc"]
 
     def export(self, container: str, output: str) -> list[str]:
         """Write the container's whole filesystem as a tar file (for SIF)."""

@@ -101,6 +101,24 @@ class SaveResult:
     # reports prefer to accounting's (a slurmctld restart moves accounting's end).
     started_at: float | None = None
     ended_at: float | None = None
+    # The streaming commit's chain (docs/incremental-save.md): layers imgsave has added
+    # over the base image (1 for a full save, 0 when not streamed), whether this save
+    # built on the earlier one, why not when it could have, and the bytes it uploaded
+    # (new layer, config, manifest; 0 when the engine pushed and did not say).
+    incremental: bool = False
+    chain_layers: int = 0
+    full_reason: str = ""
+    bytes_pushed: int = 0
+
+    @property
+    def save_kind(self) -> str:
+        """"incremental (n layers, x MB new)", "full" or "" (not an OCI streaming save)."""
+        if not self.ok or not self.chain_layers:
+            return ""
+        if not self.incremental:
+            return "full"
+        return (f"incremental ({self.chain_layers} layers, "
+                f"{self.size_bytes / 1e6:.1f} MB new)")  # fmt: skip
 
     @property
     def job_seconds(self) -> float | None:

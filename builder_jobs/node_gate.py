@@ -141,6 +141,7 @@ def spec_from_job(
         node=record.node.split(",", 1)[0],
         site_config=config.source_path,
         created=datetime.now(UTC).isoformat(timespec="seconds"),
+        full=meta.get("full") == "1",
     )
 
 

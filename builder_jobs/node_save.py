@@ -48,6 +48,7 @@ from builder_jobs.no_space import full_path, no_space, remove_engine_leftover
 from builder_jobs.oci_save import PushedImage, RegistryTarget
 from builder_jobs.run import SaveRun
 from builder_jobs.spec import EVENTS_FILE, RESULT_FILE, SaveSpec
+from builder_jobs.streaming.commit import StreamResult
 from builder_jobs.streaming.save import STREAMING_METHOD, try_streaming
 from core.errors import CommandFailed, ImgsaveError
 from registry.auth import load_credentials
@@ -207,19 +208,21 @@ def provenance(run: SaveRun, info: ContainerInfo) -> SaveProvenance:
 
 
 def commit_and_push(run: SaveRun, target: RegistryTarget, info: ContainerInfo
-                    ) -> tuple[PushedImage, str, str]:
+                    ) -> tuple[PushedImage, str, str, StreamResult | None]:
     """The OCI image in the registry: streamed where possible, else the engine's commit
-    and push. Returns the image, the method used and why streaming was not."""
-    pushed, why_not = try_streaming(run, target, info, provenance(run, info).annotations())
+    and push. Returns the image, the method used, why streaming was not, and the
+    streaming commit's own result (its chain) when it ran."""
+    annotations = provenance(run, info).annotations()
+    pushed, why_not, streamed = try_streaming(run, target, info, annotations)
     if pushed is not None:
-        return pushed, STREAMING_METHOD, ""
+        return pushed, STREAMING_METHOD, "", streamed
     with run.stage(Stage.COMMITTING, f"committing {info.name}"):
         try:
             commit(run, info)
         except EngineCannot as e:  # containerd: streaming is its only way
             raise SaveFailed(FailureKind.ENGINE, f"{e.message}; here: {why_not}") from e
     with run.stage(Stage.PUSHING, f"pushing {target.ref}"):
-        return push(run, target, info), COMMIT_METHOD, why_not
+        return push(run, target, info), COMMIT_METHOD, why_not, None
 
 
 def open_targets(
@@ -263,6 +266,7 @@ def save(run: SaveRun) -> SaveResult:
     want_sif = ImageFormat.SIF in run.spec.formats
     pushed: PushedImage | None = None
     method, why_not = "", ""
+    streamed: StreamResult | None = None
     sif_out = sif.SifOutput()
     targets: list[RegistryTarget] = []
     try:
@@ -273,7 +277,7 @@ def save(run: SaveRun) -> SaveResult:
             run.target_ref = ref = resolve_target(run)
             targets = open_targets(run, ref, want_oci, want_sif)
         if want_oci:
-            pushed, method, why_not = commit_and_push(run, targets[0], info)
+            pushed, method, why_not, streamed = commit_and_push(run, targets[0], info)
             if pushed.dropped_env:
                 run.emit(Stage.PUSHING, "left out of the image's config (secret-looking "
                          f"names): {', '.join(pushed.dropped_env)}")
@@ -302,6 +306,10 @@ def save(run: SaveRun) -> SaveResult:
         commit_note=why_not if pushed else "",
         dropped_env=list(pushed.dropped_env) if pushed else [],
         seconds=dict(run.seconds),
+        incremental=bool(streamed and streamed.incremental),
+        chain_layers=streamed.chain_layers if streamed else 0,
+        full_reason=_full_reason(streamed),
+        bytes_pushed=streamed.bytes_pushed if streamed else 0,
     )
     # The image is in the registry and usable: say so before the local housekeeping
     # (removing the temporary image can take seconds on a busy node).
@@ -311,6 +319,12 @@ def save(run: SaveRun) -> SaveResult:
     if warning:
         log.warning("%s", warning)
     return result
+
+
+def _full_reason(streamed: StreamResult | None) -> str:
+    if streamed is None:
+        return ""
+    return "; ".join(n for n in (streamed.full_reason, streamed.record_note) if n)
 
 
 def _failed(run: SaveRun, failure: SaveFailed) -> SaveResult:

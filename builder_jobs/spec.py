@@ -32,6 +32,7 @@ class SaveSpec:
     node: str
     site_config: str  # path of the site config file the node loads
     created: str  # ISO 8601, UTC
+    full: bool = False  # a full save even where an incremental one is possible (--full)
 
     def to_json(self) -> str:
         data = asdict(self)

@@ -141,6 +141,9 @@ class EngineSection(EngineRuntime):
     def runtimes_on(self, node: str) -> list[EngineRuntime]:
         """The engines that may hold a session on ``node``, in the order they are asked."""
         return [r for r in (self, *self.others) if r.runs_on(node)]
+    # a re-save adds one layer of what changed (docs/incremental-save.md) until the image
+    # has this many over its base; the next save is one layer again. 1: always full.
+    max_layers: Annotated[int, Field(ge=1, le=100)] = 16
 
 
 class RegistrySection(_Section):

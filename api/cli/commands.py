@@ -139,16 +139,19 @@ def _formats(value: str) -> tuple[ImageFormat, ...]:
 @click.option("--format", "formats", default="oci", show_default=True,
               help="oci, sif, or oci,sif (both from one commit).")
 @click.option("--category", default="cpu", show_default=True, help="cpu or gpu.")
+@click.option("--full", is_flag=True,
+              help="Save everything again, not only what changed since this container's "
+                   "last save (docs/incremental-save.md).")
 @click.pass_obj
 @reports_errors
 def submit(obj: Context, container: str, target: str, node: str, job_id: str,
-           formats: str, category: str) -> None:
+           formats: str, category: str, full: bool) -> None:
     """Save CONTAINER as TARGET (name:tag) with a job pinned to its node."""
     # the spool's files and the job's output (sbatch passes its umask on) are yours alone
     os.umask(0o077)
     request = SaveRequest(
         user=obj.user, container=container, target=target, formats=_formats(formats),
-        category=category, node=node, job_id=job_id,
+        category=category, node=node, job_id=job_id, full=full,
     )
     submitted = obj.backend.saves.submit(request, admin=obj.admin)
     obj.emit(
@@ -160,9 +163,11 @@ def submit(obj: Context, container: str, target: str, node: str, job_id: str,
 
 def _status_rows(statuses: Sequence[SaveStatus]) -> str:
     return render_table(
-        ["JOBID", "USER", "CONTAINER", "TARGET", "NODE", "STATE", "STAGE", "PROGRESS", "REASON"],
+        ["JOBID", "USER", "CONTAINER", "TARGET", "NODE", "STATE", "STAGE", "PROGRESS", "SAVED",
+         "REASON"],
         [[s.job_id, s.user, s.container, s.target, s.node, s.state.label.upper(), s.stage.value,
-          f"{s.percent}%", s.reason] for s in statuses],
+          f"{s.percent}%", s.result.save_kind if s.result else "", s.reason]
+         for s in statuses],
     )
 
 

@@ -107,6 +107,8 @@ class RemoteSaves:
             body["node"] = request.node
         if request.job_id:
             body["job_id"] = request.job_id
+        if request.full:
+            body["full"] = True
         # One key per invocation: a retry after a lost answer returns the same job.
         key = {"Idempotency-Key": uuid.uuid4().hex}
         try:

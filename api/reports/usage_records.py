@@ -191,7 +191,7 @@ def cache_row(
         "wait_seconds": record.queue_wait_seconds if started else None,
         "run_seconds": run,
         "cpu_seconds": record.cpu_seconds,
-        "bytes_pushed": result.size_bytes if ok and result is not None else 0,
+        "bytes_pushed": (result.bytes_pushed or result.size_bytes) if ok and result else 0,
         "image_ref": (result.reference if ok and result is not None else "")[:512],
         "image_digest": (result.digest if ok and result is not None else "")[:100],
         "synced_at": utc_naive(now),

@@ -100,6 +100,11 @@ class SaveStatus:
             "commit_method": self.result.commit_method if self.result else "",
             "commit_note": self.result.commit_note if self.result else "",
             "dropped_env": list(self.result.dropped_env) if self.result else [],
+            "save_kind": self.result.save_kind if self.result else "",
+            "incremental": self.result.incremental if self.result else False,
+            "chain_layers": self.result.chain_layers if self.result else 0,
+            "full_reason": self.result.full_reason if self.result else "",
+            "bytes_pushed": self.result.bytes_pushed if self.result else 0,
             "seconds": dict(self.result.seconds) if self.result else {},
             "reason": self.reason,
         }
@@ -118,6 +123,10 @@ def status_from_dict(data: dict[str, object]) -> SaveStatus:
         sif_path=str(data.get("sif_path", "")),
         commit_method=str(data.get("commit_method", "")),
         dropped_env=[str(n) for n in _list(data.get("dropped_env"))],
+        incremental=data.get("incremental") is True,
+        chain_layers=int(str(data.get("chain_layers") or 0)),
+        full_reason=str(data.get("full_reason", "")),
+        bytes_pushed=int(str(data.get("bytes_pushed") or 0)),
         seconds=dict(seconds) if isinstance(seconds, dict) else {},
         error=str(data.get("reason", "")),
     ) if stage.final else None

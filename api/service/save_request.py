@@ -26,6 +26,7 @@ class SaveRequest:
     category: str = "cpu"
     node: str = ""
     job_id: str = ""  # a running job of the user's whose node hosts the container
+    full: bool = False  # never build on the container's earlier save (incremental-save.md)
 
 
 @dataclass(frozen=True)

@@ -138,6 +138,7 @@ class SaveService:
             node=node,
             site_config=self.config.source_path,
             created=datetime.now(UTC).isoformat(timespec="seconds"),
+            full=request.full,
         )
         workdir.mkdir(mode=0o700)
         workdir.chmod(0o700)  # whatever the umask
@@ -300,6 +301,7 @@ def _metadata(spec: SaveSpec) -> dict[str, str]:
         "formats": ",".join(f.value for f in spec.formats),
         "category": spec.category,
         "node": spec.node,  # the node it is pinned to, for reports of jobs that never ran
+        **({"full": "1"} if spec.full else {}),  # --full: the node reads it (node_gate)
     }
 
 

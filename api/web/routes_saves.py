@@ -20,7 +20,7 @@ from site_configs.schema import ImageFormat
 
 bp = Blueprint("saves", __name__, url_prefix="/api/v1")
 
-FIELDS = ("container", "target", "formats", "category", "node", "job_id")
+FIELDS = ("container", "target", "formats", "category", "node", "job_id", "full")
 MAX_FIELD_LENGTH = 1024
 MAX_JOB_IDS = 200
 
@@ -128,7 +128,15 @@ def parse_save_body(body: dict[str, Any], user: str, *, require: bool = True) ->
         category=_text(body, "category") or "cpu",
         node=_text(body, "node"),
         job_id=_text(body, "job_id"),
+        full=_full(body),
     )
+
+
+def _full(body: dict[str, Any]) -> bool:
+    value = body.get("full", False)
+    if not isinstance(value, bool):
+        raise InvalidRequest("full must be true or false")
+    return value
 
 
 def dry_run(saves: SaveService, save: SaveRequest, *, admin: bool) -> dict[str, object]:

@@ -27,7 +27,7 @@ import datetime as dt
 import json
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any
@@ -48,9 +48,12 @@ from builder_jobs.streaming.base_image import (
     ensure_base,
     parse_image_inspect,
 )
+from builder_jobs.streaming.chain import ChainPlan, PushedHead, ResaveChain
 from builder_jobs.streaming.codecs import codec_for
+from builder_jobs.streaming.incremental import WalkStats, indexed_entries
 from builder_jobs.streaming.layer_push import BUFFER_BYTES, PushedLayer, push_layer
 from builder_jobs.streaming.overlay_layer import (
+    LayerEntry,
     LayerStats,
     StreamingUnavailable,
     layer_entries,
@@ -61,6 +64,7 @@ from builder_jobs.streaming.overlay_storage import (
     ReadsOwnStorage,
     readable_overlay,
 )
+from builder_jobs.streaming.save_index import UpperIndex
 from core.errors import ImgsaveError
 from core.runner import Runner, run_command
 from registry.manifests import OCI_CONFIG, OCI_LAYER_GZIP, OCI_MANIFEST, Descriptor, sha256_digest
@@ -116,6 +120,14 @@ class StreamResult:
     base_notes: tuple[str, ...] = ()
     method: str = "streaming"
     dropped_env: tuple[str, ...] = ()  # secret-looking env names left out of the config
+    # incremental re-save (builder_jobs/streaming/chain.py): layers over the base image
+    # (1: a full save), why the save is full when a chain was asked for, and what went up
+    incremental: bool = False
+    chain_layers: int = 1
+    full_reason: str = ""
+    record_note: str = ""
+    bytes_pushed: int = 0  # new layer + config + manifest (not an engine push of a base)
+    deleted: int = 0  # whiteouts for paths deleted since the earlier save
 
 
 def stream_commit(
@@ -134,6 +146,7 @@ def stream_commit(
     container_config: ContainerConfig | None = None,
     config_rule: ConfigRule | None = None,
     runner: Runner = run_command,
+    chain: ResaveChain | None = None,
 ) -> StreamResult:
     """Save ``container`` as ``target`` (which needs a tag) through ``client``.
 
@@ -151,6 +164,8 @@ def stream_commit(
     The image config follows :func:`builder_jobs.image_config.saved_config` with
     ``config_rule`` (default: the default patterns) on ``container_config`` (the
     container's settings; inspected here when not given).
+    With ``chain``, the save builds on the container's earlier one when it can (only what
+    changed since goes up: :mod:`.incremental`) and records the upper dir's index.
     """
     if not target.tag:
         raise ValueError(f"target {target} needs a tag")
@@ -160,7 +175,16 @@ def stream_commit(
     emit(ProgressEvent(Stage.LOCATING, message=f"streaming commit: inspecting {container}"))
     info = readable_overlay(container, engine, runner)
     codec = codec_for(compression, level)
+    plan = chain.plan(info, client, target) if chain else ChainPlan()
+    index: UpperIndex = {}
+    walk = WalkStats()
     seconds["inspect"] = _lap(started)
+
+    def entries() -> Iterable[LayerEntry]:
+        if chain is None:
+            return layer_entries(info.upper_dir)
+        earlier = plan.earlier.index if plan.incremental and plan.earlier else None
+        return indexed_entries(info.upper_dir, earlier, index, walk)
 
     def push_base(reference: str) -> None:
         try:
@@ -198,7 +222,13 @@ def stream_commit(
     # The base image is looked up (and, once per repository, pushed) while the layer
     # streams: only the manifest needs it. Its failure stops the read (_paused_read).
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="base-image") as pool:
-        lookup = pool.submit(find_base)
+        lookup: Future[tuple[LocalImage, BaseImage]]
+        if plan.incremental and plan.earlier and plan.base:  # the earlier image is the base
+            lookup = Future()
+            size = plan.earlier.image_size
+            lookup.set_result((LocalImage(info.image_id, (), size=size), plan.base))
+        else:
+            lookup = pool.submit(find_base)
         try:
             mark = time.monotonic()
             emit(ProgressEvent(Stage.COMMITTING, message="streaming commit: reading the container"))
@@ -208,7 +238,7 @@ def stream_commit(
                 layer = push_layer(
                     client,
                     target.repository,
-                    _paused_read(pause, info.upper_dir, stats, lookup, max_image_bytes),
+                    _paused_read(pause, entries, stats, lookup, max_image_bytes),
                     codec,
                     on_read_done=pause.resume,
                     progress=_throttled(emit, stats),
@@ -228,9 +258,12 @@ def stream_commit(
                 raise ImageTooLarge(image.size + layer.tar_size, max_image_bytes)
             emit(ProgressEvent(Stage.PUSHING, message="streaming commit: config and manifest"))
             saved = _config(base, layer, settings[0], config_rule or ConfigRule())
-            digest, image_bytes = _push_image(client, target, base, layer, saved,
-                                              annotations or {})
+            digest, image_bytes, config_digest, sent = _push_image(
+                client, target, base, layer, saved, annotations or {})
             seconds["manifest"] = _lap(mark)
+            head = PushedHead(digest, config_digest, len(base.layers) + 1,
+                              image.size + layer.tar_size)  # fmt: skip
+            note = chain.record(plan, info, target, head, index) if chain else ""
         finally:
             wait([lookup])
             _drop_helper_tag(client, target.repository, lookup)
@@ -254,6 +287,12 @@ def stream_commit(
         base_pushed=base.engine_pushed,
         base_notes=base.notes,
         dropped_env=saved.dropped_env,
+        incremental=plan.incremental,
+        chain_layers=plan.chain,
+        full_reason=plan.why_full,
+        record_note=note,
+        bytes_pushed=layer.size + sent,
+        deleted=walk.whiteouts,
     )
 
 
@@ -291,7 +330,7 @@ class _Pause:
 
 def _paused_read(
     pause: _Pause,
-    upper_dir: str,
+    entries: Callable[[], Iterable[LayerEntry]],
     stats: LayerStats,
     lookup: Future[tuple[LocalImage, BaseImage]],
     limit: int,
@@ -300,7 +339,7 @@ def _paused_read(
     lookup failed, or when the base (once known) plus the layer passes ``limit``."""
     pause.pause()
     base_size = 0
-    for chunk in tar_chunks(layer_entries(upper_dir), stats=stats):
+    for chunk in tar_chunks(entries(), stats=stats):
         if lookup.done() and not base_size:
             base_size = lookup.result()[0].size  # raises the lookup's error
         if limit and base_size + stats.tar_bytes > limit:
@@ -384,7 +423,9 @@ def _push_image(
     layer: PushedLayer,
     saved: SavedConfig,
     annotations: Mapping[str, str],
-) -> tuple[str, int]:
+) -> tuple[str, int, str, int]:
+    """Push config and manifest: the manifest's digest, the image's bytes, the config's
+    digest and the bytes sent (config + manifest)."""
     config_bytes = json.dumps(saved.config).encode()
     config = Descriptor(sha256_digest(config_bytes), len(config_bytes), OCI_CONFIG)
     client.push_blob(target.repository, config_bytes, config.digest)
@@ -392,7 +433,8 @@ def _push_image(
     layers = [*base.layers, new]
     manifest = image_manifest(config, layers, annotations)
     digest = client.push_manifest(target.repository, target.tag, manifest, OCI_MANIFEST)
-    return digest, config.size + sum(d.size for d in layers)
+    return digest, config.size + sum(d.size for d in layers), config.digest, (
+        config.size + len(manifest))
 
 
 def _lap(since: float) -> float:

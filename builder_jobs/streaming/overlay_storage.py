@@ -35,6 +35,8 @@ class OverlayContainer:
     upper_dir: str
     running: bool
     paused: bool
+    created: str = ""  # when the container was created and last started: an incremental
+    started: str = ""  # re-save trusts its record only for the same container life
 
 
 
@@ -90,6 +92,8 @@ def parse_overlay_container(text: str) -> OverlayContainer:
         upper_dir=upper,
         running=bool(state.get("Running")),
         paused=bool(state.get("Paused")) or state.get("Status") == "paused",
+        created=str(obj.get("Created") or ""),
+        started=str(state.get("StartedAt") or ""),
     )
 
 

@@ -132,6 +132,9 @@ def test_save_a_session_from_the_portal(
         shot(page, screenshots, "portal-progress", item)
         expect(item).to_have_class("save state-done", timeout=SAVE_TIMEOUT_MS)
         expect(item.locator("progress")).to_have_attribute("value", "100")
+        # the session's first save: full (incremental-save.md), with what it pushed
+        expect(item.locator(".save-kind")).to_contain_text("full · ")
+        expect(item.locator(".save-kind")).to_contain_text("pushed (no record of an earlier save")
 
     expect(session.locator(".field-error")).to_have_text(["", ""])  # the form was reset
     row = page.locator(f'tr[data-image="{USER}/{name}:v1"]')

@@ -185,6 +185,9 @@ compression = "gzip"
 processors = 1
 output_dir = {json.dumps(str(_make_sif_root(directory) / "{user}"))}
 push_oras = true
+
+[node]
+state_dir = {json.dumps(str(directory / "node-state"))}
 """
         + (f"\n[limits]\nmax_image_bytes = {max_image_bytes}\n" if max_image_bytes else "")
     )

@@ -221,6 +221,11 @@
       item.append(el("p", { class: "meta", text: `${humanBytes(save.bytes_done)} of ${humanBytes(save.bytes_total)}` }));
     }
     if (save.digest) item.append(el("p", { class: "meta" }, el("code", { text: save.digest })));
+    if (save.save_kind) {
+      const pushed = save.bytes_pushed ? ` · ${humanBytes(save.bytes_pushed)} pushed` : "";
+      const why = save.full_reason ? ` (${save.full_reason})` : "";
+      item.append(el("p", { class: "meta save-kind", text: `${save.save_kind}${pushed}${why}` }));
+    }
     if (save.reason) item.append(el("p", { class: "error", text: save.reason }));
     if (!save.final) {
       item.append(el("button", { type: "button", class: "secondary", text: "Cancel",
