@@ -13,23 +13,32 @@ import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from api.cli.remote import RemoteSite
-from api.reports.report import GROUPINGS, build_report
-from api.reports.report_output import render, render_document, write_png
+from api.cli.lazy import LazyGroup
 from api.service.progress import SaveStatus
 from api.service.save_request import SaveRequest
-from api.service.site import Site
 from api.tables import human_bytes, render_table
 from builder_jobs.events import Stage
 from core.errors import ImgsaveError
 from scheduler_glue.states import JobState
 from site_configs.schema import CONFIG_ENV, ImageFormat, current_account, get_site_config
 
+if TYPE_CHECKING:  # imported where used: submit and status start in < 0.25 s (docs/cli.md)
+    from api.cli.remote import RemoteSite
+    from api.service.site import Site
+
 F = TypeVar("F", bound=Callable[..., Any])
+
+# Commands whose module is imported only when they run: the REST API's (Flask,
+# SQLAlchemy) would cost every submit and status ~0.1 s of start-up.
+LAZY_COMMANDS = {"serve": "api.web.serve:serve", "token": "api.web.serve:token"}
+# The report's groupings (api.reports.usage_report.GROUPINGS, which imports SQLAlchemy),
+# for its --help; tests/unit/test_cli_latency.py keeps the two equal.
+REPORT_GROUPINGS = ("user", "account", "day", "week", "month", "node", "format", "category",
+                    "outcome")
 
 
 JOB_END_GRACE_SECONDS = 15.0  # status --wait: how long a pushed save's job may take to end
@@ -69,6 +78,8 @@ class Context:
         if self.api_url:
             raise click.UsageError("this command talks to the scheduler directly; drop --api")
         if self._site is None:
+            from api.service.site import Site
+
             self._site = Site(get_site_config(self.config_path))
         return self._site
 
@@ -77,6 +88,8 @@ class Context:
         """Where saves and images are handled: the site directly, or an imgsave API."""
         if self.api_url:
             if self._remote is None:
+                from api.cli.remote import RemoteSite
+
                 self._remote = RemoteSite(self.api_url, self.token_file)
             return self._remote
         return self.site
@@ -106,7 +119,7 @@ def reports_errors(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-@click.group()
+@click.group(cls=LazyGroup, lazy_commands=LAZY_COMMANDS)
 @click.option("--config", "config_path", envvar=CONFIG_ENV, type=click.Path(dir_okay=False),
               help=f"Site config file (default: ${CONFIG_ENV} or the bundled local.toml).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON output.")
@@ -287,7 +300,7 @@ def delete(obj: Context, image: str) -> None:
 @click.option("--until", default=None,
               help="Last day, included (YYYY-MM-DD), or an exact ISO date-time (default: now).")
 @click.option("--by", "by", default="user", show_default=True,
-              help=f"Comma-separated groupings: {', '.join(GROUPINGS)}.")
+              help=f"Comma-separated groupings: {', '.join(REPORT_GROUPINGS)}.")
 @click.option("--format", "output_format", type=click.Choice(["table", "csv", "json"]),
               default=None, help="Output format (default: table; json with --json).")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path),
@@ -312,6 +325,9 @@ def report(obj: Context, since: str | None, until: str | None, by: str,
         return
     if rebuild and not obj.admin:
         raise click.UsageError("--rebuild needs root/admin")
+    from api.reports.report import build_report
+    from api.reports.report_output import render, write_png
+
     usage = build_report(obj.site, since=since, until=until, by=by,
                          user=None if obj.admin else obj.user, check_registry=check_registry,
                          sync=not no_sync, rebuild=rebuild)
@@ -328,6 +344,9 @@ def _remote_report(obj: Context, since: str | None, until: str | None, by: str,
     if direct_only:
         raise click.UsageError("--check-registry, --no-sync and --rebuild work without --api "
                                "only (the API keeps its own cache)")
+    from api.cli.remote import RemoteSite
+    from api.reports.report_output import render_document
+
     params = {"by": by}
     params.update({k: v for k, v in (("since", since), ("until", until)) if v})
     remote = obj.backend
@@ -337,11 +356,6 @@ def _remote_report(obj: Context, since: str | None, until: str | None, by: str,
         plot_path.write_bytes(remote.usage_png(params))
     click.echo(render_document(doc, output_format or ("json" if obj.as_json else "table")))
 
-
-from api.web.serve import serve, token  # noqa: E402 - the REST API and portal commands
-
-main.add_command(serve)
-main.add_command(token)
 
 if __name__ == "__main__":
     main()

@@ -28,7 +28,6 @@ from api.service.spool import (
 )
 from api.service.status_join import StatusJoin, not_yours
 from builder_jobs.events import EventLog, ProgressEvent, Stage
-from builder_jobs.script import render_job_script
 from builder_jobs.spec import (
     EVENTS_FILE,
     OUTPUT_FILE,
@@ -143,6 +142,8 @@ class SaveService:
         workdir.chmod(0o700)  # whatever the umask
         write_private(workdir / SPEC_FILE, spec.to_json(), 0o600)
         script = workdir / SCRIPT_FILE
+        from builder_jobs.script import render_job_script  # jinja2: not on status's path
+
         text = render_job_script(workdir / SPEC_FILE, self.python, request_id,
                                  job_id_variable=self.scheduler.job_id_variable,
                                  node_variable=self.scheduler.node_variable)  # fmt: skip
