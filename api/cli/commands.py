@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,13 +16,13 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
+from api.cli.follow import follow
 from api.cli.lazy import LazyGroup
 from api.service.progress import SaveStatus
 from api.service.save_request import SaveRequest
 from api.tables import human_bytes, render_table
 from builder_jobs.events import Stage
 from core.errors import ImgsaveError
-from scheduler_glue.states import JobState
 from site_configs.schema import CONFIG_ENV, ImageFormat, current_account, get_site_config
 
 if TYPE_CHECKING:  # imported where used: submit and status start in < 0.25 s (docs/cli.md)
@@ -39,9 +38,6 @@ LAZY_COMMANDS = {"serve": "api.web.serve:serve", "token": "api.web.serve:token"}
 # for its --help; tests/unit/test_cli_latency.py keeps the two equal.
 REPORT_GROUPINGS = ("user", "account", "day", "week", "month", "node", "format", "category",
                     "outcome")
-
-
-JOB_END_GRACE_SECONDS = 15.0  # status --wait: how long a pushed save's job may take to end
 
 
 class Context:
@@ -152,10 +148,14 @@ def _formats(value: str) -> tuple[ImageFormat, ...]:
 @click.option("--format", "formats", default="oci", show_default=True,
               help="oci, sif, or oci,sif (both from one commit).")
 @click.option("--category", default="cpu", show_default=True, help="cpu or gpu.")
+@click.option("--wait", is_flag=True,
+              help="Then follow the save with a progress bar until it ends, as status --wait "
+                   "does; exit 1 if it failed.")
+@click.option("--timeout", default=3600.0, show_default=True, help="Seconds --wait waits.")
 @click.pass_obj
 @reports_errors
 def submit(obj: Context, container: str, target: str, node: str, job_id: str,
-           formats: str, category: str) -> None:
+           formats: str, category: str, wait: bool, timeout: float) -> None:
     """Save CONTAINER as TARGET (name:tag) with a job pinned to its node."""
     # the spool's files and the job's output (sbatch passes its umask on) are yours alone
     os.umask(0o077)
@@ -164,11 +164,23 @@ def submit(obj: Context, container: str, target: str, node: str, job_id: str,
         category=category, node=node, job_id=job_id,
     )
     submitted = obj.backend.saves.submit(request, admin=obj.admin)
-    obj.emit(
-        {"job_id": submitted.job_id, "request_id": submitted.request_id,
-         "target": str(submitted.target), "node": submitted.node},
-        lambda: f"Submitted image save job {submitted.job_id}",
-    )
+    answer: dict[str, object] = {
+        "job_id": submitted.job_id, "request_id": submitted.request_id,
+        "target": str(submitted.target), "node": submitted.node,
+    }  # fmt: skip
+    if not wait:
+        obj.emit(answer, lambda: f"Submitted image save job {submitted.job_id}")
+        return
+    # the job id at once (on stderr beside the progress with --json: stdout is one document)
+    click.echo(f"Submitted image save job {submitted.job_id}", err=obj.as_json)
+    (final,) = _wait(obj, [submitted.job_id], obj.backend.saves.status(
+        [submitted.job_id], obj.user, admin=obj.admin), timeout)
+    if obj.as_json:
+        click.echo(json.dumps({**answer, "status": final.to_dict()}, indent=2, sort_keys=True,
+                              default=str))
+    else:
+        click.echo(_status_rows([final]))
+    _exit_unless_done([final])
 
 
 def _status_rows(statuses: Sequence[SaveStatus]) -> str:
@@ -190,55 +202,30 @@ def status(obj: Context, job_ids: tuple[str, ...], wait: bool, timeout: float) -
     saves = obj.backend.saves
     statuses = saves.status(job_ids, obj.user, admin=obj.admin)
     if wait:
-        statuses = _follow(obj, job_ids, statuses, timeout)
+        statuses = _wait(obj, job_ids, statuses, timeout)
     obj.emit([s.to_dict() for s in statuses], lambda: _status_rows(statuses))
-    if wait and any(s.stage is not Stage.DONE for s in statuses):
-        for s in statuses:
-            if s.stage is not Stage.DONE:
-                click.echo(f"imgsave: error: job {s.job_id}: {s.reason or s.state.label}",
-                           err=True)
+    if wait:
+        _exit_unless_done(statuses)
+
+
+def _wait(obj: Context, job_ids: Sequence[str], statuses: list[SaveStatus],
+          timeout: float) -> list[SaveStatus]:
+    """Follow ``job_ids`` to their end (api/cli/follow.py): in direct mode by watching
+    the saves' files in the spool, with --api by asking the API."""
+    saves = obj.backend.saves
+    files = [] if obj.api_url else obj.site.saves.progress_files(
+        [s.job_id for s in statuses], obj.user, admin=obj.admin)
+    return follow(lambda: saves.status(job_ids, obj.user, admin=obj.admin), statuses, files,
+                  timeout, as_json=obj.as_json)
+
+
+def _exit_unless_done(statuses: Sequence[SaveStatus]) -> None:
+    """Exit 1, saying why, unless every save is done (pushed)."""
+    failed = [s for s in statuses if s.stage is not Stage.DONE]
+    for s in failed:
+        click.echo(f"imgsave: error: job {s.job_id}: {s.reason or s.state.label}", err=True)
+    if failed:
         sys.exit(1)
-
-
-def _follow(obj: Context, job_ids: Sequence[str], statuses: list[SaveStatus],
-            timeout: float) -> list[SaveStatus]:
-    deadline = time.monotonic() + timeout
-    interactive = sys.stderr.isatty() and not obj.as_json
-    last_line = ""
-    delay = 0.5
-    grace: float | None = None
-    while True:
-        line = "  ".join(_bar(s) for s in statuses)
-        if line != last_line:
-            click.echo(("\r" + line) if interactive else line, err=True, nl=not interactive)
-            last_line = line
-        now = time.monotonic()
-        if now > deadline or all(s.state.final for s in statuses):
-            break
-        if all(s.finished for s in statuses):
-            # Pushed: the image is usable. Give the jobs a moment to end, so that the
-            # table shows their final state rather than RUNNING.
-            grace = grace if grace is not None else now + JOB_END_GRACE_SECONDS
-            if now > grace:
-                break
-            delay = 0.5
-        time.sleep(delay)
-        delay = min(delay * 1.5, 5.0)
-        statuses = obj.backend.saves.status(job_ids, obj.user, admin=obj.admin)
-    if interactive:
-        click.echo("", err=True)
-    return statuses
-
-
-def _bar(s: SaveStatus, width: int = 24) -> str:
-    filled = width * s.percent // 100
-    detail = ""
-    if s.bytes_total:
-        detail = f" {human_bytes(s.bytes_done)}/{human_bytes(s.bytes_total)}"
-    bar = "#" * filled + "." * (width - filled)
-    if s.state is JobState.UNKNOWN and s.reason:
-        detail += f" ({s.reason})"  # e.g. accounting down: say so while waiting
-    return f"{s.job_id} [{bar}] {s.percent:3d}% {s.stage.value}{detail}"
 
 
 @main.command()

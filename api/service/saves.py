@@ -31,6 +31,7 @@ from builder_jobs.events import EventLog, ProgressEvent, Stage
 from builder_jobs.spec import (
     EVENTS_FILE,
     OUTPUT_FILE,
+    RESULT_FILE,
     SCRIPT_FILE,
     SPEC_FILE,
     SaveSpec,
@@ -230,6 +231,18 @@ class SaveService:
                 raise NotFound(not_yours(job_id))
         return [status for status in statuses.values() if status is not None]
 
+    def progress_files(self, job_ids: Iterable[str], user: str, *,
+                       admin: bool = False) -> list[Path]:
+        """The events and result files of those of ``job_ids`` that are saves of
+        ``user`` in this account's own spool: what ``status --wait`` watches."""
+        files: list[Path] = []
+        for job_id in job_ids:
+            spec = spec_in(self.spool, self._full_id(job_id))
+            if spec is not None and (spec.user == user or admin):
+                workdir = spool_dir_for(self.spool, spec.request_id)
+                files += [workdir / EVENTS_FILE, workdir / RESULT_FILE]
+        return files
+
     def queue(
         self, user: str, *, since: datetime | None = None, admin: bool = False
     ) -> list[SaveStatus]:
@@ -289,6 +302,7 @@ class SaveService:
             raise InvalidRequest(
                 f"job {job_id} has already ended ({status.state.label}); nothing to cancel"
             )
+        self._join.live.forget(status.job_id)
         self.scheduler.cancel(job_id)
 
 
