@@ -75,9 +75,8 @@ class Case:
 
 
 def node_pid() -> str:
-    out = subprocess.run(["pgrep", "-f", f"slurmd -N {NODE}"], capture_output=True, text=True,
-                         check=True).stdout.split()  # fmt: skip
-    return out[0]
+    """n1's slurmd, whose mount namespace is the node's (scripts/cluster.sh node_pid)."""
+    return Path(f"/run/imgsave-cluster/slurmd-{NODE}.pid").read_text().strip()
 
 
 def in_node(*argv: str) -> list[str]:
