@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import subprocess
 import sys
@@ -56,6 +57,7 @@ from tests.support.cluster_helpers import (  # noqa: E402
 
 NODE = "n1"
 USER = "alice"
+RUNUSER = shutil.which("runuser") or "/usr/sbin/runuser"  # alice's PATH below lacks sbin
 PODMAN = ["podman", "--runtime", "runc", "--cgroup-manager", "cgroupfs"]
 PIP = "numpy scipy sympy"
 STAGES = ("submit", "to_job", "to_node_event", "node_save", "to_return")
@@ -136,7 +138,7 @@ def imgsave_wait(container: str, repo: str, tag: str, style: str) -> dict[str, f
     before it existed, ``imgsave --json submit`` then ``imgsave status --wait`` ("status"):
     the wall time, and the stages from the submit's output time, the spool's events and
     the result."""
-    submit = ["runuser", "-u", USER, "--", IMGSAVE, "--json", "submit", container,
+    submit = [RUNUSER, "-u", USER, "--", IMGSAVE, "--json", "submit", container,
               f"{repo}:{tag}", "--node", NODE]  # fmt: skip
     env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}
     t0 = time.time()
@@ -157,7 +159,7 @@ def imgsave_wait(container: str, repo: str, tag: str, style: str) -> dict[str, f
                               check=True)  # fmt: skip
         submitted = time.time()
         answer = json.loads(done.stdout)
-        waited = subprocess.run(["runuser", "-u", USER, "--", IMGSAVE, "--json", "status",
+        waited = subprocess.run([RUNUSER, "-u", USER, "--", IMGSAVE, "--json", "status",
                                  answer["job_id"], "--wait"], capture_output=True, text=True,
                                 cwd="/", env=env, check=True)  # fmt: skip
         (final,) = json.loads(waited.stdout)

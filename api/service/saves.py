@@ -12,6 +12,7 @@ import os
 import time
 import uuid
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -27,7 +28,7 @@ from api.service.spool import (
     write_private,
 )
 from api.service.status_join import StatusJoin, not_yours
-from builder_jobs.events import EventLog, ProgressEvent, Stage
+from builder_jobs.events import EventLog, ProgressEvent, Stage, read_result
 from builder_jobs.spec import (
     EVENTS_FILE,
     OUTPUT_FILE,
@@ -118,10 +119,24 @@ class SaveService:
         # spool): 30 saves at once cannot all pass a limit of 8; users do not wait on
         # each other's submits in the portal
         with submit_lock(spool, request.user if self.portal_mode else ""):
-            self._check_in_flight(request.user)
-            if self.registry_check is not None:
-                self.registry_check(request.user)  # a registry down or full fails now
+            # Three questions to three servers, asked at once (issue 12): the registry
+            # (down or full fails now), the scheduler's node list (the backend's own
+            # check before submitting then answers from its cache; a failure here is
+            # left to that check to report) and accounting (the in-flight limit).
+            with ThreadPoolExecutor(max_workers=2) as pool:
+                registry = (pool.submit(self.registry_check, request.user)
+                            if self.registry_check is not None else None)  # fmt: skip
+                pool.submit(self._warm_node_list, node)
+                self._check_in_flight(request.user)
+                if registry is not None:
+                    registry.result()
             return self._submit_locked(request, target, formats, node, spool)
+
+    def _warm_node_list(self, node: str) -> None:
+        try:
+            self.scheduler.node_exists(node)
+        except SchedulerError as e:
+            log.debug("node list not read ahead (the submit asks again): %s", e)
 
     def _submit_locked(self, request: SaveRequest, target: ImageRef,
                        formats: tuple[ImageFormat, ...], node: str,
@@ -184,7 +199,10 @@ class SaveService:
         # UNKNOWN is not "in flight": the controller has forgotten the job (it ended)
         # and accounting cannot say how (slurmdbd down); counting it would lock the
         # user out for as long as accounting is away
-        mine = [s for s in self._statuses_for(self._recent_job_ids(window), user, admin=False)
+        # a save whose result says pushed is finished whatever the job's state: accounting
+        # is asked only about the others (none, most of the time)
+        recent = [j for j in self._recent_job_ids(window) if not self._pushed(j)]
+        mine = [s for s in self._statuses_for(recent, user, admin=False)
                 if not s.finished and s.state is not JobState.UNKNOWN]
         if len(mine) >= limit:
             raise InvalidRequest(
@@ -192,6 +210,12 @@ class SaveService:
                 f"{', '.join(s.job_id for s in mine)}); this site allows {limit} at a time",
                 retryable=True,
             )
+
+    def _pushed(self, job_id: str) -> bool:
+        """Whether this account's spool holds a result saying ``job_id``'s image is
+        pushed (the spool is the account's own: as the status it makes, see ``finished``)."""
+        result = read_result(self.spool / BY_JOB_DIR / job_id / RESULT_FILE)
+        return result is not None and result.ok
 
     # -- status ---------------------------------------------------------------------
     def _full_id(self, job_id: str) -> str:

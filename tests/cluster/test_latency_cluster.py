@@ -78,7 +78,7 @@ def test_the_job_gets_the_accounts_environment_not_the_submitters() -> None:
             path.chmod(0o755)
             shutil.chown(path, "bob", "bob")
         rc = str(planted / "rc.sh")
-        env = {"PATH": f"{planted}:/usr/local/bin:/usr/bin:/bin", "BASH_ENV": rc, "ENV": rc,
+        env = {"PATH": f"{planted}:/usr/bin:/bin:/usr/sbin:/sbin", "BASH_ENV": rc, "ENV": rc,
                "LD_PRELOAD": str(planted / "evil.so"), "PYTHONPATH": str(planted),
                "HOME": str(planted), "IMGSAVE_TOKEN": "secret-token",
                "SBATCH_PARTITION": "debug", "SLURM_EXPORT_ENV": "ALL"}
