@@ -12,7 +12,6 @@ import os
 import time
 import uuid
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -119,24 +118,10 @@ class SaveService:
         # spool): 30 saves at once cannot all pass a limit of 8; users do not wait on
         # each other's submits in the portal
         with submit_lock(spool, request.user if self.portal_mode else ""):
-            # Three questions to three servers, asked at once (issue 12): the registry
-            # (down or full fails now), the scheduler's node list (the backend's own
-            # check before submitting then answers from its cache; a failure here is
-            # left to that check to report) and accounting (the in-flight limit).
-            with ThreadPoolExecutor(max_workers=2) as pool:
-                registry = (pool.submit(self.registry_check, request.user)
-                            if self.registry_check is not None else None)  # fmt: skip
-                pool.submit(self._warm_node_list, node)
-                self._check_in_flight(request.user)
-                if registry is not None:
-                    registry.result()
+            self._check_in_flight(request.user)
+            if self.registry_check is not None:
+                self.registry_check(request.user)  # a registry down or full fails now
             return self._submit_locked(request, target, formats, node, spool)
-
-    def _warm_node_list(self, node: str) -> None:
-        try:
-            self.scheduler.node_exists(node)
-        except SchedulerError as e:
-            log.debug("node list not read ahead (the submit asks again): %s", e)
 
     def _submit_locked(self, request: SaveRequest, target: ImageRef,
                        formats: tuple[ImageFormat, ...], node: str,
