@@ -62,7 +62,8 @@ PODMAN = ["podman", "--runtime", "runc", "--cgroup-manager", "cgroupfs"]
 PIP = "numpy scipy sympy"
 STAGES = ("submit", "to_job", "to_node_event", "node_save", "to_return")
 STAGE_NAMES = {
-    "submit": "`imgsave submit` until it prints the job id (start-up, checks, sbatch)",
+    "submit": "`imgsave submit` until the job id is out (start-up, checks, sbatch; "
+              "`--style status`: until the process exits)",
     "to_job": "job id printed → the job's start on the node (scheduler, job script)",
     "to_node_event": "job start → the node's first event (sudo, node entry, its checks)",
     "node_save": "node-side save (first node event → result written)",
@@ -224,7 +225,7 @@ def table(measured: dict[str, dict[str, list[dict[str, float]]]]) -> str:
         rounds = ", ".join(f"{x['wall']:.2f}" for x in r["imgsave"])
         lines.append(f"| {label} | {im:.2f} s | {fl:.2f} s | {ba:.2f} s | **{im / fl:.2f}x** "
                      f"| **{im / ba:.2f}x** | {rounds} |")
-    lines += ["", "Stages of `imgsave submit --wait` (medians, seconds):", "",
+    lines += ["", "Stages of the save as the user sees it (medians, seconds):", "",
               "| stage | " + " | ".join(measured) + " |",
               "|---|" + "---|" * len(measured)]
     for stage in STAGES:
