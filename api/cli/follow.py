@@ -5,8 +5,8 @@ account's spool (``events.jsonl``, then ``result.json``); the follower watches t
 files and builds the status again when one changes, while the service reuses the
 scheduler's RUNNING record (``status_join.LiveRecords``): no accounting query per
 event. It asks the scheduler at the start, every :data:`HEARTBEAT_SECONDS` (a job
-cancelled, killed or still pending writes no event), and, once the result is there,
-every :data:`END_POLL_SECONDS` until the job's final state, for at most
+cancelled, killed or still pending writes no event), and, once the result is there
+(pushed or failed), every :data:`END_POLL_SECONDS` until the job's final state, for at most
 :data:`JOB_END_GRACE_SECONDS` (the job ends a moment after it writes its result).
 
 The files are watched by ``stat`` every :data:`WATCH_SECONDS`, not with inotify: on a real
@@ -93,9 +93,9 @@ def follow(status: StatusCall, statuses: list[SaveStatus], files: Sequence[Path]
         now = time.monotonic()
         if now > deadline or all(s.state.final for s in statuses):
             break
-        if all(s.finished for s in statuses):
-            # Pushed: the image is usable. The job ends a moment later; wait for it so
-            # that the table shows its final state rather than RUNNING.
+        if all(s.finished or s.result is not None for s in statuses):
+            # Pushed (the image is usable) or failed: the job ends a moment after its
+            # result; wait for that so that the table shows its final state.
             grace = grace if grace is not None else now + JOB_END_GRACE_SECONDS
             if now > grace:
                 break

@@ -106,3 +106,20 @@ def test_live_records_keep_only_fresh_running_records_while_no_result() -> None:
     live.keep({"7": running})
     live.keep({"7": JobRecord("7", JobState.COMPLETED)})  # ended: dropped
     assert live.split(["7"], lambda j: True) == ({}, ["7"])
+
+
+def test_a_failed_result_is_followed_to_the_jobs_end_at_once(tmp_path: Path) -> None:
+    """The node wrote a failed result; the job ends a moment later: asked for at once,
+    not at the next heartbeat."""
+    script = iter([_status("failed", "failed")])
+    calls: list[float] = []
+
+    def status() -> list[SaveStatus]:
+        calls.append(time.monotonic())
+        return [next(script)]
+
+    start = time.monotonic()
+    final = follow(status, [_status("running", "failed")], [tmp_path / "events.jsonl"], 30,
+                   as_json=True)
+    assert final[0].state is JobState.FAILED
+    assert len(calls) == 1 and calls[0] - start < follow_module.HEARTBEAT_SECONDS - 1
