@@ -25,7 +25,7 @@ from builder_jobs.events import Stage
 from core.errors import ImgsaveError
 from site_configs.schema import CONFIG_ENV, ImageFormat, current_account, get_site_config
 
-if TYPE_CHECKING:  # imported where used: submit and status start in < 0.25 s (docs/cli.md)
+if TYPE_CHECKING:  # imported where used: a small start-up (docs/benchmarks.md, CLI start-up)
     from api.cli.remote import RemoteSite
     from api.service.site import Site
 
