@@ -63,13 +63,20 @@ def _config_file(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def fresh_user() -> Iterator[str]:
-    """A real Unix user made for this test (its saves are its own), removed after."""
+    """A real Unix user made for this test (its saves are its own), with a Slurm
+    association as every user of a centre has (without one, accounting records the job
+    with no user name: once a job has left squeue, nobody can claim it; faster saves
+    made that happen here), removed after. As in test_report_times_cluster.py."""
     user = unique("rpt")
     subprocess.run(["useradd", "--create-home", "--shell", "/bin/sh", user], check=True,
                    timeout=30)
+    subprocess.run(["sacctmgr", "-i", "add", "user", user, "Account=imgsave"], check=True,
+                   timeout=60, capture_output=True)
     try:
         yield user
     finally:
+        subprocess.run(["sacctmgr", "-i", "delete", "user", user], check=False, timeout=60,
+                       capture_output=True)
         subprocess.run(["userdel", "--remove", user], check=False, timeout=30,
                        capture_output=True)
 
