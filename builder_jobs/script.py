@@ -18,10 +18,12 @@ from __future__ import annotations
 import re
 import shlex
 from pathlib import Path
-
-import jinja2
+from typing import TYPE_CHECKING
 
 from core.errors import InvalidRequest
+
+if TYPE_CHECKING:  # imported when a script is rendered: the job side needs only the names
+    import jinja2
 
 TEMPLATE_DIR = Path(__file__).resolve().parent / "templates"
 SAVE_JOB_TEMPLATE = "save_job.sh.j2"
@@ -34,6 +36,8 @@ _VARIABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 def make_environment(template_dir: Path = TEMPLATE_DIR) -> jinja2.Environment:
     """A Jinja environment for shell scripts: StrictUndefined, ``shell_quote`` filter."""
+    import jinja2
+
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(template_dir)),
         undefined=jinja2.StrictUndefined,

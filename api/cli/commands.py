@@ -9,30 +9,36 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from api.cli.remote import RemoteSite
-from api.reports.report import GROUPINGS, build_report
-from api.reports.report_output import render, render_document, write_png
+from api.cli.follow import follow
+from api.cli.lazy import LazyGroup
 from api.service.progress import SaveStatus
 from api.service.save_request import SaveRequest
-from api.service.site import Site
 from api.tables import human_bytes, render_table
 from builder_jobs.events import Stage
 from core.errors import ImgsaveError
-from scheduler_glue.states import JobState
 from site_configs.schema import CONFIG_ENV, ImageFormat, current_account, get_site_config
+
+if TYPE_CHECKING:  # imported where used: a small start-up (docs/benchmarks.md, CLI start-up)
+    from api.cli.remote import RemoteSite
+    from api.service.site import Site
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-
-JOB_END_GRACE_SECONDS = 15.0  # status --wait: how long a pushed save's job may take to end
+# Commands whose module is imported only when they run: the REST API's (Flask,
+# SQLAlchemy) would cost every submit and status ~0.1 s of start-up.
+LAZY_COMMANDS = {"serve": "api.web.serve:serve", "token": "api.web.serve:token",
+                 "check": "api.cli.check:check"}
+# The report's groupings (api.reports.usage_report.GROUPINGS, which imports SQLAlchemy),
+# for its --help; tests/unit/test_cli_latency.py keeps the two equal.
+REPORT_GROUPINGS = ("user", "account", "day", "week", "month", "node", "format", "category",
+                    "outcome")
 
 
 class Context:
@@ -69,6 +75,8 @@ class Context:
         if self.api_url:
             raise click.UsageError("this command talks to the scheduler directly; drop --api")
         if self._site is None:
+            from api.service.site import Site
+
             self._site = Site(get_site_config(self.config_path))
         return self._site
 
@@ -77,6 +85,8 @@ class Context:
         """Where saves and images are handled: the site directly, or an imgsave API."""
         if self.api_url:
             if self._remote is None:
+                from api.cli.remote import RemoteSite
+
                 self._remote = RemoteSite(self.api_url, self.token_file)
             return self._remote
         return self.site
@@ -106,7 +116,7 @@ def reports_errors(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-@click.group()
+@click.group(cls=LazyGroup, lazy_commands=LAZY_COMMANDS)
 @click.option("--config", "config_path", envvar=CONFIG_ENV, type=click.Path(dir_okay=False),
               help=f"Site config file (default: ${CONFIG_ENV} or the bundled local.toml).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON output.")
@@ -142,10 +152,14 @@ def _formats(value: str) -> tuple[ImageFormat, ...]:
 @click.option("--full", is_flag=True,
               help="Save everything again, not only what changed since this container's "
                    "last save (docs/incremental-save.md).")
+@click.option("--wait", is_flag=True,
+              help="Then follow the save with a progress bar until it ends, as status --wait "
+                   "does; exit 1 if it failed.")
+@click.option("--timeout", default=3600.0, show_default=True, help="Seconds --wait waits.")
 @click.pass_obj
 @reports_errors
 def submit(obj: Context, container: str, target: str, node: str, job_id: str,
-           formats: str, category: str, full: bool) -> None:
+           formats: str, category: str, full: bool, wait: bool, timeout: float) -> None:
     """Save CONTAINER as TARGET (name:tag) with a job pinned to its node."""
     # the spool's files and the job's output (sbatch passes its umask on) are yours alone
     os.umask(0o077)
@@ -154,11 +168,23 @@ def submit(obj: Context, container: str, target: str, node: str, job_id: str,
         category=category, node=node, job_id=job_id, full=full,
     )
     submitted = obj.backend.saves.submit(request, admin=obj.admin)
-    obj.emit(
-        {"job_id": submitted.job_id, "request_id": submitted.request_id,
-         "target": str(submitted.target), "node": submitted.node},
-        lambda: f"Submitted image save job {submitted.job_id}",
-    )
+    answer: dict[str, object] = {
+        "job_id": submitted.job_id, "request_id": submitted.request_id,
+        "target": str(submitted.target), "node": submitted.node,
+    }  # fmt: skip
+    if not wait:
+        obj.emit(answer, lambda: f"Submitted image save job {submitted.job_id}")
+        return
+    # the job id at once (on stderr beside the progress with --json: stdout is one document)
+    click.echo(f"Submitted image save job {submitted.job_id}", err=obj.as_json)
+    (final,) = _wait(obj, [submitted.job_id], obj.backend.saves.status(
+        [submitted.job_id], obj.user, admin=obj.admin), timeout)
+    if obj.as_json:
+        click.echo(json.dumps({**answer, "status": final.to_dict()}, indent=2, sort_keys=True,
+                              default=str))
+    else:
+        click.echo(_status_rows([final]))
+    _exit_unless_done([final])
 
 
 def _status_rows(statuses: Sequence[SaveStatus]) -> str:
@@ -182,55 +208,30 @@ def status(obj: Context, job_ids: tuple[str, ...], wait: bool, timeout: float) -
     saves = obj.backend.saves
     statuses = saves.status(job_ids, obj.user, admin=obj.admin)
     if wait:
-        statuses = _follow(obj, job_ids, statuses, timeout)
+        statuses = _wait(obj, job_ids, statuses, timeout)
     obj.emit([s.to_dict() for s in statuses], lambda: _status_rows(statuses))
-    if wait and any(s.stage is not Stage.DONE for s in statuses):
-        for s in statuses:
-            if s.stage is not Stage.DONE:
-                click.echo(f"imgsave: error: job {s.job_id}: {s.reason or s.state.label}",
-                           err=True)
+    if wait:
+        _exit_unless_done(statuses)
+
+
+def _wait(obj: Context, job_ids: Sequence[str], statuses: list[SaveStatus],
+          timeout: float) -> list[SaveStatus]:
+    """Follow ``job_ids`` to their end (api/cli/follow.py): in direct mode by watching
+    the saves' files in the spool, with --api by asking the API."""
+    saves = obj.backend.saves
+    files = [] if obj.api_url else obj.site.saves.progress_files(
+        [s.job_id for s in statuses], obj.user, admin=obj.admin)
+    return follow(lambda: saves.status(job_ids, obj.user, admin=obj.admin), statuses, files,
+                  timeout, as_json=obj.as_json)
+
+
+def _exit_unless_done(statuses: Sequence[SaveStatus]) -> None:
+    """Exit 1, saying why, unless every save is done (pushed)."""
+    failed = [s for s in statuses if s.stage is not Stage.DONE]
+    for s in failed:
+        click.echo(f"imgsave: error: job {s.job_id}: {s.reason or s.state.label}", err=True)
+    if failed:
         sys.exit(1)
-
-
-def _follow(obj: Context, job_ids: Sequence[str], statuses: list[SaveStatus],
-            timeout: float) -> list[SaveStatus]:
-    deadline = time.monotonic() + timeout
-    interactive = sys.stderr.isatty() and not obj.as_json
-    last_line = ""
-    delay = 0.5
-    grace: float | None = None
-    while True:
-        line = "  ".join(_bar(s) for s in statuses)
-        if line != last_line:
-            click.echo(("\r" + line) if interactive else line, err=True, nl=not interactive)
-            last_line = line
-        now = time.monotonic()
-        if now > deadline or all(s.state.final for s in statuses):
-            break
-        if all(s.finished for s in statuses):
-            # Pushed: the image is usable. Give the jobs a moment to end, so that the
-            # table shows their final state rather than RUNNING.
-            grace = grace if grace is not None else now + JOB_END_GRACE_SECONDS
-            if now > grace:
-                break
-            delay = 0.5
-        time.sleep(delay)
-        delay = min(delay * 1.5, 5.0)
-        statuses = obj.backend.saves.status(job_ids, obj.user, admin=obj.admin)
-    if interactive:
-        click.echo("", err=True)
-    return statuses
-
-
-def _bar(s: SaveStatus, width: int = 24) -> str:
-    filled = width * s.percent // 100
-    detail = ""
-    if s.bytes_total:
-        detail = f" {human_bytes(s.bytes_done)}/{human_bytes(s.bytes_total)}"
-    bar = "#" * filled + "." * (width - filled)
-    if s.state is JobState.UNKNOWN and s.reason:
-        detail += f" ({s.reason})"  # e.g. accounting down: say so while waiting
-    return f"{s.job_id} [{bar}] {s.percent:3d}% {s.stage.value}{detail}"
 
 
 @main.command()
@@ -292,7 +293,7 @@ def delete(obj: Context, image: str) -> None:
 @click.option("--until", default=None,
               help="Last day, included (YYYY-MM-DD), or an exact ISO date-time (default: now).")
 @click.option("--by", "by", default="user", show_default=True,
-              help=f"Comma-separated groupings: {', '.join(GROUPINGS)}.")
+              help=f"Comma-separated groupings: {', '.join(REPORT_GROUPINGS)}.")
 @click.option("--format", "output_format", type=click.Choice(["table", "csv", "json"]),
               default=None, help="Output format (default: table; json with --json).")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path),
@@ -317,6 +318,9 @@ def report(obj: Context, since: str | None, until: str | None, by: str,
         return
     if rebuild and not obj.admin:
         raise click.UsageError("--rebuild needs root/admin")
+    from api.reports.report import build_report
+    from api.reports.report_output import render, write_png
+
     usage = build_report(obj.site, since=since, until=until, by=by,
                          user=None if obj.admin else obj.user, check_registry=check_registry,
                          sync=not no_sync, rebuild=rebuild)
@@ -333,6 +337,9 @@ def _remote_report(obj: Context, since: str | None, until: str | None, by: str,
     if direct_only:
         raise click.UsageError("--check-registry, --no-sync and --rebuild work without --api "
                                "only (the API keeps its own cache)")
+    from api.cli.remote import RemoteSite
+    from api.reports.report_output import render_document
+
     params = {"by": by}
     params.update({k: v for k, v in (("since", since), ("until", until)) if v})
     remote = obj.backend
@@ -342,13 +349,6 @@ def _remote_report(obj: Context, since: str | None, until: str | None, by: str,
         plot_path.write_bytes(remote.usage_png(params))
     click.echo(render_document(doc, output_format or ("json" if obj.as_json else "table")))
 
-
-from api.cli.check import check  # noqa: E402 - imgsave check: a site's, a node's setup
-from api.web.serve import serve, token  # noqa: E402 - the REST API and portal commands
-
-main.add_command(serve)
-main.add_command(check)
-main.add_command(token)
 
 if __name__ == "__main__":
     main()

@@ -27,11 +27,11 @@ from api.service.spool import (
     write_private,
 )
 from api.service.status_join import StatusJoin, not_yours
-from builder_jobs.events import EventLog, ProgressEvent, Stage
-from builder_jobs.script import render_job_script
+from builder_jobs.events import EventLog, ProgressEvent, Stage, read_result
 from builder_jobs.spec import (
     EVENTS_FILE,
     OUTPUT_FILE,
+    RESULT_FILE,
     SCRIPT_FILE,
     SPEC_FILE,
     SaveSpec,
@@ -144,6 +144,8 @@ class SaveService:
         workdir.chmod(0o700)  # whatever the umask
         write_private(workdir / SPEC_FILE, spec.to_json(), 0o600)
         script = workdir / SCRIPT_FILE
+        from builder_jobs.script import render_job_script  # jinja2: not on status's path
+
         text = render_job_script(workdir / SPEC_FILE, self.python, request_id,
                                  job_id_variable=self.scheduler.job_id_variable,
                                  node_variable=self.scheduler.node_variable)  # fmt: skip
@@ -183,7 +185,10 @@ class SaveService:
         # UNKNOWN is not "in flight": the controller has forgotten the job (it ended)
         # and accounting cannot say how (slurmdbd down); counting it would lock the
         # user out for as long as accounting is away
-        mine = [s for s in self._statuses_for(self._recent_job_ids(window), user, admin=False)
+        # a save whose result says pushed is finished whatever the job's state: accounting
+        # is asked only about the others (none, most of the time)
+        recent = [j for j in self._recent_job_ids(window) if not self._pushed(j)]
+        mine = [s for s in self._statuses_for(recent, user, admin=False)
                 if not s.finished and s.state is not JobState.UNKNOWN]
         if len(mine) >= limit:
             raise InvalidRequest(
@@ -191,6 +196,12 @@ class SaveService:
                 f"{', '.join(s.job_id for s in mine)}); this site allows {limit} at a time",
                 retryable=True,
             )
+
+    def _pushed(self, job_id: str) -> bool:
+        """Whether this account's spool holds a result saying ``job_id``'s image is
+        pushed (the spool is the account's own: as the status it makes, see ``finished``)."""
+        result = read_result(self.spool / BY_JOB_DIR / job_id / RESULT_FILE)
+        return result is not None and result.ok
 
     # -- status ---------------------------------------------------------------------
     def _full_id(self, job_id: str) -> str:
@@ -229,6 +240,18 @@ class SaveService:
             if status is None:
                 raise NotFound(not_yours(job_id))
         return [status for status in statuses.values() if status is not None]
+
+    def progress_files(self, job_ids: Iterable[str], user: str, *,
+                       admin: bool = False) -> list[Path]:
+        """The events and result files of those of ``job_ids`` that are saves of
+        ``user`` in this account's own spool: what ``status --wait`` watches."""
+        files: list[Path] = []
+        for job_id in job_ids:
+            spec = spec_in(self.spool, self._full_id(job_id))
+            if spec is not None and (spec.user == user or admin):
+                workdir = spool_dir_for(self.spool, spec.request_id)
+                files += [workdir / EVENTS_FILE, workdir / RESULT_FILE]
+        return files
 
     def queue(
         self, user: str, *, since: datetime | None = None, admin: bool = False
@@ -289,6 +312,7 @@ class SaveService:
             raise InvalidRequest(
                 f"job {job_id} has already ended ({status.state.label}); nothing to cancel"
             )
+        self._join.live.forget(status.job_id)
         self.scheduler.cancel(job_id)
 
 

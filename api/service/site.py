@@ -4,14 +4,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
+from typing import TYPE_CHECKING
 
 from api.service.saves import SaveService
-from registry.catalog import Catalog
-from registry.kinds import SiteRegistry, open_registry
-from registry.oci import RegistryClient
 from scheduler_glue import make_scheduler
 from scheduler_glue.base import Scheduler
 from site_configs.schema import SiteConfig
+
+if TYPE_CHECKING:  # the registry's client (requests) is imported when first used
+    from registry.catalog import Catalog
+    from registry.kinds import SiteRegistry
+    from registry.oci import RegistryClient
 
 
 @dataclass
@@ -34,6 +37,8 @@ class Site:
 
     @cached_property
     def site_registry(self) -> SiteRegistry:
+        from registry.kinds import open_registry
+
         return open_registry(self.config.registry)
 
     @property

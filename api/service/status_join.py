@@ -4,23 +4,75 @@ scheduler's record of its job, shown only to whom it belongs.
 Whose a save is comes from the scheduler's record of the job's owner (and, for the
 service account's jobs, the requester in the metadata the service wrote), never from a
 file; the spool only adds the spec, events and result of a save the record vouches for.
+
+While a save runs, its progress comes from the spool's events file: a RUNNING record
+the scheduler gave less than :data:`LIVE_RECORD_SECONDS` ago is reused (no sacct/qstat
+per poll of the CLI's ``--wait`` or the API's GET), until the save writes its result;
+then, and for any other state, the scheduler is asked again (:class:`LiveRecords`).
 """
 
 from __future__ import annotations
 
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from api.service.progress import SaveStatus, build_status
 from api.service.spool import spec_in
-from builder_jobs.spec import SaveSpec, spool_dir_for
+from builder_jobs.spec import RESULT_FILE, SaveSpec, spool_dir_for
 from core.errors import ImgsaveError, NotFound
 from scheduler_glue.base import JobRecord, Scheduler
 from scheduler_glue.metadata import requester_of
+from scheduler_glue.states import JobState
 from site_configs.schema import SiteConfig
 
 # How far back the scheduler is asked about a job whose spec is not in our own spool.
 LOOKBACK = timedelta(days=31)
+# How long a RUNNING record stands for a save that writes no result yet: a job killed or
+# cancelled from outside shows as such at most this late.
+LIVE_RECORD_SECONDS = 3.0
+
+
+class LiveRecords:
+    """RUNNING records recently given by the scheduler, per process, thread-safe."""
+
+    def __init__(self, seconds: float = LIVE_RECORD_SECONDS,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.seconds = seconds
+        self.clock = clock
+        self._records: dict[str, tuple[float, JobRecord]] = {}
+        self._lock = threading.Lock()
+        self.hits = 0  # statuses answered without asking the scheduler
+
+    def split(self, job_ids: Iterable[str], reusable: Callable[[str], bool]
+              ) -> tuple[dict[str, JobRecord], list[str]]:
+        """(fresh RUNNING records of the ids ``reusable`` allows, the ids to ask)."""
+        now = self.clock()
+        live: dict[str, JobRecord] = {}
+        with self._lock:
+            for job_id in job_ids:
+                kept = self._records.get(job_id)
+                if kept is not None and now - kept[0] <= self.seconds and reusable(job_id):
+                    live[job_id] = kept[1]
+            self.hits += len(live)
+        return live, [j for j in job_ids if j not in live]
+
+    def keep(self, records: Mapping[str, JobRecord]) -> None:
+        now = self.clock()
+        with self._lock:
+            for job_id, record in records.items():
+                if record.state is JobState.RUNNING:
+                    self._records[job_id] = (now, record)
+                else:
+                    self._records.pop(job_id, None)
+            for job_id in [j for j, (t, _) in self._records.items() if now - t > self.seconds]:
+                del self._records[job_id]
+
+    def forget(self, job_id: str) -> None:
+        with self._lock:
+            self._records.pop(job_id, None)
 
 
 class StatusJoin:
@@ -33,6 +85,7 @@ class StatusJoin:
         self.scheduler = scheduler
         self.account = account
         self.spool = spool
+        self.live = LiveRecords()
 
     def statuses(self, own: dict[str, SaveSpec | None], user: str,
                  admin: bool) -> dict[str, SaveStatus | None]:
@@ -41,7 +94,11 @@ class StatusJoin:
         found = [s for s in own.values() if s is not None]
         since = (min(_parse_time(s.created) for s in found) if len(found) == len(own)
                  else datetime.now(UTC) - LOOKBACK) - timedelta(minutes=5)  # fmt: skip
-        records = self.scheduler.status(list(own), since)
+        records, ask = self.live.split(own, lambda j: self._no_result_yet(own[j]))
+        if ask:
+            asked = self.scheduler.status(ask, since)
+            self.live.keep(asked)
+            records.update(asked)
         return {job_id: self.authorized(job_id, spec, records.get(job_id), user, admin)
                 for job_id, spec in own.items()}
 
@@ -73,6 +130,13 @@ class StatusJoin:
         except NotFound:
             return None
         return self._status(job_id, spec, record, owner or self.account)
+
+    def _no_result_yet(self, spec: SaveSpec | None) -> bool:
+        """Whether a save of our own spool has written no result (its record may be
+        reused); False for a save of another account's spool."""
+        if spec is None:
+            return False
+        return not (spool_dir_for(self.spool, spec.request_id) / RESULT_FILE).exists()
 
     def _spool_of(self, owner: str) -> Path | None:
         try:

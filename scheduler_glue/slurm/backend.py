@@ -11,6 +11,9 @@ stays visible after it leaves ``squeue`` (``MinJobAge``).
 from __future__ import annotations
 
 import logging
+import os
+import pwd
+import shutil
 import time
 from collections.abc import Sequence
 from datetime import datetime, timedelta
@@ -31,6 +34,7 @@ from scheduler_glue.base import (
     StatusUnavailable,
 )
 from scheduler_glue.slurm.commands import (
+    job_environment,
     sacct_list_argv,
     sacct_status_argv,
     sbatch_argv,
@@ -87,7 +91,7 @@ def backend_path(runner: Runner = run_command) -> str:
 
 class SlurmScheduler(Scheduler):
     """Slurm through its CLI. ``extra_submit_args`` go before the script on sbatch's argv
-    (site config ``scheduler.extra_submit_args``, e.g. ``--export=NONE``);
+    (site config ``scheduler.extra_submit_args``, e.g. ``--mem=1G``);
     ``list_timeout`` bounds the one large sacct of :meth:`list_jobs`.
     """
 
@@ -140,7 +144,19 @@ class SlurmScheduler(Scheduler):
             raise NotFound(f"node {node} is not a node of this Slurm cluster (known: {known})")
 
     def submit_argv(self, job: BatchJob) -> list[str]:
-        return sbatch_argv(job, self.extra_submit_args)
+        environment, sbatch = self.submit_environment()
+        return sbatch_argv(job, self.extra_submit_args, environment=environment, sbatch=sbatch)
+
+    def submit_environment(self) -> tuple[dict[str, str], str]:
+        """(the job's whole environment, sbatch's path): the submitting account's name
+        and home from the account database, never from the caller's environment."""
+        uid = self.submitter_uid()
+        try:
+            account = pwd.getpwuid(uid)
+        except KeyError as e:
+            raise SchedulerError(f"uid {uid} has no account: cannot submit for it") from e
+        environment = job_environment(account.pw_name, account.pw_dir, os.environ)
+        return environment, shutil.which("sbatch") or "sbatch"
 
     def parse_job_id(self, stdout: str) -> str:
         return parse_sbatch_parsable(stdout)

@@ -11,11 +11,21 @@ Why no ``-X`` (``--allocations``): with it the job's row reads TotalCPU ``00:00:
 whatever the job used, since sacct adds the steps' CPU times up only when it lists the
 steps (``tests/captures/slurm/46c_*`` against ``46_*``). The parser folds the step rows
 (``123.batch``, ``123.extern``, ``123.0``) into one record per job.
+
+The job's environment (issue 12): ``--export NONE`` kept the submitter's environment out
+of the job, but on Slurm 22.05 it makes slurmstepd load the owner's login environment
+(``SLURM_GET_USER_ENV=1``: ``su - USER -c ... slurmstepd getenv``), 1.1-1.3 s before
+the job starts on most jobs here; ``--export=NIL`` does the same. So sbatch runs under
+``env -i`` with a small environment built from the account database
+(:func:`job_environment`) and passes exactly that on (``--export ALL``): nothing of
+the submitter's (a portal's secrets, a planted ``PATH``, ``LD_PRELOAD``, ``PYTHON*``,
+``BASH_ENV``, stray ``SLURM_*`` or ``SBATCH_*`` settings) reaches sbatch, the job or
+accounting, and no login shell runs.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 
 from scheduler_glue.base import BatchJob
@@ -29,6 +39,22 @@ SACCT_SLACK = timedelta(minutes=5)
 ACCOUNTED_STATES = "PD,R,CD,F,CA,TO,NF,OOM,PR,BF,DL,RQ,S,RS,RV"
 
 
+# The job's PATH: the system's directories only (the job runs sudo and an absolute python).
+JOB_PATH = "/usr/local/bin:/usr/bin:/bin"
+# Variables sbatch itself may need, taken from the submitter's environment when set.
+PASSED_THROUGH = ("SLURM_CONF",)
+
+
+def job_environment(user: str, home: str, inherited: Mapping[str, str]) -> dict[str, str]:
+    """The whole environment sbatch runs with, and the job gets (``--export ALL``; Slurm
+    adds its ``SLURM_*`` variables): ``user`` and ``home`` from the account database,
+    never from ``$USER``/``$HOME``; of ``inherited`` only :data:`PASSED_THROUGH`."""
+    environment = {"PATH": JOB_PATH, "HOME": home, "USER": user, "LOGNAME": user,
+                   "LANG": "C.UTF-8"}  # fmt: skip
+    environment.update({k: inherited[k] for k in PASSED_THROUGH if inherited.get(k)})
+    return environment
+
+
 def slurm_time(moment: datetime) -> str:
     """``moment`` as sacct reads it: local time, no zone (a naive one is taken as local)."""
     return moment.astimezone().strftime("%Y-%m-%dT%H:%M:%S")
@@ -39,9 +65,15 @@ def output_pattern(path: str) -> str:
     return path.replace("%", "%%")
 
 
-def sbatch_argv(job: BatchJob, extra_args: Sequence[str] = ()) -> list[str]:
-    """``sbatch --parsable ...`` for ``job``, pinned to ``job.node``; metadata in --comment."""
-    argv = ["sbatch", "--parsable", "--job-name", job.name, "--partition", job.partition]
+def sbatch_argv(job: BatchJob, extra_args: Sequence[str] = (), *,
+                environment: Mapping[str, str], sbatch: str = "sbatch") -> list[str]:
+    """``env -i VAR=VALUE... sbatch --parsable ...`` for ``job``, pinned to ``job.node``;
+    metadata in --comment; the job's whole environment is ``environment``
+    (:func:`job_environment`). ``sbatch`` is its path as the submitter's PATH finds it."""
+    if any(not name.isidentifier() for name in environment):
+        raise ValueError(f"bad environment variable names: {sorted(environment)}")
+    argv = ["env", "-i", *(f"{k}={v}" for k, v in environment.items()), sbatch, "--parsable",
+            "--job-name", job.name, "--partition", job.partition]
     if job.qos:
         argv += ["--qos", job.qos]
     if job.account:
@@ -51,9 +83,8 @@ def sbatch_argv(job: BatchJob, extra_args: Sequence[str] = ()) -> list[str]:
         "--cpus-per-task", str(job.cpus), "--time", str(job.time_limit_minutes),
         "--output", output_pattern(str(job.output_path)),
         "--comment", encode_metadata(job.metadata),
-        # A clean environment: nothing of the submitter's (a portal's secrets above
-        # all) reaches the job, or accounting if a site stores job_env.
-        "--export", "NONE",
+        # The environment env -i gave sbatch, and nothing else (see the module's doc).
+        "--export", "ALL",
     ]  # fmt: skip
     if job.workdir is not None:
         argv += ["--chdir", str(job.workdir)]

@@ -64,11 +64,16 @@ def test_the_cli_saves_through_the_api(remote: tuple[list[str], dict[str, str], 
         job = match.group(1)
         waited = run(argv, env, "status", job, "--wait")
         assert "100%" in waited.stderr and "done" in waited.stdout
+        # submit --wait through the API (issue 12): the job id, the bar, the final row
+        both = run(argv, env, "submit", name, f"{repo}:v2", "--node", "n2", "--wait")
+        assert both.stdout.startswith("Submitted image save job ")
+        assert " COMPLETED " in both.stdout and "100%" in both.stderr
     queue = json.loads(run(argv, env, "--json", "queue").stdout)
     assert job in [row["job_id"] for row in queue]
     images = json.loads(run(argv, env, "--json", "images").stdout)
-    assert f"{repo}:v1" in [f"{i['repository']}:{i['tag']}" for i in images]
+    assert {f"{repo}:v1", f"{repo}:v2"} <= {f"{i['repository']}:{i['tag']}" for i in images}
     assert run(argv, env, "delete", f"{repo}:v1").stdout.startswith(f"Deleted {repo}:v1")
+    assert run(argv, env, "delete", f"{repo}:v2").stdout.startswith(f"Deleted {repo}:v2")
     assert registry_tags(repo) == []
 
 

@@ -144,17 +144,23 @@ def test_sbatch_argv_full_and_minimal() -> None:
         cpus=2,
         workdir=Path("/spool/r-0001"),
     )
-    assert sbatch_argv(job, ["--mem=1G"]) == [
-        "sbatch", "--parsable", "--job-name", "imgsave-save-r-0001", "--partition", "imgsave",
+    env = {"PATH": "/usr/bin:/bin", "HOME": "/home/alice"}
+    assert sbatch_argv(job, ["--mem=1G"], environment=env, sbatch="/usr/bin/sbatch") == [
+        "env", "-i", "PATH=/usr/bin:/bin", "HOME=/home/alice",  # this and nothing else
+        "/usr/bin/sbatch", "--parsable", "--job-name", "imgsave-save-r-0001",
+        "--partition", "imgsave",
         "--qos", "short", "--account", "proj", "--nodelist", "n1", "--nodes", "1",
         "--ntasks", "1", "--cpus-per-task", "2", "--time", "30",
         "--output", "/spool/r-0001/out%%1.log",  # % escaped: Slurm expands %j etc.
         "--comment", "imgsave/1 target=alice/nb:v1;user=alice",
-        "--export", "NONE",  # never the submitter's environment
+        "--export", "ALL",  # env -i's environment, never the submitter's
         "--chdir", "/spool/r-0001", "--mem=1G", "/spool/r-0001/job.sh",
     ]  # fmt: skip
     bare = BatchJob("j", Path("/s.sh"), "n2", Path("/o"), partition="imgsave")
-    argv = sbatch_argv(bare)
+    argv = sbatch_argv(bare, environment={})
+    assert argv[:3] == ["env", "-i", "sbatch"]
+    with pytest.raises(ValueError, match="bad environment"):
+        sbatch_argv(bare, environment={"A=B": "x"})
     assert "--qos" not in argv and "--account" not in argv and "--chdir" not in argv
     assert argv[-1] == "/s.sh"
 

@@ -9,6 +9,8 @@ local cluster in ``test_slurm_cluster.py``.
 from __future__ import annotations
 
 import logging
+import os
+import pwd
 import sys
 import time
 import types
@@ -61,6 +63,22 @@ JOB = BatchJob(
 )
 
 
+# The job's environment as the backend builds it for the replayed submitter (the real
+# one comes from the account database: test_the_jobs_environment_is_the_accounts_alone).
+JOB_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/home/alice", "USER": "alice",
+           "LOGNAME": "alice", "LANG": "C.UTF-8"}
+
+
+def submit_argv(job: BatchJob, extra: list[str] | None = None) -> list[str]:
+    return sbatch_argv(job, extra or [], environment=JOB_ENV, sbatch="/usr/bin/sbatch")
+
+
+def replayed(slurm: SlurmScheduler) -> SlurmScheduler:
+    as_ordinary_user(slurm)
+    slurm.submit_environment = lambda: (dict(JOB_ENV), "/usr/bin/sbatch")  # type: ignore[method-assign]
+    return slurm
+
+
 def capture(name: str) -> Capture:
     return load_capture(CAPTURES / "slurm" / f"{name}.txt")
 
@@ -72,7 +90,7 @@ def answer(argv: list[str], name: str) -> Step:
 
 def scheduler(*steps: Step) -> tuple[SlurmScheduler, ReplayRunner]:
     runner = ReplayRunner(steps)
-    return as_ordinary_user(SlurmScheduler(runner=runner, timeout=5)), runner
+    return replayed(SlurmScheduler(runner=runner, timeout=5)), runner
 
 
 @pytest.fixture(autouse=True)
@@ -92,8 +110,8 @@ def test_submit_checks_the_node_then_runs_sbatch() -> None:
     # 31_sinfo_node_names.txt, 01_sbatch_parsable_ok.txt
     slurm, runner = scheduler(
         answer(sinfo_nodes_argv(), "31_sinfo_node_names"),
-        answer(sbatch_argv(JOB), "01_sbatch_parsable_ok"),
-        answer(sbatch_argv(JOB), "01_sbatch_parsable_ok"),
+        answer(submit_argv(JOB), "01_sbatch_parsable_ok"),
+        answer(submit_argv(JOB), "01_sbatch_parsable_ok"),
     )
     assert slurm.submit(JOB) == "4"
     assert slurm.submit(JOB) == "4"  # the node list is cached: one sinfo
@@ -135,7 +153,7 @@ def test_unknown_node_rereads_the_node_list_when_stale(monkeypatch: pytest.Monke
 )
 def test_sbatch_failure_surfaces_its_stderr(capture_name: str, message: str) -> None:
     slurm, runner = scheduler(
-        answer(sinfo_nodes_argv(), "31_sinfo_node_names"), answer(sbatch_argv(JOB), capture_name)
+        answer(sinfo_nodes_argv(), "31_sinfo_node_names"), answer(submit_argv(JOB), capture_name)
     )
     with pytest.raises(SchedulerError, match="sbatch refused job imgsave-save-r-0001") as raised:
         slurm.submit(JOB)
@@ -147,7 +165,7 @@ def test_busy_controller_is_retryable() -> None:
     busy = "sbatch: error: Batch job submission failed: Slurm temporarily unable to accept job\n"
     slurm, _ = scheduler(
         answer(sinfo_nodes_argv(), "31_sinfo_node_names"),
-        Step(tuple(sbatch_argv(JOB)), "", busy, 1),
+        Step(tuple(submit_argv(JOB)), "", busy, 1),
     )
     with pytest.raises(SchedulerError) as raised:
         slurm.submit(JOB)
@@ -173,12 +191,37 @@ def test_extra_submit_args_go_before_the_script() -> None:
     runner = ReplayRunner(
         [
             answer(sinfo_nodes_argv(), "31_sinfo_node_names"),
-            answer(sbatch_argv(JOB, ["--mem=1G"]), "01_sbatch_parsable_ok"),
+            answer(submit_argv(JOB, ["--mem=1G"]), "01_sbatch_parsable_ok"),
         ]
     )
-    slurm = as_ordinary_user(SlurmScheduler(runner, extra_submit_args=["--mem=1G"]))
+    slurm = replayed(SlurmScheduler(runner, extra_submit_args=["--mem=1G"]))
     assert slurm.submit(JOB) == "4"
     assert runner.calls[1][-2:] == ("--mem=1G", str(JOB.script))
+
+
+def test_the_jobs_environment_is_the_accounts_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """sbatch runs under ``env -i`` with the account's name and home from the account
+    database: what the caller's environment says (a planted PATH, LD_PRELOAD, PYTHONPATH,
+    BASH_ENV, HOME, SLURM_*/SBATCH_* settings) is not passed on; SLURM_CONF is."""
+    me = pwd.getpwuid(os.getuid())
+    planted = {"PATH": "/tmp/planted:/usr/bin", "LD_PRELOAD": "/tmp/planted/x.so",
+               "PYTHONPATH": "/tmp/planted", "BASH_ENV": "/tmp/planted/rc", "HOME": "/tmp/p",
+               "USER": "mallory", "SBATCH_PARTITION": "debug", "SLURM_EXPORT_ENV": "ALL",
+               "SLURM_CONF": "/etc/slurm/site.conf", "IMGSAVE_TOKEN": "secret"}
+    for name, value in planted.items():
+        monkeypatch.setenv(name, value)
+    slurm = SlurmScheduler(ReplayRunner([]))
+    slurm.submitter_uid = lambda: me.pw_uid  # type: ignore[method-assign]
+    environment, sbatch = slurm.submit_environment()
+    assert environment == {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": me.pw_dir,
+                           "USER": me.pw_name, "LOGNAME": me.pw_name, "LANG": "C.UTF-8",
+                           "SLURM_CONF": "/etc/slurm/site.conf"}
+    assert sbatch.endswith("sbatch") and not sbatch.startswith("/tmp/planted")
+    argv = slurm.submit_argv(JOB)
+    assert argv[:2] == ["env", "-i"]
+    assert argv[argv.index(sbatch) - 1] == "SLURM_CONF=/etc/slurm/site.conf"
+    assert argv[argv.index("--export") + 1] == "ALL"
+    assert not any("planted" in a or "secret" in a or "mallory" in a for a in argv)
 
 
 # -- status ---------------------------------------------------------------------------
