@@ -1,7 +1,8 @@
 """The API's tables: hashed API tokens and idempotency keys (SQLAlchemy 2).
 
 SQLite by default (``database_url`` from the site config, else a file in the API's
-instance directory), PostgreSQL or MariaDB by URL. Like every table imgsave keeps, these
+instance directory), PostgreSQL by URL (``postgresql+psycopg://...``; what a site with
+more than one ``imgsave serve`` uses: docs/install-portal.md). Like every table imgsave keeps, these
 are an index, not the truth: a lost idempotency key only means a retried request makes
 a second save, and tokens can be issued again.
 """
@@ -19,13 +20,16 @@ from sqlalchemy import (
     Boolean,
     DateTime,
     Integer,
+    MetaData,
     String,
     UniqueConstraint,
     create_engine,
     event,
+    inspect,
     text,
 )
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from site_configs.schema import SiteConfig
@@ -67,7 +71,8 @@ class IdempotencyKey(Base):
     """``Idempotency-Key`` → the save it created, per user.
 
     A row with an empty ``job_id`` is a claim: a request with this key is being
-    submitted right now.
+    submitted right now, by ``claimant`` (host, pid and start time of the server
+    process), as save ``request_id`` (chosen before submitting).
     """
 
     __tablename__ = "api_idempotency_keys"
@@ -82,6 +87,7 @@ class IdempotencyKey(Base):
     target: Mapped[str] = mapped_column(String(512), default="")
     node: Mapped[str] = mapped_column(String(255), default="")
     created: Mapped[datetime] = mapped_column(DateTime)
+    claimant: Mapped[str] = mapped_column(String(255), default="", server_default="")
 
 
 def instance_dir() -> Path:
@@ -110,7 +116,8 @@ class Database:
     def __init__(self, url: str) -> None:
         self.url = url
         self.engine = _engine(url)
-        Base.metadata.create_all(self.engine)
+        create_tables(Base.metadata, self.engine)
+        add_missing_columns(Base.metadata, self.engine)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     @contextmanager
@@ -130,7 +137,45 @@ class Database:
             connection.execute(text("SELECT 1"))
 
 
+def create_tables(metadata: MetaData, engine: Engine) -> None:
+    """Create what is missing of ``metadata``'s tables. Two servers starting at once on
+    one PostgreSQL both find a table missing and both create it; the loser's CREATE
+    fails, and a second look finds the table there."""
+    try:
+        metadata.create_all(engine)
+    except (IntegrityError, ProgrammingError):
+        metadata.create_all(engine)
+
+
+def add_missing_columns(metadata: MetaData, engine: Engine) -> None:
+    """Add columns a newer imgsave has to tables an older one made. Only columns with a
+    server default are ever added, so old rows stay valid."""
+    tables = inspect(engine)
+    for table in metadata.sorted_tables:
+        if not tables.has_table(table.name):
+            continue
+        present = {c["name"] for c in tables.get_columns(table.name)}
+        for column in table.columns:
+            if column.name in present or column.server_default is None:
+                continue
+            kind = column.type.compile(dialect=engine.dialect)
+            default = column.server_default.arg  # type: ignore[attr-defined]
+            try:
+                with engine.begin() as connection:
+                    connection.execute(text(
+                        f"ALTER TABLE {table.name} ADD COLUMN {column.name} {kind} "
+                        f"NOT NULL DEFAULT '{default}'"))
+            except (OperationalError, ProgrammingError):
+                # another server added it a moment ago; anything else fails the next use
+                if column.name not in {c["name"] for c in inspect(engine).get_columns(table.name)}:
+                    raise
+
+
 def _engine(url: str) -> Engine:
+    if url.startswith("postgresql"):
+        # every stored time is naive UTC; the session's zone must not shift them
+        return create_engine(url, pool_pre_ping=True,
+                             connect_args={"options": "-c timezone=UTC"})
     if not url.startswith("sqlite"):
         return create_engine(url, pool_pre_ping=True)
     path = url.split(":///", 1)[1] if ":///" in url else ""

@@ -236,11 +236,18 @@ class LimitsSection(_Section):
     max_saves_in_flight_per_user: Annotated[int, Field(ge=1)] = 4
 
 
+UNIX_SOCKET_PROXY = "unix"  # in trusted_proxies: the connection came over serve's socket
+
+
 class ApiSection(_Section):
     """The REST API and portal (``imgsave serve``); see docs/api.md."""
 
-    # Addresses/networks of reverse proxies whose Remote-User header is trusted.
+    # Addresses/networks of reverse proxies whose Remote-User header is trusted, or
+    # "unix": whoever reaches `imgsave serve --unix-socket` (the socket's directory lets
+    # only the proxy's group in; docs/install-portal.md).
     trusted_proxies: list[NonEmpty] = Field(default_factory=list)
+    # Portal cookies only over HTTPS (set it behind a TLS proxy, as every site should).
+    secure_cookies: bool = False
     admins: list[NonEmpty] = Field(default_factory=list)
     max_body_bytes: Annotated[int, Field(ge=1024, le=16 * 1024**2)] = 65536
     token_ttl_days: Annotated[int, Field(ge=1, le=3650)] = 90
@@ -251,6 +258,8 @@ class ApiSection(_Section):
     @classmethod
     def _proxies_are_addresses(cls, value: list[str]) -> list[str]:
         for entry in value:
+            if entry == UNIX_SOCKET_PROXY:
+                continue
             try:
                 ipaddress.ip_network(entry, strict=False)
             except ValueError as e:

@@ -44,6 +44,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
+from api.db import create_tables
 from api.reports.usage_records import SpoolReader, cache_row, utc_naive
 from api.service.saves import JOB_NAME_PREFIX
 from scheduler_glue.base import JobRecord, Scheduler
@@ -166,7 +167,7 @@ class UsageCache:
         self.overlap = overlap
         self.chunk = chunk
         self.clock = clock
-        UsageBase.metadata.create_all(engine)
+        create_tables(UsageBase.metadata, engine)
 
     # -- sync -------------------------------------------------------------------------
 
@@ -354,7 +355,7 @@ class UsageCache:
                 session.execute(delete(UsageSync).where(UsageSync.cluster == self.cluster))
         if not others:
             UsageBase.metadata.drop_all(self.engine)
-            UsageBase.metadata.create_all(self.engine)
+            create_tables(UsageBase.metadata, self.engine)
         return self.sync(start)
 
     def count(self) -> int:

@@ -20,6 +20,7 @@ from api.service.save_request import SaveRequest, SubmittedSave, validate_reques
 from api.service.spool import (
     BY_JOB_DIR,
     index_job,
+    job_of_request,
     own_spool,
     remove_tree,
     spec_in,
@@ -47,6 +48,11 @@ log = logging.getLogger(__name__)
 
 JOB_NAME_PREFIX = "imgsave"
 RECENT_SECONDS = 600.0
+
+
+def new_request_id() -> str:
+    """A new save's request id (its spool directory's name)."""
+    return uuid.uuid4().hex
 
 
 class SaveService:
@@ -108,8 +114,10 @@ class SaveService:
                 f"you are {self.account}: you can save only as yourself, not as {user}"
             )
 
-    def submit(self, request: SaveRequest, *, admin: bool = False) -> SubmittedSave:
-        """Validate, write the spec and job script to the spool, submit pinned to the node."""
+    def submit(self, request: SaveRequest, *, admin: bool = False,
+               request_id: str | None = None) -> SubmittedSave:
+        """Validate, write the spec and job script to the spool, submit pinned to the node
+        (as save ``request_id``, from :func:`new_request_id`, if the caller chose it)."""
         target, formats = self.validate(request)
         self.check_submitter(request.user)
         node = self.resolve_node(request, admin=admin)
@@ -121,12 +129,21 @@ class SaveService:
             self._check_in_flight(request.user)
             if self.registry_check is not None:
                 self.registry_check(request.user)  # a registry down or full fails now
-            return self._submit_locked(request, target, formats, node, spool)
+            return self._submit_locked(request, target, formats, node, spool,
+                                       request_id or new_request_id())
+
+    def submitted_as(self, request_id: str) -> tuple[str, str, str, str] | None:
+        """Job id, request id, target and node of save ``request_id`` if it was submitted
+        from this spool (its index names it), else None."""
+        found = job_of_request(own_spool(self.spool), request_id)
+        if found is None:
+            return None
+        job_id, spec = found
+        return job_id, request_id, spec.target, spec.node
 
     def _submit_locked(self, request: SaveRequest, target: ImageRef,
                        formats: tuple[ImageFormat, ...], node: str,
-                       spool: Path) -> SubmittedSave:
-        request_id = uuid.uuid4().hex
+                       spool: Path, request_id: str) -> SubmittedSave:
         workdir = spool_dir_for(spool, request_id)
         spec = SaveSpec(
             request_id=request_id,

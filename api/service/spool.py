@@ -56,6 +56,27 @@ def index_job(spool: Path, job_id: str, request_id: str) -> None:
     os.replace(temporary, link)
 
 
+def job_of_request(spool: Path, request_id: str) -> tuple[str, SaveSpec] | None:
+    """The job id the index gives save ``request_id``, and its spec; None if the index
+    has no entry for it (never submitted, or killed before the entry was written)."""
+    index = spool / BY_JOB_DIR
+    try:
+        entries = list(os.scandir(index))
+    except FileNotFoundError:
+        return None
+    for entry in entries:
+        if entry.name.startswith(".") or not entry.is_symlink():
+            continue
+        try:
+            points_at = os.readlink(entry.path)
+        except OSError:
+            continue
+        if Path(points_at).name == request_id:
+            spec = spec_in(spool, entry.name)
+            return (entry.name, spec) if spec is not None else None
+    return None
+
+
 def spec_in(spool: Path | None, job_id: str) -> SaveSpec | None:
     """The spec the spool's index holds for ``job_id``, or None (absent or unreadable)."""
     if spool is None:

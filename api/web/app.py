@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import tempfile
 from collections.abc import Callable, Mapping
 from datetime import timedelta
 from pathlib import Path
@@ -66,8 +67,9 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Lax",
         SESSION_COOKIE_NAME="imgsave_session",
+        SESSION_COOKIE_SECURE=config.api.secure_cookies,
     )
-    app.config.from_prefixed_env()  # FLASK_SESSION_COOKIE_SECURE=true behind HTTPS, ...
+    app.config.from_prefixed_env()  # FLASK_... settings from the environment
     app.config.update(overrides)
     if not app.config.get("SECRET_KEY"):
         app.config["SECRET_KEY"] = os.environ.get(SECRET_ENV) or _secret_key(instance)
@@ -101,12 +103,17 @@ def _secret_key(instance: Path) -> str:
         pass
     instance.mkdir(parents=True, exist_ok=True, mode=0o700)
     key = secrets.token_urlsafe(48)
+    # written whole under a private name, then linked in: a second server starting at
+    # the same moment reads either nothing (and links its own) or the whole key
+    fd, temporary = tempfile.mkstemp(dir=instance, prefix=".secret-")
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(key)
+        os.link(temporary, path)
     except FileExistsError:
-        return path.read_text().strip()  # another worker made it first
-    with os.fdopen(fd, "w") as fh:
-        fh.write(key)
+        return path.read_text().strip()  # another server made it first
+    finally:
+        os.unlink(temporary)
     return key
 
 

@@ -4,8 +4,10 @@
   only their SHA-256 is stored (a token is 256 random bits, so a plain hash is enough:
   there is nothing to guess that a slow hash would protect).
 - ``Remote-User: <name>`` from the site's reverse proxy, believed only when the
-  connection comes from an address in ``[api].trusted_proxies``; from anywhere else the
-  request is refused and logged, as a forged identity would be.
+  connection comes from an address in ``[api].trusted_proxies`` (or over the unix socket
+  ``imgsave serve --unix-socket`` listens on, when that list says ``"unix"``: the socket's
+  directory lets only the proxy in, which a loopback address on a shared host cannot);
+  from anywhere else the request is refused and logged, as a forged identity would be.
 - The portal's signed session cookie, set after either of the above; a request that
   changes something must also carry the session's ``X-CSRF-Token``.
 
@@ -33,12 +35,15 @@ from sqlalchemy import select, update
 from api.db import ApiToken, Database, utcnow
 from core.errors import ImgsaveError, InvalidRequest
 from registry.refs import check_unix_name
-from site_configs.schema import ApiSection
+from site_configs.schema import UNIX_SOCKET_PROXY, ApiSection
 
 log = logging.getLogger(__name__)
 
 TOKEN_PREFIX = "isv_"
 PROXY_USER_HEADER = "Remote-User"
+# Set in the WSGI environ by `imgsave serve --unix-socket` for each connection it accepts
+# there; not an HTTP_* key, so no header a client sends can set it.
+UNIX_SOCKET_ENVIRON = "imgsave.unix_socket"
 CSRF_HEADER = "X-CSRF-Token"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 BAD_TOKEN = "the token is unknown, expired or revoked"
@@ -140,15 +145,22 @@ def list_tokens(db: Database, user: str | None = None) -> list[ApiToken]:
         return list(s.scalars(query))
 
 
-def from_trusted_proxy(remote_addr: str | None, settings: ApiSection) -> bool:
-    """Whether the connection comes from one of ``trusted_proxies``."""
-    if not remote_addr or not settings.trusted_proxies:
+def from_trusted_proxy(request: Request, settings: ApiSection) -> bool:
+    """Whether the request's connection comes from one of ``trusted_proxies``."""
+    if request.environ.get(UNIX_SOCKET_ENVIRON) is True:
+        return UNIX_SOCKET_PROXY in settings.trusted_proxies
+    return _trusted_address(request.remote_addr, settings)
+
+
+def _trusted_address(remote_addr: str | None, settings: ApiSection) -> bool:
+    addresses = [p for p in settings.trusted_proxies if p != UNIX_SOCKET_PROXY]
+    if not remote_addr or not addresses:
         return False
     try:
         address = ipaddress.ip_address(remote_addr)
     except ValueError:
         return False
-    return any(address in ipaddress.ip_network(p, strict=False) for p in settings.trusted_proxies)
+    return any(address in ipaddress.ip_network(p, strict=False) for p in addresses)
 
 
 def authenticate(
@@ -178,7 +190,7 @@ def _bearer(
 
 
 def _proxy(user: str, request: Request, settings: ApiSection) -> Principal:
-    if not from_trusted_proxy(request.remote_addr, settings):
+    if not from_trusted_proxy(request, settings):
         log.warning("refused %s header %r from untrusted address %s",
                     PROXY_USER_HEADER, user[:64], request.remote_addr)
         raise Unauthorized(f"{PROXY_USER_HEADER} is accepted only from the site's proxy")
@@ -197,7 +209,7 @@ def _cookie(
         raise Unauthorized("log in, or send 'Authorization: Bearer <token>'")
     token_id = session.get("token_id")
     if session.get("via") == "proxy":
-        if not from_trusted_proxy(request.remote_addr, settings):
+        if not from_trusted_proxy(request, settings):
             raise Unauthorized("this session was opened through the site's proxy")
     elif not isinstance(token_id, int) or not token_usable(db, token_id, account_exists):
         session.clear()

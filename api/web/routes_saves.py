@@ -11,7 +11,7 @@ from flask import Blueprint, Response, jsonify, request, url_for
 from api.reports.report import parse_day
 from api.service.progress import SaveStatus
 from api.service.save_request import SaveRequest, SubmittedSave
-from api.service.saves import SaveService
+from api.service.saves import SaveService, new_request_id
 from api.web import idempotency
 from api.web.errors import ApiError
 from api.web.state import flag, json_body, principal, state
@@ -41,8 +41,10 @@ def submit_save() -> tuple[Response, int] | Response:
     db = state().db
     idempotency.check_key(key)
     digest = idempotency.body_hash(body)
-    existing = idempotency.claim(db, caller.user, key, digest)
-    if existing is not None:
+    claimed = idempotency.claim(db, caller.user, key, digest, new_request_id(),
+                                saves.submitted_as)
+    existing = claimed.row
+    if not claimed.mine and existing is not None:
         if existing.body_hash != digest:
             raise ApiError(422, "idempotency_key_reused",
                            f"{idempotency.HEADER} {key!r} was used with a different request")
@@ -55,7 +57,7 @@ def submit_save() -> tuple[Response, int] | Response:
         response.headers["Idempotent-Replayed"] = "true"
         return response, 202
     try:
-        submitted = saves.submit(save, admin=caller.admin)
+        submitted = saves.submit(save, admin=caller.admin, request_id=claimed.request_id)
     except BaseException:
         idempotency.release(db, caller.user, key)
         raise

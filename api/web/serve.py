@@ -9,14 +9,20 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Iterable
 from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from api.db import ApiToken, Database, database_url
-from api.web.auth import issue_token, list_tokens, revoke_tokens
+from api.web.auth import UNIX_SOCKET_ENVIRON, issue_token, list_tokens, revoke_tokens
 from core.errors import ImgsaveError
 from site_configs.schema import current_account, get_site_config
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
 
 def _config_path(ctx: click.Context) -> str | None:
@@ -55,10 +61,15 @@ def _database(ctx: click.Context) -> Database:
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to listen on (put a TLS reverse proxy in front).")
 @click.option("--port", default=8080, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--unix-socket", "unix_socket", default=None, metavar="PATH",
+              help="Listen on this unix socket instead of --host/--port: the proxy's way in "
+                   "on a host users log in to (its directory decides who may connect; "
+                   'trusted_proxies = ["unix"] believes its Remote-User).')
 @click.option("--threads", default=8, show_default=True, type=click.IntRange(1, 256),
               help="Worker threads (each request holds one while the scheduler answers).")
 @click.pass_context
-def serve(ctx: click.Context, host: str, port: int, threads: int) -> None:
+def serve(ctx: click.Context, host: str, port: int, unix_socket: str | None,
+          threads: int) -> None:
     """Serve the REST API (/api/v1) and the web portal (/) with waitress."""
     import waitress
 
@@ -72,8 +83,43 @@ def serve(ctx: click.Context, host: str, port: int, threads: int) -> None:
         app = create_app({"SITE_CONFIG": _config_path(ctx)})
     except ImgsaveError as e:
         raise click.ClickException(e.message) from e
-    click.echo(f"imgsave API and portal on http://{host}:{port}/", err=True)
-    waitress.serve(app, host=host, port=port, threads=threads, ident="imgsave")
+    if unix_socket is None:
+        click.echo(f"imgsave API and portal on http://{host}:{port}/", err=True)
+        waitress.serve(app, host=host, port=port, threads=threads, ident="imgsave")
+        return
+    _check_socket_dir(Path(unix_socket))
+    click.echo(f"imgsave API and portal on unix:{unix_socket}", err=True)
+    # 0666 on the socket itself: who may connect is its directory's business (0750,
+    # group of the proxy), which the admin sets up and this checks above.
+    waitress.serve(_marked_unix(app.wsgi_app), unix_socket=unix_socket,
+                   unix_socket_perms="666", threads=threads, ident="imgsave")
+
+
+def _marked_unix(wsgi: WSGIApplication) -> WSGIApplication:
+    """Mark every request as having come over the unix socket (see auth.py)."""
+
+    def marked(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        environ[UNIX_SOCKET_ENVIRON] = True
+        return wsgi(environ, start_response)
+
+    return marked
+
+
+def _check_socket_dir(socket: Path) -> None:
+    """Refuse a socket whose directory lets everyone in: then anyone on this host could
+    send Remote-User as the proxy does."""
+    directory = socket.parent
+    try:
+        st = directory.stat()
+    except OSError as e:
+        raise click.ClickException(f"{directory}: {e.strerror}; create it (0750, owned by "
+                                   "the service account, group of the proxy)") from e
+    if st.st_mode & 0o007 or directory.is_symlink():
+        raise click.ClickException(
+            f"{directory} lets every user reach the socket (mode {st.st_mode & 0o777:o}): "
+            "make it 0750, owned by the service account, group of the proxy")
+    if st.st_uid != os.geteuid():
+        raise click.ClickException(f"{directory} is not owned by the service account")
 
 
 @click.group()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -223,9 +225,58 @@ def test_an_in_flight_key_is_409(app: Flask, client: FlaskClient, alice: dict[st
 
     with app.app_context():
         body_hash = idempotency.body_hash(save_body())
-        assert idempotency.claim(state().db, "alice", "k4", body_hash) is None
+        claimed = idempotency.claim(state().db, "alice", "k4", body_hash, "r4")
+        assert claimed.mine and claimed.request_id == "r4"
+    # claimed by this very process, alive: in progress
     r = client.post("/api/v1/saves", json=save_body(), headers={**alice, "Idempotency-Key": "k4"})
     assert r.status_code == 409 and r.json["error"]["retryable"] is True
+
+
+def _plant_claim(app: Flask, key: str, claimant: str, request_id: str) -> None:
+    from api.db import IdempotencyKey, utcnow
+    from api.web import idempotency
+
+    with app.app_context(), state().db.session() as s:
+        s.add(IdempotencyKey(user="alice", key=key, body_hash=idempotency.body_hash(save_body()),
+                             created=utcnow(), request_id=request_id, claimant=claimant))
+
+
+def test_a_claim_whose_server_died_before_submitting_is_taken_over(
+    app: Flask, client: FlaskClient, alice: dict[str, str], memory_site: MemorySite
+) -> None:
+    # a pid that does not run here (or runs with another start time: a reused pid)
+    for key, claimant in (("k5", f"{socket.gethostname()}:999999999:1"),
+                          ("k6", f"{socket.gethostname()}:{os.getpid()}:0")):
+        _plant_claim(app, key, claimant, f"req-{key}")
+        r = client.post("/api/v1/saves", json=save_body(),
+                        headers={**alice, "Idempotency-Key": key})
+        assert r.status_code == 202, r.json
+        # a save id of its own: the dead server may have left a half-made directory
+        assert r.json["request_id"] != f"req-{key}"
+    assert len(memory_site.scheduler.submitted) == 2
+
+
+def test_a_claim_of_a_dead_server_whose_save_was_submitted_is_answered_with_it(
+    app: Flask, client: FlaskClient, alice: dict[str, str], memory_site: MemorySite
+) -> None:
+    first = client.post("/api/v1/saves", json=save_body(), headers=alice)
+    assert first.status_code == 202
+    # as if the server died after submitting and indexing, before recording the job
+    _plant_claim(app, "k7", f"{socket.gethostname()}:999999999:1", first.json["request_id"])
+    r = client.post("/api/v1/saves", json=save_body(), headers={**alice, "Idempotency-Key": "k7"})
+    assert r.status_code == 202 and r.headers["Idempotent-Replayed"] == "true"
+    assert r.json["job_id"] == first.json["job_id"]
+    assert r.json["target"] == first.json["target"] and r.json["node"] == first.json["node"]
+    assert len(memory_site.scheduler.submitted) == 1
+
+
+def test_a_claim_from_another_host_waits_for_the_stale_time(
+    app: Flask, client: FlaskClient, alice: dict[str, str], memory_site: MemorySite
+) -> None:
+    _plant_claim(app, "k8", "another-host:1:1", "req-k8")
+    r = client.post("/api/v1/saves", json=save_body(), headers={**alice, "Idempotency-Key": "k8"})
+    assert r.status_code == 409  # this host cannot tell whether that server lives
+    assert memory_site.scheduler.submitted == []
 
 
 def test_dry_run_reports_each_field_and_submits_nothing(
