@@ -13,6 +13,12 @@
 # here, for the tests and the demo) are /etc/imgsave-site/passwords/USER (root's, 0600).
 # See docs/install-portal.md.
 set -euo pipefail
+# Whoever runs this may hold a lock (flock LOCK scripts/...): no daemon started here may
+# inherit it and hold it forever. Close every inherited descriptor but 0-2 (and bash's 255).
+for fd in /proc/$$/fd/*; do
+    fd=${fd##*/}
+    if ((fd > 2 && fd != 255)); then eval "exec $fd>&-"; fi
+done
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 TOP="$HERE/.."
