@@ -35,6 +35,7 @@ from core.errors import (
     SchedulerError,
 )
 from core.runner import DEFAULT_TIMEOUT_SECONDS, CommandResult, Runner, run_command
+from scheduler_glue.live_status import SharedStatus
 from scheduler_glue.states import JobState
 
 if TYPE_CHECKING:
@@ -191,6 +192,13 @@ class Scheduler(abc.ABC):
         self.runner = runner
         self.timeout = timeout
         self.finals = FinalRecords()
+        self.shared: SharedStatus[JobRecord] | None = None
+
+    def share_status(self, interval: float) -> None:
+        """Answer status polls about live jobs from one batched query per ``interval``
+        seconds for every job asked about lately (a server with many users polling;
+        the CLI asks each time)."""
+        self.shared = SharedStatus(interval) if interval > 0 else None
 
     @classmethod
     def from_section(cls, section: SchedulerSection, runner: Runner) -> Self:
@@ -294,7 +302,8 @@ class Scheduler(abc.ABC):
         found: Mapping[str, JobRecord] = {}
         if ask:
             try:
-                found = self.read_status(ask, since)
+                found = (self.read_status(ask, since) if self.shared is None
+                         else self.shared.records(ask, since, self.read_status))
             except StatusUnavailable as e:
                 log.warning("%s status unavailable, every job UNKNOWN but those it still "
                             "knows: %s", self.label, e.message)  # fmt: skip

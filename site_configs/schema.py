@@ -248,6 +248,9 @@ class ApiSection(_Section):
     trusted_proxies: list[NonEmpty] = Field(default_factory=list)
     # Portal cookies only over HTTPS (set it behind a TLS proxy, as every site should).
     secure_cookies: bool = False
+    # Status polls about live saves share one scheduler query per this many seconds per
+    # server (0: every poll asks the scheduler).
+    status_interval_seconds: Annotated[float, Field(ge=0, le=60)] = 1.0
     admins: list[NonEmpty] = Field(default_factory=list)
     max_body_bytes: Annotated[int, Field(ge=1024, le=16 * 1024**2)] = 65536
     token_ttl_days: Annotated[int, Field(ge=1, le=3650)] = 90

@@ -91,7 +91,10 @@ def _site_config(value: SiteConfig | str | None) -> SiteConfig:
 def _real_site(config: SiteConfig) -> Site:
     from api.service.site import Site  # the scheduler and registry are built on first use
 
-    return Site(config)
+    site = Site(config)
+    # a server answers many users' polls: one scheduler query per interval for them all
+    site.scheduler.share_status(config.api.status_interval_seconds)
+    return site
 
 
 def _secret_key(instance: Path) -> str:

@@ -56,6 +56,7 @@ def password(user: str) -> str:
 def signed_on(user: str) -> requests.Session:
     """A client of the proxy that has signed on as ``user``."""
     client = requests.Session()
+    client.trust_env = False  # else a CA bundle named in the environment wins over ours
     client.verify = CA
     client.auth = (user, password(user))
     return client
@@ -238,8 +239,9 @@ def _ids(user: str) -> tuple[int, int]:
 
 
 def _claimed_by(key: str) -> str | None:
+    # psql interpolates :'k' (quoted) in what it reads, not in -c
     out = subprocess.run(
-        ["runuser", "-u", "imgsave", "--", "psql", "-d", "imgsave", "-qAt", "-v", f"k={key}",
-         "-c", "SELECT claimant FROM api_idempotency_keys WHERE key = :'k' AND job_id = ''"],
+        ["runuser", "-u", "imgsave", "--", "psql", "-d", "imgsave", "-qAt", "-v", f"k={key}"],
+        input="SELECT claimant FROM api_idempotency_keys WHERE key = :'k' AND job_id = '';\n",
         capture_output=True, text=True, timeout=30, check=True, cwd="/")
     return out.stdout.strip() or None
