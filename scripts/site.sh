@@ -151,7 +151,9 @@ start_server() {  # start_server N: imgsave serve on $SOCKETS/api-N.sock as the 
     rm -f "$SOCKETS/api-$n.sock"
     say "starting imgsave serve $n on $SOCKETS/api-$n.sock"
     # the two share the instance dir: one cookie-signing key for both
-    setsid runuser -u "$SERVICE_ACCOUNT" -- env -i PATH=/usr/local/bin:/usr/bin:/bin \
+    # setpriv execs (runuser would stay as the parent): the pid file names the server
+    setsid setpriv --reuid="$SERVICE_ACCOUNT" --regid="$SERVICE_ACCOUNT" --init-groups \
+        env -i PATH=/usr/local/bin:/usr/bin:/bin \
         LANG=C.UTF-8 HOME=/var/lib/imgsave IMGSAVE_INSTANCE_DIR="$INSTANCE" \
         "$IMGSAVE" --config "$ETC/portal.toml" serve --unix-socket "$SOCKETS/api-$n.sock" \
         --threads 8 >>"$LOGS/serve-$n.log" 2>&1 </dev/null &
