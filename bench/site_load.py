@@ -106,7 +106,7 @@ def plain_setup(workdir: Path) -> Setup:
     config.chmod(0o644)
     workdir.chmod(0o755)
     shutil.chown(workdir, SERVICE_ACCOUNT)
-    env = {"PATH": "/usr/bin:/bin", "HOME": "/var/lib/imgsave", "LANG": "C.UTF-8",
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/var/lib/imgsave", "LANG": "C.UTF-8",
            "IMGSAVE_INSTANCE_DIR": str(workdir / "instance")}
     port = free_port()
     setup = Setup("plain", f"http://127.0.0.1:{port}", str(config))
