@@ -139,6 +139,9 @@ PY
 
 server_pid() { cat "$SOCKETS/api-$1.pid" 2>/dev/null || true; }
 
+# what a server runs: the installed runtime and the portal's config (a change restarts it)
+build_stamp() { cat /opt/imgsave/venv/.imgsave-source "$ETC/portal.toml" 2>/dev/null | sha256sum | cut -c1-16; }
+
 server_running() {
     local pid
     pid=$(server_pid "$1")
@@ -147,7 +150,11 @@ server_running() {
 
 start_server() {  # start_server N: imgsave serve on $SOCKETS/api-N.sock as the service account
     local n=$1
-    if server_running "$n"; then return 0; fi
+    if server_running "$n"; then
+        if [ "$(cat "$SOCKETS/api-$n.stamp" 2>/dev/null)" = "$(build_stamp)" ]; then return 0; fi
+        say "imgsave or the portal's config changed: restarting server $n"
+        stop_server "$n"
+    fi
     rm -f "$SOCKETS/api-$n.sock"
     say "starting imgsave serve $n on $SOCKETS/api-$n.sock"
     # the two share the instance dir: one cookie-signing key for both
@@ -158,6 +165,7 @@ start_server() {  # start_server N: imgsave serve on $SOCKETS/api-N.sock as the 
         "$IMGSAVE" --config "$ETC/portal.toml" serve --unix-socket "$SOCKETS/api-$n.sock" \
         --threads 8 >>"$LOGS/serve-$n.log" 2>&1 </dev/null &
     echo $! >"$SOCKETS/api-$n.pid"
+    build_stamp >"$SOCKETS/api-$n.stamp"
     wait_for 30 "imgsave serve $n" curl -sf --unix-socket "$SOCKETS/api-$n.sock" \
         http://localhost/healthz || { tail -20 "$LOGS/serve-$n.log" >&2; return 1; }
 }
@@ -169,7 +177,7 @@ stop_server() {
         kill "$pid" 2>/dev/null || true
         wait_for 10 "server $1 to stop" bash -c "! kill -0 $pid" || kill -9 "$pid" 2>/dev/null || true
     fi
-    rm -f "$SOCKETS/api-$1.pid" "$SOCKETS/api-$1.sock"
+    rm -f "$SOCKETS/api-$1.pid" "$SOCKETS/api-$1.sock" "$SOCKETS/api-$1.stamp"
 }
 
 start_nginx() {
