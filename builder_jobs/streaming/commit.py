@@ -198,11 +198,14 @@ def stream_commit(
 
     settings: list[ContainerConfig] = [container_config] if container_config else []
 
-    def find_base() -> tuple[LocalImage, BaseImage]:
-        mark = time.monotonic()
+    def container_settings() -> None:  # the container's own settings, for the config
         if not settings:
             settings.append(engine.parse_container(
                 runner(engine.inspect_container(info.id)).stdout).config)
+
+    def find_base() -> tuple[LocalImage, BaseImage]:
+        mark = time.monotonic()
+        container_settings()
         if isinstance(engine, ReadsOwnStorage):  # containerd: from its content store
             image = engine.local_image(info, runner)
         else:
@@ -224,9 +227,13 @@ def stream_commit(
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="base-image") as pool:
         lookup: Future[tuple[LocalImage, BaseImage]]
         if plan.incremental and plan.earlier and plan.base:  # the earlier image is the base
-            lookup = Future()
-            size = plan.earlier.image_size
-            lookup.set_result((LocalImage(info.image_id, (), size=size), plan.base))
+            earlier, earlier_base = plan.earlier, plan.base
+
+            def on_earlier() -> tuple[LocalImage, BaseImage]:
+                container_settings()
+                return LocalImage(info.image_id, (), size=earlier.image_size), earlier_base
+
+            lookup = pool.submit(on_earlier)
         else:
             lookup = pool.submit(find_base)
         try:

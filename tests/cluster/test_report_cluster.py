@@ -125,7 +125,10 @@ def test_report_counts_exactly_the_saves_made(tmp_path: Path, fresh_user: str) -
     rows = {(r.group["user"], r.group["outcome"]): r for r in report.rows}
     assert set(rows) == {(user, "succeeded"), (user, "failed")}
     ok, failed = rows[(user, "succeeded")], rows[(user, "failed")]
-    assert (ok.saves, ok.bytes_pushed) == (1, final["ok"].size_bytes) and ok.bytes_pushed > 0
+    # what the save uploaded (a streamed save's result says; else the image's size)
+    result = final["ok"].result
+    pushed = (result.bytes_pushed if result else 0) or final["ok"].size_bytes
+    assert (ok.saves, ok.bytes_pushed) == (1, pushed) and ok.bytes_pushed > 0
     assert failed.saves == 3
     assert {k: n for k, n in failed.failed_by_reason.items() if n} == {
         "container_missing": 1, "not_owner": 1, "cancelled": 1}
