@@ -188,10 +188,12 @@ start_nginx() {
     cat >"$ETC/nginx.conf" <<EOF
 # the local site's nginx: only the imgsave server (scripts/site.sh)
 user $PROXY_GROUP;
-worker_processes 1;
+worker_processes auto;
+worker_rlimit_nofile 16384;
 pid /run/imgsave-site-nginx.pid;
 error_log $LOGS/nginx-error.log;
-events { worker_connections 1024; }
+# each signed-on user holds a connection, and each request one more to a server
+events { worker_connections 8192; }
 http {
     access_log $LOGS/nginx-access.log;
     include /etc/nginx/mime.types;
