@@ -240,3 +240,31 @@ def test_the_api_submits_and_reports(client, alice, bob) -> None:  # type: ignor
     assert refused.status_code == 403
     assert client.post("/api/v1/warmups", json={"images": ["x:v1"]},
                        headers=alice).status_code == 400
+
+
+# -- PBS: the hosts of a job (captures from a real OpenPBS 23.06; select by host) ---------
+def test_pbs_exec_hosts_each_once() -> None:
+    from scheduler_glue.pbs.parse import exec_hosts
+
+    # the documented multi-host form (OpenPBS reference guide, exec_host); captures have
+    # single-host jobs only (tests/captures/pbs)
+    assert exec_hosts("n1/0*2+n2/1+n1/1") == ("n1", "n2")
+    assert exec_hosts("vm/0") == ("vm",)
+    assert exec_hosts("") == ()
+
+
+def test_pbs_nodes_of_a_running_job_from_a_capture() -> None:
+    from scheduler_glue.pbs.backend import PbsScheduler
+    from tests.support.replay import ReplayRunner, Step, pbs_capture
+
+    qstat_f = ["qstat", "-f", "-F", "json"]
+    runner = ReplayRunner([
+        Step.replay([*qstat_f, "0.vm"], pbs_capture("02_qstat_f_F_json_running")),
+        Step.replay([*qstat_f, "3.vm"], pbs_capture("15b_qstat_f_F_json_invalid_host_job")),
+    ])
+    pbs = PbsScheduler(runner)
+    found = pbs.nodes_of_job("0.vm")
+    assert (found.nodes, found.owner) == (("vm",), "pbsuser")
+    with pytest.raises(NotFound, match="not running"):
+        pbs.nodes_of_job("3.vm")
+    runner.assert_done()
