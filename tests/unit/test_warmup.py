@@ -268,3 +268,33 @@ def test_pbs_nodes_of_a_running_job_from_a_capture() -> None:
     with pytest.raises(NotFound, match="not running"):
         pbs.nodes_of_job("3.vm")
     runner.assert_done()
+
+
+# -- the node entry's dispatch: warm-up jobs here, every other job to the save ------------
+def test_the_entry_sends_only_warmup_jobs_to_the_warmup(monkeypatch: pytest.MonkeyPatch) -> None:
+    from builder_jobs import warmup_gate
+    from tests.support.api_support import LOCAL_TOML
+
+    request_id = "a" * 32
+    monkeypatch.setattr(warmup_gate.os, "geteuid", lambda: 0)
+    ran: list[str] = []
+    monkeypatch.setattr(warmup_gate, "warmup_main",
+                        lambda args, rec, cfg: ran.append(f"warmup {rec.job_id}") or 0)
+    asked: list[str] = []
+
+    def lookup_for(_config: object):  # type: ignore[no-untyped-def]
+        def lookup(job_id: str) -> JobOnRecord:
+            asked.append(job_id)
+            kind = {"7": "warmup", "8": ""}[job_id]
+            return record(job_id=job_id, metadata={"kind": kind, "request_id": request_id})
+        return lookup
+
+    def save_main(args, lookup_for_save):  # type: ignore[no-untyped-def]
+        ran.append(f"save {lookup_for_save(None)(args[1]).job_id}")
+        return 0
+
+    for job_id in ("7", "8"):
+        assert warmup_gate.dispatch([str(LOCAL_TOML), job_id, request_id], lookup_for,
+                                    save_main) == 0
+    assert ran == ["warmup 7", "save 8"]
+    assert asked == ["7", "8"]  # the save's record is not asked for twice
