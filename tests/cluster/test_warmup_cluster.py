@@ -127,7 +127,7 @@ def test_layers_shared_between_images_are_fetched_once(images: dict[str, str]) -
     top_a = _layers(a)[-1]
     assert fetched[top_a] == 1, fetched  # a's own layer: fetched, and once
     assert all(count == 1 for count in fetched.values()), fetched  # nothing twice
-    assert set(_layers(a)[:-1]) == set(_layers(b)[:-1])  # they do share the base
+    assert set(_layers(a)) & set(_layers(b))  # they do share layers (at least the base)
 
 
 def _layers(image: str) -> list[str]:
