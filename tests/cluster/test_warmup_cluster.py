@@ -192,3 +192,37 @@ def test_a_forged_warmup_job_pulls_nothing_of_alices(images: dict[str, str]) -> 
     assert image["outcome"] == "failed" and "outside your namespace" in image["error"]
     held = node_exec("n2", "podman", "image", "exists", f"{REGISTRY}/{private}", check=False)
     assert held.returncode == 1  # not on the node
+
+
+def _sbatch_as(user: str, *options: str) -> str:
+    out = as_user(user, "sbatch", "--parsable", "-o", "/dev/null", *options,
+                  "--wrap", "sleep 300").stdout  # fmt: skip
+    return out.strip().split(";")[0]
+
+
+def _wait_running(job: str) -> None:
+    deadline = time.monotonic() + 60
+    while job_state(job) != "RUNNING":
+        assert time.monotonic() < deadline, f"job {job} is {job_state(job)}"
+        time.sleep(0.5)
+
+
+def test_warm_up_the_nodes_of_my_job(images: dict[str, str]) -> None:
+    """alice's two-node job in the users' partition (one CPU per node there): --job J
+    warms both of its nodes; bob cannot use her job; a pending job with no nodes yet
+    says so."""
+    a = images["a"]
+    job = _sbatch_as("alice", "-p", "batch", "-N", "2", "-n", "2")
+    later = _sbatch_as("alice", "-p", "batch", "--begin", "now+1hour")
+    try:
+        _wait_running(job)
+        code, data, err = _warmup("alice", a, "--job", job)
+        assert code == 0, err
+        assert sorted(n["node"] for n in data["nodes"]) == ["n1", "n2"]
+        assert all(n["state"] == "completed" for n in data["nodes"])
+        taken = imgsave_as("bob", "warmup", "bob/x:v1", "--job", job, check=False)
+        assert taken.returncode == 1 and "is not yours" in taken.stderr
+        waiting = imgsave_as("alice", "warmup", a, "--job", later, check=False)
+        assert waiting.returncode == 1 and "has no nodes yet" in waiting.stderr
+    finally:
+        subprocess.run(["scancel", job, later], check=False, timeout=30)
