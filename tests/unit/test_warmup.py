@@ -165,7 +165,13 @@ def test_results_travel_as_lines_and_back() -> None:
 
 # -- Slurm: the nodes of a job --------------------------------------------------------------
 def test_slurm_nodes_of_a_running_and_a_pending_job() -> None:
-    assert parse_job_nodes("RUNNING|n[1-2]|alice|(null)\n") == ("RUNNING", ("n1", "n2"), "alice")
+    from tests.support.replay import CAPTURES, load_capture
+
+    running = load_capture(CAPTURES / "slurm" / "60_squeue_nodes_running_two_nodes.txt")
+    held = load_capture(CAPTURES / "slurm" / "60b_squeue_nodes_pending_begin.txt")
+    assert parse_job_nodes(running.stdout) == ("RUNNING", ("n1", "n2"), "alice")
+    assert parse_job_nodes(held.stdout) == ("PENDING", (), "alice")
+    # not captured (a pending job Slurm has placed): %Y names its nodes
     assert parse_job_nodes("PENDING||alice|n[3-4]\n") == ("PENDING", ("n3", "n4"), "alice")
     assert parse_job_nodes("PENDING||alice|(null)\n") == ("PENDING", (), "alice")
     assert parse_job_nodes("") is None
@@ -298,3 +304,21 @@ def test_the_entry_sends_only_warmup_jobs_to_the_warmup(monkeypatch: pytest.Monk
                                     save_main) == 0
     assert ran == ["warmup 7", "save 8"]
     assert asked == ["7", "8"]  # the save's record is not asked for twice
+
+
+def test_slurm_backend_nodes_of_job_from_captures() -> None:
+    from scheduler_glue.slurm.backend import SlurmScheduler
+    from tests.support.replay import CAPTURES, ReplayRunner, Step, load_capture
+
+    argv = ["squeue", "-h", "-t", "all", "-j"]
+    runner = ReplayRunner([
+        Step.replay([*argv, "3071", "-o", "%T|%N|%u|%Y"],
+                    load_capture(CAPTURES / "slurm" / "60_squeue_nodes_running_two_nodes.txt")),
+        Step.replay([*argv, "3072", "-o", "%T|%N|%u|%Y"],
+                    load_capture(CAPTURES / "slurm" / "60b_squeue_nodes_pending_begin.txt")),
+    ])
+    slurm = SlurmScheduler(runner)
+    assert slurm.nodes_of_job("3071").nodes == ("n1", "n2")
+    with pytest.raises(NotFound, match="PENDING and has no nodes yet"):
+        slurm.nodes_of_job("3072")
+    runner.assert_done()
