@@ -39,6 +39,7 @@ from builder_jobs.node_gate import (
     JobLookup,
     JobOnRecord,
     Refused,
+    _die_with_parent,
     caller_name,
     claim_once,
 )
@@ -224,4 +225,5 @@ def dispatch(argv: Sequence[str] | None, lookup_for: Callable[[SiteConfig], JobL
     logging.basicConfig(stream=sys.stderr, level=logging.INFO,
                         format="imgsave-node-save: %(levelname)s %(message)s")  # fmt: skip
     os.umask(0o077)
+    _die_with_parent()  # sudo (the job) killed outright: pull nothing more unattended
     return warmup_main(args[1:], record, config)
