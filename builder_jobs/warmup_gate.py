@@ -98,9 +98,11 @@ class NodeImages:
         self.authfile = authfile
 
     def held_digests(self, ref: ImageRef) -> set[str]:
-        """Manifest digests the node holds for ``ref``'s repository (``RepoDigests``)."""
-        result = self.runner([*self.engine.base, "images", "--digests", "--format", "json",
-                              f"{ref.registry}/{ref.repository}"], timeout=120, check=False)
+        """Manifest digests of the image ``ref`` names on this node (its ``RepoDigests``
+        in ``ref``'s repository); empty when the node has no image of that name. The
+        name, not just the repository: a tag the node holds pointing at an older image
+        must be pulled again, or ``podman run`` of it would start the old one."""
+        result = self.runner(self.engine.inspect_image(str(ref)), timeout=120, check=False)
         if result.returncode != 0:
             return set()
         return held_digests(result.stdout, f"{ref.registry}/{ref.repository}")
@@ -115,7 +117,8 @@ class NodeImages:
 
 
 def held_digests(images_json: str, repository: str) -> set[str]:
-    """Digests in ``podman images --digests --format json`` output for ``repository``."""
+    """Digests for ``repository`` in ``podman image inspect`` (or ``images --format
+    json``) output: both are JSON arrays of objects with ``RepoDigests``."""
     try:
         rows = json.loads(images_json or "[]")
     except ValueError:

@@ -5,6 +5,7 @@ before anything is fetched."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 from pathlib import Path
@@ -48,3 +49,30 @@ def test_pull_then_present_and_failures_stay_apart(
     assert second.ok and second.images[0].outcome is ImageOutcome.PRESENT
     assert podman("--root", str(storage / "root"), "--runroot", str(runroot),
                   "image", "exists", f"{host}/bob/private:v1", check=False).returncode == 1
+
+
+def test_a_tag_pointing_at_an_older_image_is_pulled_again(
+    tmp_path: Path, request: pytest.FixtureRequest, builder_registry: RunningRegistry,
+    builder_base_image: str,
+) -> None:
+    """The node holds alice/moving:v1 from before; v1 now names another image: pulled."""
+    host = builder_registry.host
+    runroot = Path(tempfile.mkdtemp(prefix="wu", dir="/tmp"))
+    request.addfinalizer(lambda: shutil.rmtree(runroot, ignore_errors=True))
+    node = ["--root", str(tmp_path / "root"), "--runroot", str(runroot)]
+    config = load_site_config(write_site_config(tmp_path, builder_registry.url,
+                                                podman_argv=[*PODMAN, *node]))  # fmt: skip
+    podman("push", "--tls-verify=false", builder_base_image, f"{host}/alice/moving:v1")
+    first = run_warmup(config, "alice", ["alice/moving:v1"], "n1", lambda line: None)
+    assert first.images[0].outcome is ImageOutcome.PULLED
+    podman("push", "--tls-verify=false", "--format", "v2s2", builder_base_image,
+           f"{host}/alice/moving:v1")  # the same content, another manifest: a new digest
+    again = run_warmup(config, "alice", ["alice/moving:v1"], "n1", lambda line: None)
+    assert again.images[0].digest != first.images[0].digest
+    assert again.images[0].outcome is ImageOutcome.PULLED
+    held = podman(*node, "image", "inspect", f"{host}/alice/moving:v1")
+    # the same image (same config) now known by both manifests' digests
+    repo_digests = json.loads(held.stdout)[0]["RepoDigests"]
+    assert f"{host}/alice/moving@{again.images[0].digest}" in repo_digests
+    third = run_warmup(config, "alice", ["alice/moving:v1"], "n1", lambda line: None)
+    assert third.images[0].outcome is ImageOutcome.PRESENT
