@@ -9,10 +9,10 @@ the caller's, and submitted for this request; what to pull comes from the job's 
 (:func:`builder_jobs.warmup_rules.allowed_image`): a forged comment naming another
 user's image or another registry fails that image, and pulls nothing.
 
-Each image: ask the registry for the digest its tag points to; if the node's podman
-storage already holds that digest for that repository, it is "already present" (no
-pull); else ``podman pull`` it (as root, into the node's storage, which is what users'
-containers start from). Layers shared between images are fetched once per node:
+Each image: ask the registry for the digest its tag points to; if the node's image of
+that name already carries that digest, it is "already present" (no pull); else
+``podman pull`` it (as root, into the node's storage, which is what users' containers
+start from). Layers shared between images are fetched once per node:
 podman's storage keeps each layer once and ``pull`` skips blobs it holds (checked by
 tests/cluster/test_warmup_cluster.py against the registry's log). One image failing
 does not stop the others. Results go to stdout as JSON lines
