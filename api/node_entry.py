@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 from datetime import UTC, datetime, timedelta
 
-from builder_jobs import node_gate
+from builder_jobs import node_gate, warmup_gate
 from builder_jobs.node_gate import JobLookup, JobOnRecord, Refused
 from core.errors import ImgsaveError
 from scheduler_glue import make_scheduler
@@ -51,4 +51,5 @@ def scheduler_lookup(config: SiteConfig) -> JobLookup:
 
 
 if __name__ == "__main__":
-    sys.exit(node_gate.main(None, scheduler_lookup))
+    # a warm-up job's request is a warm-up; anything else is a save (node_gate)
+    sys.exit(warmup_gate.dispatch(None, scheduler_lookup, node_gate.main))

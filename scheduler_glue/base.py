@@ -95,6 +95,16 @@ class JobRecord:
         return None
 
 
+@dataclass(frozen=True)
+class JobNodes:
+    """The nodes a job runs on (or, pending, is expected to run on), and its owner."""
+
+    job_id: str
+    owner: str
+    state: str  # the scheduler's own word for it (RUNNING, PENDING, R, Q)
+    nodes: tuple[str, ...]
+
+
 ROOT_SUBMIT_REFUSED = (
     "imgsave never submits jobs as root: run it as yourself (CLI mode) or through the "
     "portal's service account (docs/security.md)"
@@ -331,6 +341,12 @@ class Scheduler(abc.ABC):
         (job_id,) = self.check_ids([job_id])
         return self.locate_job(job_id)
 
+    def nodes_of_job(self, job_id: str) -> JobNodes:
+        """Every node of a running job, or of a pending one whose nodes the scheduler
+        has chosen; NotFound when it has none (ended, or pending without nodes)."""
+        (job_id,) = self.check_ids([job_id])
+        return self.locate_job_nodes(job_id)
+
     def check_node(self, node: str) -> None:
         """NotFound unless the scheduler knows ``node`` (before pinning a job to it)."""
         if not self.node_exists(node):
@@ -377,6 +393,12 @@ class Scheduler(abc.ABC):
     def locate_job(self, job_id: str) -> tuple[str, str]:
         """(first node, owner) of one checked job id; NotFound if not running."""
         raise NotImplementedError(f"{type(self).__name__} has no locate_job")
+
+    def locate_job_nodes(self, job_id: str) -> JobNodes:
+        """:meth:`nodes_of_job`'s answer; by default the first node of a running job only
+        (a backend that can list all of them, and pending jobs', overrides this)."""
+        node, owner = self.locate_job(job_id)
+        return JobNodes(job_id=job_id, owner=owner, state="RUNNING", nodes=(node,))
 
     @abc.abstractmethod
     def node_exists(self, node: str) -> bool:

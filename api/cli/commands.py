@@ -34,7 +34,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 # Commands whose module is imported only when they run: the REST API's (Flask,
 # SQLAlchemy) would cost every submit and status ~0.1 s of start-up.
 LAZY_COMMANDS = {"serve": "api.web.serve:serve", "token": "api.web.serve:token",
-                 "check": "api.cli.check:check"}
+                 "check": "api.cli.check:check", "warmup": "api.cli.warmup:warmup",
+                 "warmup-status": "api.cli.warmup:warmup_status"}
 # The report's groupings (api.reports.usage_report.GROUPINGS, which imports SQLAlchemy),
 # for its --help; tests/unit/test_cli_latency.py keeps the two equal.
 REPORT_GROUPINGS = ("user", "account", "day", "week", "month", "node", "format", "category",

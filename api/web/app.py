@@ -28,6 +28,7 @@ from api.web import (
     routes_reports,
     routes_saves,
     routes_sessions,
+    routes_warmups,
 )
 from api.web.auth import unix_account_exists
 from api.web.errors import error_response, status_of
@@ -75,7 +76,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         app.config["SECRET_KEY"] = os.environ.get(SECRET_ENV) or _secret_key(instance)
     app.extensions[EXTENSION] = ApiState(config, db, locator, factory, account_exists)
     for module in (routes_saves, routes_images, routes_sessions, routes_reports,
-                   routes_meta, routes_portal):
+                   routes_meta, routes_portal, routes_warmups):
         app.register_blueprint(module.bp)
     _register_errors(app)
     app.after_request(_security_headers)

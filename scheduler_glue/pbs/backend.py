@@ -50,7 +50,14 @@ from zoneinfo import ZoneInfo
 
 from core.errors import NotFound, SchedulerError
 from core.runner import DEFAULT_TIMEOUT_SECONDS, Runner, run_command
-from scheduler_glue.base import BatchJob, JobRecord, Scheduler, StatusUnavailable, unknown_record
+from scheduler_glue.base import (
+    BatchJob,
+    JobNodes,
+    JobRecord,
+    Scheduler,
+    StatusUnavailable,
+    unknown_record,
+)
 from scheduler_glue.pbs.commands import (
     NAME_CHARS,
     check_job,
@@ -73,6 +80,7 @@ from scheduler_glue.pbs.parse import (
     HISTORY_OFF,
     JOB_ID,
     QstatAnswer,
+    exec_hosts,
     parse_pbsnodes_json,
     parse_qstat_json,
     parse_qsub_job_id,
@@ -327,6 +335,16 @@ class PbsScheduler(Scheduler):
             return
         raise SchedulerError(f"qdel {job_id} failed: {message}")
 
+    def locate_job_nodes(self, job_id: str) -> JobNodes:
+        """Every exec host of a running job (``exec_host`` ``n1/0*2+n2/1``); a queued job
+        has none yet (PBS chooses hosts only when it starts it): NotFound."""
+        attrs = _running_attrs(self, job_id)
+        record = record_from_qstat(job_id, attrs)
+        hosts = exec_hosts(str(attrs.get("exec_host", "")))
+        if attrs.get("job_state") != "R" or not hosts:
+            raise NotFound(f"PBS job {job_id} is not running on hosts (state {record.raw_state})")
+        return JobNodes(job_id=job_id, owner=record.user, state="R", nodes=hosts)
+
     def locate_job(self, job_id: str) -> tuple[str, str]:
         """(first exec host, owner) of a running job, from ``qstat -f -F json ID``."""
         result = self.run(qstat_argv([job_id], history=False))
@@ -343,6 +361,20 @@ class PbsScheduler(Scheduler):
         if attrs.get("job_state") != "R" or not record.node:
             raise NotFound(f"PBS job {job_id} is not running (state {record.raw_state})")
         return record.node, record.user
+
+
+def _running_attrs(scheduler: PbsScheduler, job_id: str) -> Mapping[str, object]:
+    """``qstat -f -F json ID``'s attributes of a job (NotFound if finished or unknown)."""
+    result = scheduler.run(qstat_argv([job_id], history=False))
+    try:
+        answer = parse_qstat_json(result.stdout, result.stderr, result.returncode)
+    except SchedulerError as e:
+        raise SchedulerError(f"cannot read PBS job {job_id}: {e.message}") from e
+    attrs = answer.jobs.get(job_id) or _by_sequence(job_id, answer.jobs)
+    if attrs is None:
+        why = "has finished" if answer.finished else "is unknown to PBS"
+        raise NotFound(f"PBS job {job_id} {why}")
+    return attrs
 
 
 def _by_sequence(

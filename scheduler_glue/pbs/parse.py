@@ -319,6 +319,12 @@ def first_exec_host(exec_host: str) -> str:
     return first.split("/", 1)[0].strip()
 
 
+def exec_hosts(exec_host: str) -> tuple[str, ...]:
+    """Every host of ``exec_host``, in order, each once (``n1/0*2+n2/1+n1/1`` → n1, n2)."""
+    hosts = (chunk.split("/", 1)[0].strip() for chunk in exec_host.split("+"))
+    return tuple(dict.fromkeys(h for h in hosts if h))
+
+
 def owner_user(job_owner: str) -> str:
     """``pbsuser@vm`` → ``pbsuser``."""
     return job_owner.split("@", 1)[0]

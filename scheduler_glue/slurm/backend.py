@@ -29,6 +29,7 @@ from core.runner import Runner, run_command
 from scheduler_glue.base import (
     BatchJob,
     CommandRefused,
+    JobNodes,
     JobRecord,
     Scheduler,
     StatusUnavailable,
@@ -42,6 +43,7 @@ from scheduler_glue.slurm.commands import (
     sinfo_nodes_argv,
     sinfo_version_argv,
     squeue_node_argv,
+    squeue_nodes_argv,
     squeue_status_argv,
 )
 from scheduler_glue.slurm.parse import (
@@ -49,6 +51,7 @@ from scheduler_glue.slurm.parse import (
     first_node,
     is_partial_record,
     merge_live,
+    parse_job_nodes,
     parse_node_state,
     parse_sacct_rows,
     parse_sbatch_parsable,
@@ -252,6 +255,25 @@ class SlurmScheduler(Scheduler):
         if state != "RUNNING" or not node:
             raise NotFound(f"Slurm job {job_id} is {state}, not running on a node")
         return node, user
+
+    def locate_job_nodes(self, job_id: str) -> JobNodes:
+        """Every node of a running job, or those Slurm expects a pending one to start on."""
+        try:
+            result = self.run(squeue_nodes_argv(job_id))
+            found = parse_job_nodes(result.stdout)
+        except (SchedulerError, ValueError) as e:
+            raise SchedulerError(f"squeue cannot tell job {job_id}'s nodes: {e}") from e
+        if found is None:
+            if result.returncode != 0 and "Invalid job id" not in result.stderr:
+                raise SchedulerError(
+                    f"squeue failed for job {job_id}: {slurm_errors(result.stderr)}"
+                )
+            raise NotFound(f"Slurm job {job_id} is not in the queue")
+        state, nodes, user = found
+        if not nodes or state not in ("RUNNING", "PENDING", "CONFIGURING"):
+            why = "has no nodes yet" if state == "PENDING" else "is not pending or running"
+            raise NotFound(f"Slurm job {job_id} is {state} and {why}")
+        return JobNodes(job_id=job_id, owner=user, state=state, nodes=nodes)
 
     def node_exists(self, node: str) -> bool:
         """Whether ``node`` is in some partition (sinfo, cached; re-read on a miss).

@@ -122,6 +122,11 @@ def squeue_node_argv(job_id: str) -> list[str]:
     return ["squeue", "-h", "-t", "all", "-j", job_id, "-o", "%T|%N|%u"]
 
 
+def squeue_nodes_argv(job_id: str) -> list[str]:
+    """``squeue`` for one job's state, nodelist, owner and (pending) expected nodes."""
+    return ["squeue", "-h", "-t", "all", "-j", job_id, "-o", "%T|%N|%u|%Y"]
+
+
 def scancel_argv(job_id: str) -> list[str]:
     """``scancel -v``: without -v, 22.05 says nothing (exit 0) for an unknown job id."""
     return ["scancel", "-v", job_id]

@@ -357,6 +357,21 @@ def parse_node_state(stdout: str) -> tuple[str, str, str] | None:
     return None
 
 
+def parse_job_nodes(stdout: str) -> tuple[str, tuple[str, ...], str] | None:
+    """(state, nodes, user) from ``squeue -h -t all -j ID -o %T|%N|%u|%Y``: the nodes a
+    running job holds (%N) or a pending one is expected to start on (%Y, SchedNodes),
+    expanded; () when Slurm has chosen none. None for no row; ValueError if malformed."""
+    for line in stdout.splitlines():
+        cols = line.strip().split("|")
+        if len(cols) != 4:
+            continue
+        state, held, user, expected = cols
+        chosen = held if held not in _NO_TEXT else expected
+        nodes = () if chosen in _NO_TEXT else tuple(iter_hostlist(chosen))
+        return state, nodes, user
+    return None
+
+
 def parse_sinfo_nodes(stdout: str) -> frozenset[str]:
     """Node names from ``sinfo -h -N -o %N`` (one per node and partition)."""
     return frozenset(line.strip() for line in stdout.splitlines() if line.strip())

@@ -31,7 +31,7 @@ from api.web.state import state
 from core.errors import NotFound
 from registry.catalog import ImageCatalog
 from registry.manifests import ManifestInfo
-from scheduler_glue.base import BatchJob, JobRecord, Scheduler
+from scheduler_glue.base import BatchJob, JobNodes, JobRecord, Scheduler
 from scheduler_glue.states import JobState
 from site_configs.schema import SiteConfig, load_site_config
 
@@ -88,6 +88,10 @@ class MemoryScheduler(Scheduler):
             if job.job_id == job_id:
                 return job.node, job.user
         raise NotFound(f"job {job_id} is not running")
+
+    def nodes_of_job(self, job_id: str) -> JobNodes:
+        node, owner = self.node_of_job(job_id)
+        return JobNodes(job_id, owner, "RUNNING", (node,))
 
     def node_exists(self, node: str) -> bool:
         return node in ("n1", "n2")

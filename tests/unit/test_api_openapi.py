@@ -41,6 +41,7 @@ def test_every_api_route_is_described(app: Flask, client: FlaskClient) -> None:
         if not (rule.rule.startswith("/api/") or rule.rule == "/healthz"):
             continue
         path = rule.rule.replace("<path:name_tag>", "{name_tag}").replace("<job_id>", "{job_id}")
+        path = path.replace("<warmup_id>", "{warmup_id}")
         routes |= {(path, m) for m in rule.methods or () if m not in ("HEAD", "OPTIONS")}
     assert routes == described
 
