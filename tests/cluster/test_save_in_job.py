@@ -1,0 +1,135 @@
+"""A save run as a step of the user's own job (``imgsave submit --job J --in-job``) on
+the real local cluster: Slurm 22.05 with accounting, podman on the node, the registry,
+the node's privileged entry through sudo. Every command runs as the user themselves.
+
+The local cluster's ``whole`` partition has no MaxCPUsPerNode, so users' ``--exclusive``
+jobs run there (``batch`` refuses them, capture 53); a job holding a whole node leaves no
+CPU to the ``imgsave`` partition, and the step route is what still saves its container.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from scheduler_glue.states import JobState
+from tests.support.cluster_helpers import (
+    as_user,
+    imgsave_as,
+    job_state,
+    registry_tags,
+    require_cluster,
+    session_container,
+    site,
+    submit_as,
+    unique,
+    wait_final,
+)
+
+pytestmark = pytest.mark.cluster
+ENTRY = "/usr/local/sbin/imgsave-node-save"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _cluster() -> None:
+    require_cluster()
+
+
+def _wait_running(job_id: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while (state := job_state(job_id)) != "RUNNING":
+        assert time.monotonic() < deadline, f"job {job_id} is {state}, not running"
+        time.sleep(0.5)
+
+
+def _cancel(job_id: str) -> None:
+    subprocess.run(["scancel", job_id], capture_output=True, timeout=30, check=False)
+
+
+@pytest.fixture
+def users_job() -> Iterator[object]:
+    """Start a job of USER's in the whole partition: ``users_job(user, node, *options)``."""
+    started: list[str] = []
+
+    def start(user: str, node: str, *options: str) -> str:
+        done = as_user(user, "sbatch", "--parsable", "-p", "whole", "-w", node, "-t", "10",
+                       "-J", "session", "-o", "/dev/null", "--chdir", "/tmp", *options,
+                       "--wrap", "sleep 600", check=False)
+        assert done.returncode == 0, done.stderr
+        job_id = done.stdout.strip().split(";")[0]
+        started.append(job_id)
+        _wait_running(job_id)
+        return job_id
+
+    yield start
+    for job_id in started:
+        _cancel(job_id)
+
+
+def _submit_in_job(user: str, container: str, target: str, job_id: str, *options: str
+                   ) -> subprocess.CompletedProcess[str]:
+    return imgsave_as(user, "--json", "submit", container, target, "--job", job_id,
+                      "--in-job", *options, check=False)
+
+
+def test_a_save_inside_an_exclusive_job_completes_as_its_step(users_job) -> None:  # type: ignore[no-untyped-def]
+    s = site()
+    repo = unique("alice/injob")
+    with session_container("n1", "alice") as name:
+        job = users_job("alice", "n1", "--exclusive")
+        # the partition route cannot start on a node an --exclusive job holds
+        blocked = submit_as("alice", name, f"{repo}:blocked", node="n1")
+        try:
+            done = _submit_in_job("alice", name, f"{repo}:v1", job)
+            assert done.returncode == 0, done.stderr
+            step = json.loads(done.stdout)["job_id"]
+            assert re.fullmatch(rf"{job}\.[0-9]+", step), step
+            status = wait_final(s, step, "alice")
+            assert job_state(blocked) == "PENDING"  # still: the step did not need a CPU
+        finally:
+            _cancel(blocked)
+    assert status.state is JobState.COMPLETED, status.reason
+    assert status.node == "n1" and status.digest.startswith("sha256:")
+    assert "v1" in registry_tags(repo) and "blocked" not in registry_tags(repo)
+    assert job_state(job) == "RUNNING"  # the user's job goes on
+    # status and queue, as alice, find the step by its id
+    shown = json.loads(imgsave_as("alice", "--json", "status", step).stdout)
+    assert shown[0]["job_id"] == step and shown[0]["state"] == "completed", shown
+    queue = json.loads(imgsave_as("alice", "--json", "queue").stdout)
+    assert step in [row["job_id"] for row in queue]
+    # accounting: a step of alice's job, marked as imgsave's
+    out = subprocess.run(["sacct", "-n", "-P", "-j", step, "-o", "JobID,JobName,State"],
+                         capture_output=True, text=True, timeout=30, check=True).stdout
+    assert re.match(rf"{re.escape(step)}\|imgsave-save-alice-[0-9a-f]{{32}}\|COMPLETED", out), out
+
+
+def test_another_users_job_and_steps_are_refused(users_job) -> None:  # type: ignore[no-untyped-def]
+    with session_container("n2", "bob") as bobs:
+        alices = users_job("alice", "n2")
+        refused = _submit_in_job("bob", bobs, "x:v1", alices)
+        assert refused.returncode != 0 and "is not yours" in refused.stderr, refused.stderr
+        # bob asks the entry directly for a step of alice's job: the owner decides
+        direct = as_user("bob", "sudo", "-n", ENTRY, f"{alices}.0", "0" * 32, check=False)
+        assert direct.returncode == 2 and "not yours" in direct.stderr, direct.stderr
+        # a step of bob's own job named for a request of alice's: bob's spool has no such
+        # request, so nothing runs (and it could only ever save for bob)
+        bobs_job = users_job("bob", "n2")
+        forged = as_user("bob", "srun", "--jobid", bobs_job, "--overlap", "-N1", "-n1",
+                         "--job-name", f"imgsave-save-alice-{'a' * 32}", "sh", "-c",
+                         f'exec sudo -n {ENTRY} "$SLURM_JOB_ID.$SLURM_STEP_ID" {"a" * 32}',
+                         check=False, timeout=60)
+        assert forged.returncode != 0 and "refused" in forged.stderr + forged.stdout, forged
+
+
+def test_a_job_not_on_the_containers_node_is_refused(users_job) -> None:  # type: ignore[no-untyped-def]
+    with session_container("n1", "alice") as name:
+        job = users_job("alice", "n2")
+        done = _submit_in_job("alice", name, f"{unique('alice/elsewhere')}:v1", job,
+                              "--node", "n1")
+    assert done.returncode != 0, done.stdout
+    assert "srun refused" in done.stderr and "n1" in done.stderr, done.stderr
