@@ -73,6 +73,7 @@ NODE_CACHE_SECONDS = 60.0
 # How long a submit waits for srun's step to show in squeue, and how often it looks.
 STEP_START_SECONDS = 30.0
 STEP_POLL_SECONDS = 0.2
+STEP_ACCOUNTING_TRIES = 3
 LAUNCHER_LOG = "launcher.out"  # srun's own messages, beside the step's output
 # sbatch errors after which the same request may work later (controller busy or away).
 _TRANSIENT = ("temporarily unable", "socket timed out", "unable to contact", "try again")
@@ -189,29 +190,27 @@ class SlurmScheduler(Scheduler):
             raise CommandRefused(f"srun could not start: {e.message}", reason=e.message,
                                  retryable=False) from e  # fmt: skip
         deadline = time.monotonic() + STEP_START_SECONDS
-        while True:
-            found = self._step_named(job_id, step.name)
-            if found:
+        while (code := process.poll()) is None and time.monotonic() < deadline:
+            if found := self._step_named(job_id, step.name):
                 log.info("started step %s (%s) on %s", found, step.name, step.node)
                 return found
-            code = process.poll()
-            if code is not None and code != 0:
-                reason = slurm_errors(_read_tail(launcher_log)) or f"srun exited {code}"
-                raise CommandRefused(f"srun refused step {step.name} in job {job_id} on "
-                                     f"{step.node}: {reason}", reason=reason,
-                                     retryable=self.is_transient(reason))  # fmt: skip
-            if code is not None or time.monotonic() > deadline:
-                # ended already (refused by the node side at once) or too slow to show:
-                # accounting has it by then
-                found = self._step_in_accounting(job_id, step.name)
-                if found or code is None:
-                    break
             time.sleep(STEP_POLL_SECONDS)
-        if not found:
-            raise SchedulerError(f"srun started step {step.name} in job {job_id}, but "
-                                 f"neither squeue nor sacct shows it (see {launcher_log})",
-                                 retryable=True)  # fmt: skip
-        return found
+        # srun ended already (the step ran and ended at once, or srun was refused) or the
+        # step is slow to show: accounting knows a step that ran, a moment after it began
+        for _ in range(STEP_ACCOUNTING_TRIES):
+            if found := self._step_named(job_id, step.name) or self._step_in_accounting(
+                    job_id, step.name):
+                return found
+            time.sleep(STEP_POLL_SECONDS * 2)
+        if (code := process.poll()) is None:
+            process.terminate()  # nothing may start after the submit said it failed
+        elif code != 0:
+            reason = slurm_errors(_read_tail(launcher_log)) or f"srun exited {code}"
+            raise CommandRefused(f"srun refused step {step.name} in job {job_id} on "
+                                 f"{step.node}: {reason}", reason=reason,
+                                 retryable=self.is_transient(reason))  # fmt: skip
+        raise SchedulerError(f"srun started step {step.name} in job {job_id}, but neither "
+                             f"squeue nor sacct shows it (see {launcher_log})", retryable=True)
 
     def _step_named(self, job_id: str, name: str) -> str:
         result = self.run(squeue_steps_argv(job_id))

@@ -106,6 +106,12 @@ def test_a_save_inside_an_exclusive_job_completes_as_its_step(users_job) -> None
     out = subprocess.run(["sacct", "-n", "-P", "-j", step, "-o", "JobID,JobName,State"],
                          capture_output=True, text=True, timeout=30, check=True).stdout
     assert re.match(rf"{re.escape(step)}\|imgsave-save-alice-[0-9a-f]{{32}}\|COMPLETED", out), out
+    # bob asks the entry for alice's step: refused, the step's owner (its job's) decides
+    request = json.loads(done.stdout)["request_id"]
+    direct = as_user("bob", "sudo", "-n", ENTRY, step, request, check=False)
+    assert direct.returncode == 2 and "not yours" in direct.stderr, direct.stderr
+    # and bob sees no status of it
+    assert imgsave_as("bob", "status", step, check=False).returncode != 0
 
 
 def test_another_users_job_and_steps_are_refused(users_job) -> None:  # type: ignore[no-untyped-def]
@@ -113,8 +119,8 @@ def test_another_users_job_and_steps_are_refused(users_job) -> None:  # type: ig
         alices = users_job("alice", "n2")
         refused = _submit_in_job("bob", bobs, "x:v1", alices)
         assert refused.returncode != 0 and "is not yours" in refused.stderr, refused.stderr
-        # bob asks the entry directly for a step of alice's job: the owner decides
-        direct = as_user("bob", "sudo", "-n", ENTRY, f"{alices}.0", "0" * 32, check=False)
+        # bob asks the entry directly for alice's job: its owner decides
+        direct = as_user("bob", "sudo", "-n", ENTRY, alices, "0" * 32, check=False)
         assert direct.returncode == 2 and "not yours" in direct.stderr, direct.stderr
         # a step of bob's own job named for a request of alice's: bob's spool has no such
         # request, so nothing runs (and it could only ever save for bob)
