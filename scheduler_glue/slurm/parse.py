@@ -239,8 +239,8 @@ def parse_sacct_rows(
         if len(cols) != _SACCT_COLUMNS:
             bad += line != ""
             continue
-        job_id, step, _ = cols[0].partition(".")
-        if not step:
+        job_id, dot, step = cols[0].partition(".")
+        if not dot:
             owners[job_id] = cols
             if not name_prefix or cols[1].startswith(name_prefix):
                 jobs.append(cols)

@@ -16,7 +16,13 @@ from builder_jobs.step_gate import is_step, step_request
 from core.errors import InvalidRequest, PermissionDenied
 from scheduler_glue.base import BatchJob
 from scheduler_glue.slurm.commands import squeue_steps_argv, srun_step_argv
-from scheduler_glue.slurm.parse import is_job_id, job_of_step, parse_sacct_rows, step_metadata
+from scheduler_glue.slurm.parse import (
+    is_job_id,
+    job_of_step,
+    parse_sacct_rows,
+    slurm_errors,
+    step_metadata,
+)
 from scheduler_glue.slurm.steps import parse_squeue_steps
 from scheduler_glue.states import JobState
 from site_configs.schema import ImageFormat, SiteConfig
@@ -86,11 +92,30 @@ def test_a_step_name_binds_one_request_only() -> None:
 
 
 def test_running_steps_from_squeue() -> None:
-    rows = (f"77.0|imgsave-save-alice-{REQUEST}|alice|n1|whole|2026-11-30T09:00:01\n"
-            "77.batch|batch|alice|n1|whole|2026-11-30T09:00:00\ngarbage\n")
-    (step,) = parse_squeue_steps(rows)
-    assert step.job_id == "77.0" and step.user == "alice" and step.node == "n1"
+    # real squeue -s while a step named as imgsave names it ran in alice's job 2992
+    step, batch = parse_squeue_steps(slurm("61_squeue_steps_running")) + [None]
+    assert batch is None  # 2992.batch is no numbered step
+    assert step is not None and step.job_id == "2992.0"
+    assert step.user == "alice" and step.node == "n1" and step.partition == "whole"
     assert step.state is JobState.RUNNING and step.metadata == {"request_id": REQUEST}
+    (by_id,) = parse_squeue_steps(slurm("61b_squeue_steps_by_id"))
+    assert by_id == step
+
+
+def test_an_imgsave_step_in_accounting_and_in_a_listing() -> None:
+    out = slurm("60_sacct_status_step_of_exclusive_job")
+    (step,) = [r for r in parse_sacct_rows(out, steps=["2992.0"]) if r.job_id == "2992.0"]
+    assert step.user == "alice" and step.partition == "whole" and step.node == "n1"
+    assert step.state is JobState.COMPLETED and step.metadata == {"request_id": REQUEST}
+    # a listing by name finds the step, not the user's job it ran in ("session")
+    assert [r.job_id for r in parse_sacct_rows(out, name_prefix="imgsave")] == ["2992.0"]
+
+
+def test_srun_refusals_are_slurms_own_words() -> None:
+    assert "Requested node configuration is not available" in slurm_errors(
+        load_capture(CAPTURES / "slurm" / "60b_srun_overlap_node_outside_job.txt").stderr)
+    assert "Access/permission denied" in slurm_errors(
+        load_capture(CAPTURES / "slurm" / "60c_srun_overlap_other_users_job.txt").stderr)
 
 
 def test_in_job_needs_the_job(tmp_path: Path) -> None:
