@@ -4,6 +4,7 @@ parts. The real route on the local cluster: tests/cluster/test_save_in_job.py.""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -171,3 +172,19 @@ def test_a_spec_naming_another_user_or_a_planted_link_is_refused(tmp_path: Path)
     spec_path.symlink_to("/etc/shadow")
     with pytest.raises(Refused, match="cannot read its request"):
         step_request(config, "77.0", "root", "n1", {"request_id": REQUEST})
+
+
+def test_reports_take_a_steps_request_from_its_owners_spool(tmp_path: Path) -> None:
+    from api.reports.usage_records import SpoolReader, request_of
+    from api.service.spool import index_job
+    from scheduler_glue.base import JobRecord
+
+    config = _spool_spec(tmp_path)
+    spool = config.spool_for("root")
+    index_job(spool, "2992.0", REQUEST)
+    step = JobRecord(job_id="2992.0", state=JobState.COMPLETED, user="root", node="n1",
+                     name=f"imgsave-save-root-{REQUEST}", metadata={"request_id": REQUEST})
+    meta, node = request_of(step, SpoolReader(spool))
+    assert meta["target"] == "r/root/x:v1" and meta["category"] == "cpu" and node == "n1"
+    # a step whose spool entry is gone is no save of anyone's
+    assert request_of(replace(step, job_id="2992.1"), SpoolReader(spool)) == ({}, "")
