@@ -14,11 +14,17 @@ import re
 import subprocess
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
+from api.reports.report import build_report
+from api.service.site import Site
 from scheduler_glue.states import JobState
+from site_configs.schema import get_site_config
 from tests.support.cluster_helpers import (
+    TOP,
     as_user,
     imgsave_as,
     job_state,
@@ -77,8 +83,19 @@ def _submit_in_job(user: str, container: str, target: str, job_id: str, *options
                       "--in-job", *options, check=False)
 
 
-def test_a_save_inside_an_exclusive_job_completes_as_its_step(users_job) -> None:  # type: ignore[no-untyped-def]
+def _report_site(tmp_path: Path) -> Site:
+    """The local site with the usage cache in ``tmp_path`` (as test_report_cluster)."""
+    text = (TOP / "site_configs" / "local.toml").read_text()
+    lines = [f'database_url = "sqlite:///{tmp_path / "usage.db"}"'
+             if line.startswith("database_url") else line for line in text.splitlines()]
+    (tmp_path / "site.toml").write_text("\n".join(lines) + "\n")
+    return Site(get_site_config(str(tmp_path / "site.toml")))
+
+
+def test_a_save_inside_an_exclusive_job_completes_as_its_step(  # type: ignore[no-untyped-def]
+        users_job, tmp_path: Path) -> None:
     s = site()
+    since = (datetime.now(UTC) - timedelta(seconds=5)).isoformat(timespec="seconds")
     repo = unique("alice/injob")
     with session_container("n1", "alice") as name:
         job = users_job("alice", "n1", "--exclusive")
@@ -112,6 +129,17 @@ def test_a_save_inside_an_exclusive_job_completes_as_its_step(users_job) -> None
     assert direct.returncode == 2 and "not yours" in direct.stderr, direct.stderr
     # and bob sees no status of it
     assert imgsave_as("bob", "status", step, check=False).returncode != 0
+    # usage reports count it, as a save of alice's with its bytes (accounting's listing)
+    deadline = time.monotonic() + 60
+    while True:
+        report = build_report(_report_site(tmp_path), since=since, by="user,outcome",
+                              user="alice")
+        rows = {r.group["outcome"]: r for r in report.rows}
+        if "succeeded" in rows or time.monotonic() > deadline:
+            break
+        time.sleep(2)
+    assert rows["succeeded"].saves == 1, report.to_dict()
+    assert rows["succeeded"].bytes_pushed == status.size_bytes > 0
 
 
 def test_another_users_job_and_steps_are_refused(users_job) -> None:  # type: ignore[no-untyped-def]
