@@ -10,6 +10,7 @@ CPU to the ``imgsave`` partition, and the step route is what still saves its con
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import time
@@ -21,6 +22,7 @@ import pytest
 
 from api.reports.report import build_report
 from api.service.site import Site
+from builder_jobs.node_guard import JobGuard, record_path
 from scheduler_glue.states import JobState
 from site_configs.schema import get_site_config
 from tests.support.cluster_helpers import (
@@ -28,6 +30,7 @@ from tests.support.cluster_helpers import (
     as_user,
     imgsave_as,
     job_state,
+    node_exec,
     registry_tags,
     require_cluster,
     session_container,
@@ -39,6 +42,7 @@ from tests.support.cluster_helpers import (
 
 pytestmark = pytest.mark.cluster
 ENTRY = "/usr/local/sbin/imgsave-node-save"
+STATE_DIR = Path("/var/lib/imgsave-node")
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -167,3 +171,23 @@ def test_a_job_not_on_the_containers_node_is_refused(users_job) -> None:  # type
                               "--node", "n1")
     assert done.returncode != 0, done.stdout
     assert "srun refused" in done.stderr and "n1" in done.stderr, done.stderr
+
+
+def test_the_epilog_at_the_jobs_end_undoes_a_killed_step_save() -> None:
+    """A step save killed outright leaves jobs/J.N.json; the job's epilog (run by Slurm
+    per job, not per step) finds it: the container runs again, the record is gone."""
+    job = "980000" + str(os.getpid())
+    podman = ["podman", "--runtime", "runc", "--cgroup-manager", "cgroupfs"]  # local.toml's
+    with session_container("n1", "alice") as name:
+        cid = node_exec("n1", "podman", "inspect", "-f", "{{.Id}}", name).stdout.strip()
+        node_exec("n1", "podman", "pause", name)
+        guard = JobGuard(record_path(STATE_DIR, f"{job}.3"), "e" * 32,
+                         unpause=[*podman, "unpause", cid])
+        guard.write()
+        done = subprocess.run([str(TOP / "scripts" / "cluster.sh"), "node-exec", "n1", "env",
+                               f"SLURM_JOB_ID={job}", "/usr/local/sbin/imgsave-epilog"],
+                              capture_output=True, text=True, timeout=120, check=False)
+        assert done.returncode == 0, done.stderr
+        state = node_exec("n1", "podman", "inspect", "-f", "{{.State.Status}}", name).stdout
+        assert state.strip() == "running"
+        assert not guard.path.exists()
