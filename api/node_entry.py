@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 from datetime import UTC, datetime, timedelta
 
-from builder_jobs import node_gate, warmup_gate
+from builder_jobs import node_gate, step_gate, warmup_gate
 from builder_jobs.node_gate import JobLookup, JobOnRecord, Refused
 from core.errors import ImgsaveError
 from scheduler_glue import make_scheduler
@@ -24,8 +24,10 @@ from site_configs.schema import SiteConfig
 LOOKBACK = timedelta(days=3)
 
 
-def job_record(scheduler: Scheduler, service_account: str, job_id: str) -> JobOnRecord:
-    """The scheduler's record of ``job_id``; Refused if it cannot say or does not know it."""
+def job_record(scheduler: Scheduler, config: SiteConfig, job_id: str) -> JobOnRecord:
+    """The scheduler's record of ``job_id`` (a job, or a step of a user's job);
+    Refused if it cannot say or does not know it."""
+    service_account = config.service_account
     since = datetime.now(UTC) - LOOKBACK
     try:
         record = scheduler.status([job_id], since).get(job_id)
@@ -33,21 +35,27 @@ def job_record(scheduler: Scheduler, service_account: str, job_id: str) -> JobOn
         raise Refused(f"cannot ask the scheduler about job {job_id}: {e.message}") from e
     if record is None or record.state is JobState.UNKNOWN:
         raise Refused(f"job {job_id} is not known to the scheduler")
+    metadata = record.metadata
+    if step_gate.is_step(record.job_id):  # no comment: the request is in the owner's spool
+        if not record.user or record.user == service_account:
+            raise Refused(f"step {job_id} names no user it may save for")
+        metadata = step_gate.step_request(config, record.job_id, record.user, record.node,
+                                          record.metadata)  # fmt: skip
     return JobOnRecord(
         job_id=record.job_id,
         owner=record.user,
         state=record.state.name,
         running=record.state is JobState.RUNNING,
-        works_for=requester_of(record.user, record.metadata, service_account),
+        works_for=requester_of(record.user, metadata, service_account),
         node=record.node,
-        metadata=record.metadata,
+        metadata=metadata,
     )
 
 
 def scheduler_lookup(config: SiteConfig) -> JobLookup:
     """The site's scheduler as the entry asks it: one job's record."""
     scheduler = make_scheduler(config.scheduler)
-    return lambda job_id: job_record(scheduler, config.service_account, job_id)
+    return lambda job_id: job_record(scheduler, config, job_id)
 
 
 if __name__ == "__main__":

@@ -53,7 +53,8 @@ def _shell_quote(value: object) -> str:
 
 
 def render_job_script(
-    spec_path: Path, python: str, request_id: str, *, job_id_variable: str, node_variable: str
+    spec_path: Path, python: str, request_id: str, *, job_id_variable: str, node_variable: str,
+    step_variable: str = "",
 ) -> str:
     """The text of the batch script that runs ``python -I -m builder_jobs.job_side SPEC``.
 
@@ -61,7 +62,8 @@ def render_job_script(
     :func:`builder_jobs.spec.spool_dir_for` requires); ``python`` and ``spec_path``
     (absolute) may hold any characters and are shell-quoted. ``job_id_variable`` and
     ``node_variable`` ("" for none) name the scheduler's variables that the script
-    exports as :data:`JOB_ID_VARIABLE` and :data:`NODE_VARIABLE`. Raises
+    exports as :data:`JOB_ID_VARIABLE` and :data:`NODE_VARIABLE`; with ``step_variable``
+    (a save run as a step of the user's job) the id exported is ``JOB.STEP``. Raises
     :class:`InvalidRequest` for a bad id, python, variable name or relative spec path,
     and :class:`jinja2.UndefinedError` if the template asks for a variable not passed.
     """
@@ -72,7 +74,7 @@ def render_job_script(
     if not spec_path.is_absolute():
         # absolute also means it cannot start with "-" and be read as an option
         raise InvalidRequest(f"the spec path must be absolute, not {str(spec_path)!r}")
-    for name in (job_id_variable, node_variable or "_"):
+    for name in (job_id_variable, node_variable or "_", step_variable or "_"):
         if not _VARIABLE_NAME.fullmatch(name):
             raise InvalidRequest(f"bad environment variable name {name!r}")
     template = make_environment().get_template(SAVE_JOB_TEMPLATE)
@@ -82,6 +84,7 @@ def render_job_script(
         request_id=request_id,
         job_id_variable=job_id_variable,
         node_variable=node_variable,
+        step_variable=step_variable,
         neutral_job_id=JOB_ID_VARIABLE,
         neutral_node=NODE_VARIABLE,
     )

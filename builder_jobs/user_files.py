@@ -10,8 +10,10 @@ imports, no logging), so forking from the save's process is safe.
 
 from __future__ import annotations
 
+import errno
 import os
 import pwd
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,6 +66,46 @@ def write_as_user(source: Path, directory_rule: str, user: str, name: str) -> Pa
         raise SaveFailed(FailureKind.INVALID, f"cannot write {name} to {directory} as {user}: "
                          f"{reason}")  # fmt: skip
     return Path(directory) / name
+
+
+def read_as_user(path: Path, user: str, limit: int = 32 * 1024) -> bytes:
+    """The first ``limit`` bytes of ``path`` (at most 32 KiB), read by a child process
+    with ``user``'s credentials: what ``user`` could read themselves, never through a
+    symlink as the last component. Raises SaveFailed with the kernel's reason."""
+    if limit > 32 * 1024:  # the child writes it into a pipe before it exits
+        raise ValueError("read_as_user reads at most 32 KiB")
+    who = credentials_of(user)
+    if os.geteuid() not in (0, who.uid):
+        raise SaveFailed(FailureKind.INVALID, f"cannot read as {user} from this account")
+    data_read, data_write = os.pipe()
+    try:
+        reason = _in_child(who, lambda: _read_here(str(path), data_write, limit))
+        os.close(data_write)
+        data_write = -1
+        with os.fdopen(data_read, "rb") as fh:
+            data_read = -1
+            data = fh.read(limit + 1)
+    finally:
+        for fd in (data_read, data_write):
+            if fd >= 0:
+                os.close(fd)
+    if reason:
+        raise SaveFailed(FailureKind.INVALID, f"cannot read {path} as {user}: {reason}")
+    return data[:limit]
+
+
+def _read_here(path: str, out_fd: int, limit: int) -> None:
+    """In the child, as the user: copy the start of ``path`` into ``out_fd``."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", path)
+        data = os.read(fd, limit)
+    finally:
+        os.close(fd)
+    view = memoryview(data)
+    while view:
+        view = view[os.write(out_fd, view):]
 
 
 def _in_child(who: Credentials, work: Callable[[], None]) -> str:

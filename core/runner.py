@@ -7,6 +7,7 @@ Never a shell string. Every scheduler, engine and squashfs command goes through
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 import threading
 from collections.abc import Callable, Mapping, Sequence
@@ -114,6 +115,29 @@ def run_streaming(
     if expired:
         raise CommandFailed(args, returncode, "", "", timed_out=True)
     return returncode
+
+
+def spawn_detached(argv: Sequence[str], log_path: str, *,
+                   env: Mapping[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """Start ``argv`` (no shell) in a session of its own and return at once: its stdin
+    is /dev/null and its stdout and stderr go to ``log_path`` (created 0600, appended),
+    so it outlives the caller (``srun`` keeping a job step alive after the CLI exits).
+    Raises CommandFailed if it cannot start."""
+    args = [str(a) for a in argv]
+    log.debug("spawn %s", args)
+    try:
+        fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
+    except OSError as e:
+        raise CommandFailed(args, None, "", f"{log_path}: {e.strerror}", retryable=False) from e
+    try:
+        return subprocess.Popen(  # noqa: S603 - argv list, never a shell
+            args, stdin=subprocess.DEVNULL, stdout=fd, stderr=fd, start_new_session=True,
+            env=dict(env) if env is not None else None,
+        )
+    except OSError as e:
+        raise CommandFailed(args, None, "", str(e), retryable=False) from e
+    finally:
+        os.close(fd)
 
 
 def _text(value: str | bytes | None) -> str:

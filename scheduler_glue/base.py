@@ -44,6 +44,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+# The name of a save run as a step of its owner's job: imgsave-save-USER-REQUEST.
+SAVE_STEP_PREFIX = "imgsave-save-"
+
+
 @dataclass(frozen=True)
 class BatchJob:
     """A job to submit, pinned to one node."""
@@ -188,6 +192,8 @@ class Scheduler(abc.ABC):
     # script exports them under imgsave's neutral names, builder_jobs.script)
     job_id_variable: ClassVar[str] = ""
     node_variable: ClassVar[str] = ""
+    # the step's number inside a job ("": the backend runs no save as a step)
+    step_variable: ClassVar[str] = ""
     # the reason of an UNKNOWN record for an id the backend's status found nowhere
     unknown_reason: ClassVar[str] = "not known to the scheduler"
 
@@ -298,6 +304,15 @@ class Scheduler(abc.ABC):
         log.info("submitted %s job %s (%s) to %s", self.label, job_id, job.name, job.node)
         return job_id
 
+    def submit_step(self, job_id: str, step: BatchJob) -> str:
+        """Run ``step`` as a step of the caller's own running job ``job_id`` on
+        ``step.node``, within that job's allocation and accounting, without waiting for
+        it to end; return the step's id (what status takes). Root is refused; a backend
+        without steps says so (InvalidRequest)."""
+        self.check_submitter()
+        (job_id,) = self.check_ids([job_id])
+        return self.launch_step(job_id, step)
+
     def status(self, job_ids: Iterable[str], since: datetime) -> dict[str, JobRecord]:
         """Records for the given ids (one batched query, bounded by ``since``).
 
@@ -374,6 +389,13 @@ class Scheduler(abc.ABC):
     def parse_job_id(self, stdout: str) -> str:
         """The job id the submit command printed (SchedulerError if none)."""
         raise NotImplementedError(f"{type(self).__name__} has no parse_job_id")
+
+    def launch_step(self, job_id: str, step: BatchJob) -> str:
+        """Start ``step`` inside the running job ``job_id`` (checked); its step id."""
+        raise InvalidRequest(
+            f"{self.label} cannot run a save as a step of your job here: save with --node "
+            "or --job alone (a job of its own)"
+        )
 
     def read_status(self, job_ids: list[str], since: datetime) -> dict[str, JobRecord]:
         """The records the scheduler has for ``job_ids`` (checked, no repeats); ids it

@@ -147,6 +147,10 @@ def _formats(value: str) -> tuple[ImageFormat, ...]:
 @click.argument("target")
 @click.option("--node", "-w", default="", help="Node hosting the container (like sbatch -w).")
 @click.option("--job", "job_id", default="", help="A running job of yours hosting the container.")
+@click.option("--in-job", is_flag=True,
+              help="Run the save as a step of that --job (srun --overlap, inside your own "
+                   "allocation: works in a whole-node or --exclusive job); --node picks "
+                   "one of the job's nodes (docs/install-slurm.md).")
 @click.option("--format", "formats", default="oci", show_default=True,
               help="oci, sif, or oci,sif (both from one commit).")
 @click.option("--category", default="cpu", show_default=True, help="cpu or gpu.")
@@ -159,14 +163,14 @@ def _formats(value: str) -> tuple[ImageFormat, ...]:
 @click.option("--timeout", default=3600.0, show_default=True, help="Seconds --wait waits.")
 @click.pass_obj
 @reports_errors
-def submit(obj: Context, container: str, target: str, node: str, job_id: str,
+def submit(obj: Context, container: str, target: str, node: str, job_id: str, in_job: bool,
            formats: str, category: str, full: bool, wait: bool, timeout: float) -> None:
     """Save CONTAINER as TARGET (name:tag) with a job pinned to its node."""
     # the spool's files and the job's output (sbatch passes its umask on) are yours alone
     os.umask(0o077)
     request = SaveRequest(
         user=obj.user, container=container, target=target, formats=_formats(formats),
-        category=category, node=node, job_id=job_id, full=full,
+        category=category, node=node, job_id=job_id, full=full, in_job=in_job,
     )
     submitted = obj.backend.saves.submit(request, admin=obj.admin)
     answer: dict[str, object] = {

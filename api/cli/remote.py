@@ -99,6 +99,10 @@ class RemoteSaves:
         self.client = client
 
     def submit(self, request: SaveRequest, *, admin: bool = False) -> SubmittedSave:
+        if request.in_job:
+            raise PermissionDenied("the API cannot run a save inside your job (a service "
+                                   "account runs no steps in a user's job): run imgsave "
+                                   "on the cluster as yourself for --in-job")  # fmt: skip
         body: dict[str, object] = {
             "container": request.container, "target": request.target,
             "formats": [f.value for f in request.formats], "category": request.category,

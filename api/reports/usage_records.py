@@ -133,7 +133,8 @@ def request_of(record: JobRecord, spool: SpoolReader) -> tuple[dict[str, str], s
     """
     meta = dict(record.metadata)
     spec = None
-    if not meta.get("request_id", "").isalnum():
+    # a step of the user's job (--in-job) names only its request: the rest is the spec's
+    if not meta.get("request_id", "").isalnum() or "target" not in meta:
         spec = spool.spec_for_job(record.job_id, record.user)
         if spec is None:
             return {}, ""

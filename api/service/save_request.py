@@ -27,6 +27,7 @@ class SaveRequest:
     node: str = ""
     job_id: str = ""  # a running job of the user's whose node hosts the container
     full: bool = False  # never build on the container's earlier save (incremental-save.md)
+    in_job: bool = False  # run as a step of the user's job ``job_id`` (install-slurm.md)
 
 
 @dataclass(frozen=True)
@@ -58,7 +59,11 @@ def validate_request(
     if request.category not in config.categories:
         allowed = ", ".join(config.categories)
         raise InvalidRequest(f"category {request.category!r} is unknown (use {allowed})")
-    if bool(request.node) == bool(request.job_id):
+    if request.in_job:
+        if not request.job_id:
+            raise InvalidRequest("--in-job runs the save as a step of your running job: "
+                                 "give that job with --job JOBID")  # fmt: skip
+    elif bool(request.node) == bool(request.job_id):
         raise InvalidRequest("give exactly one of --node NODE or --job JOBID")
     if request.node and not _NODE_NAME.fullmatch(request.node):
         # one plain node name: never a list or range that would pin to several

@@ -12,6 +12,7 @@ import os
 import time
 import uuid
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -40,7 +41,7 @@ from builder_jobs.spec import (
 )
 from core.errors import InvalidRequest, NotFound, PermissionDenied, SchedulerError
 from registry.refs import ImageRef
-from scheduler_glue.base import BatchJob, Scheduler
+from scheduler_glue.base import SAVE_STEP_PREFIX, BatchJob, Scheduler
 from scheduler_glue.states import JobState
 from site_configs.schema import ImageFormat, SiteConfig, current_account
 
@@ -94,6 +95,8 @@ class SaveService:
 
     def resolve_node(self, request: SaveRequest, *, admin: bool = False) -> str:
         """The node hosting the container: given, or where the user's job runs."""
+        if request.in_job:
+            return self._step_node(request)
         if request.job_id:
             if not self.scheduler.is_job_id(request.job_id):
                 raise InvalidRequest(f"job id {request.job_id!r} is not a job id")
@@ -104,6 +107,22 @@ class SaveService:
         # The backend checks the node before submitting (PBS would queue a job for an
         # unknown host forever); checking here too would ask the scheduler twice.
         return request.node
+
+    def _step_node(self, request: SaveRequest) -> str:
+        """The node of a save run as a step of ``request.job_id``: the user's own running
+        job (nobody runs a step in another's, admins included), on ``request.node`` if
+        given (Slurm refuses a node outside the job), else its first node."""
+        if self.portal_mode:
+            raise PermissionDenied(
+                "the portal cannot run a save inside your job (a service account runs no "
+                "steps in a user's job): run `imgsave submit --job JOBID --in-job` yourself"
+            )
+        if not self.scheduler.is_job_id(request.job_id) or "." in request.job_id:
+            raise InvalidRequest(f"--job {request.job_id!r} is not a job id")
+        node, owner = self.scheduler.node_of_job(request.job_id)
+        if owner != request.user:
+            raise PermissionDenied(f"job {request.job_id} is not yours")
+        return request.node or node
 
     def check_submitter(self, user: str) -> None:
         """Root never submits; a user submits only for themselves; the service account
@@ -163,9 +182,14 @@ class SaveService:
         script = workdir / SCRIPT_FILE
         from builder_jobs.script import render_job_script  # jinja2: not on status's path
 
+        step_variable = self.scheduler.step_variable if request.in_job else ""
+        if request.in_job and not step_variable:
+            raise InvalidRequest(f"{self.scheduler.label} here cannot run a save as a step "
+                                 "of your job: leave out --in-job")  # fmt: skip
         text = render_job_script(workdir / SPEC_FILE, self.python, request_id,
                                  job_id_variable=self.scheduler.job_id_variable,
-                                 node_variable=self.scheduler.node_variable)  # fmt: skip
+                                 node_variable=self.scheduler.node_variable,
+                                 step_variable=step_variable)  # fmt: skip
         write_private(script, text, 0o700)
         EventLog(workdir / EVENTS_FILE).emit(ProgressEvent(Stage.QUEUED, message="submitting"))
         job = BatchJob(
@@ -181,7 +205,11 @@ class SaveService:
             workdir=workdir,
         )
         try:
-            job_id = self.scheduler.submit(job)
+            if request.in_job:  # a step of the user's job, named for the request
+                job = replace(job, name=f"{SAVE_STEP_PREFIX}{request.user}-{request_id}")
+                job_id = self.scheduler.submit_step(request.job_id, job)
+            else:
+                job_id = self.scheduler.submit(job)
         except Exception:
             remove_tree(workdir)  # nothing half-made stays behind
             raise

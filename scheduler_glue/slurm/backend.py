@@ -20,12 +20,13 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Self
 
 from core.errors import (
+    CommandFailed,
     InvalidRequest,
     NotFound,
     PermissionDenied,
     SchedulerError,
 )
-from core.runner import Runner, run_command
+from core.runner import Runner, run_command, spawn_detached
 from scheduler_glue.base import (
     BatchJob,
     CommandRefused,
@@ -45,11 +46,15 @@ from scheduler_glue.slurm.commands import (
     squeue_node_argv,
     squeue_nodes_argv,
     squeue_status_argv,
+    squeue_step_status_argv,
+    squeue_steps_argv,
+    srun_step_argv,
 )
 from scheduler_glue.slurm.parse import (
     JOB_ID,
     first_node,
     is_partial_record,
+    job_of_step,
     merge_live,
     parse_job_nodes,
     parse_node_state,
@@ -60,6 +65,7 @@ from scheduler_glue.slurm.parse import (
     pyslurm_matches,
     slurm_errors,
 )
+from scheduler_glue.slurm.steps import parse_squeue_steps
 
 if TYPE_CHECKING:
     from site_configs.schema import SchedulerSection
@@ -67,6 +73,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 NODE_CACHE_SECONDS = 60.0
+# How long a submit waits for srun's step to show in squeue, and how often it looks.
+STEP_START_SECONDS = 30.0
+STEP_POLL_SECONDS = 0.2
+STEP_ACCOUNTING_TRIES = 3
+LAUNCHER_LOG = "launcher.out"  # srun's own messages, beside the step's output
 # sbatch errors after which the same request may work later (controller busy or away).
 _TRANSIENT = ("temporarily unable", "socket timed out", "unable to contact", "try again")
 
@@ -107,6 +118,7 @@ class SlurmScheduler(Scheduler):
     accounting_window = timedelta(days=31)
     job_id_variable = "SLURM_JOB_ID"
     node_variable = "SLURMD_NODENAME"
+    step_variable = "SLURM_STEP_ID"
     unknown_reason = "not known to Slurm yet"
 
     def __init__(
@@ -164,6 +176,58 @@ class SlurmScheduler(Scheduler):
     def parse_job_id(self, stdout: str) -> str:
         return parse_sbatch_parsable(stdout)
 
+    def launch_step(self, job_id: str, step: BatchJob) -> str:
+        """``srun --jobid J --overlap`` in a session of its own (it lives as long as the
+        step), then the step's id from squeue once the step runs. srun's own words, if it
+        is refused (another user's job, a node outside the job), become the error."""
+        if job_of_step(job_id) or not step.name or any(c in step.name for c in "|\n\r,"):
+            raise InvalidRequest(f"cannot run step {step.name!r} in job {job_id!r}")
+        self.check_node(step.node)
+        environment, _ = self.submit_environment()
+        argv = srun_step_argv(job_id, step, environment=environment,
+                              srun=shutil.which("srun") or "srun")  # fmt: skip
+        launcher_log = step.output_path.with_name(LAUNCHER_LOG)
+        try:
+            process = spawn_detached(argv, str(launcher_log))
+        except CommandFailed as e:
+            raise CommandRefused(f"srun could not start: {e.message}", reason=e.message,
+                                 retryable=False) from e  # fmt: skip
+        deadline = time.monotonic() + STEP_START_SECONDS
+        while (code := process.poll()) is None and time.monotonic() < deadline:
+            if found := self._step_named(job_id, step.name):
+                log.info("started step %s (%s) on %s", found, step.name, step.node)
+                return found
+            time.sleep(STEP_POLL_SECONDS)
+        # srun ended already (the step ran and ended at once, or srun was refused) or the
+        # step is slow to show: accounting knows a step that ran, a moment after it began
+        for _ in range(STEP_ACCOUNTING_TRIES):
+            if found := self._step_named(job_id, step.name) or self._step_in_accounting(
+                    job_id, step.name):
+                return found
+            time.sleep(STEP_POLL_SECONDS * 2)
+        if (code := process.poll()) is None:
+            process.terminate()  # nothing may start after the submit said it failed
+        elif code != 0:
+            reason = slurm_errors(_read_tail(launcher_log)) or f"srun exited {code}"
+            raise CommandRefused(f"srun refused step {step.name} in job {job_id} on "
+                                 f"{step.node}: {reason}", reason=reason,
+                                 retryable=self.is_transient(reason))  # fmt: skip
+        raise SchedulerError(f"srun started step {step.name} in job {job_id}, but neither "
+                             f"squeue nor sacct shows it (see {launcher_log})", retryable=True)
+
+    def _step_named(self, job_id: str, name: str) -> str:
+        result = self.run(squeue_steps_argv(job_id))
+        ids = [r.job_id for r in parse_squeue_steps(result.stdout) if r.name == name]
+        return max(ids, key=_step_number) if ids else ""
+
+    def _step_in_accounting(self, job_id: str, name: str) -> str:
+        since = datetime.now().astimezone() - timedelta(days=3)
+        result = self.run(sacct_status_argv([job_id], since))
+        ids = [line.split("|", 2)[0] for line in result.stdout.splitlines()
+               if line.count("|") > 2 and line.split("|", 2)[1] == name]  # fmt: skip
+        ids = [i for i in ids if job_of_step(i) == job_id]
+        return max(ids, key=_step_number) if ids else ""
+
     def error_text(self, stderr: str, stdout: str = "") -> str:
         return slurm_errors(stderr)
 
@@ -175,9 +239,13 @@ class SlurmScheduler(Scheduler):
         """One sacct, then one squeue for ids that sacct lacks (just submitted), that are
         still live (sacct keeps no comment until the end) or whose accounting record is
         still partial."""
+        steps = [i for i in job_ids if job_of_step(i)]
+        # a step's row has no owner: its job's rows come too (sacct -j J lists its steps)
+        asked = list(dict.fromkeys(job_of_step(i) or i for i in job_ids))
         try:
-            output = self.run_or_fail(sacct_status_argv(job_ids, since), "sacct failed").stdout
-            accounted = {r.job_id: r for r in parse_sacct_rows(output) if r.job_id in job_ids}
+            output = self.run_or_fail(sacct_status_argv(asked, since), "sacct failed").stdout
+            accounted = {r.job_id: r for r in parse_sacct_rows(output, steps=steps)
+                         if r.job_id in job_ids}
         except (CommandRefused, ValueError) as e:
             # slurmdbd or its database down: the controller still knows live jobs (and
             # finished ones for MinJobAge); the rest are UNKNOWN, saying why
@@ -200,6 +268,22 @@ class SlurmScheduler(Scheduler):
         return records
 
     def _live_records(self, job_ids: list[str]) -> dict[str, JobRecord]:
+        steps = [i for i in job_ids if job_of_step(i)]
+        jobs = [i for i in job_ids if not job_of_step(i)]
+        records = self._live_steps(steps) if steps else {}
+        if jobs:
+            records.update(self._live_jobs(jobs))
+        return records
+
+    def _live_steps(self, step_ids: list[str]) -> dict[str, JobRecord]:
+        try:
+            result = self.run(squeue_step_status_argv(step_ids))
+            return {r.job_id: r for r in parse_squeue_steps(result.stdout)}
+        except SchedulerError as e:
+            log.warning("squeue --steps failed: %s", e)
+            return {}
+
+    def _live_jobs(self, job_ids: list[str]) -> dict[str, JobRecord]:
         try:
             result = self.run(squeue_status_argv(job_ids))
             if result.returncode != 0 and "Invalid job id" not in result.stderr:
@@ -287,6 +371,20 @@ class SlurmScheduler(Scheduler):
             self._nodes = parse_sinfo_nodes(result.stdout)
             self._nodes_read_at = time.monotonic()
         return node in self._nodes
+
+
+def _step_number(step_id: str) -> int:
+    return int(step_id.rsplit(".", 1)[1])
+
+
+def _read_tail(path: os.PathLike[str] | str, limit: int = 4096) -> str:
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, fh.tell() - limit))
+            return fh.read().decode(errors="replace")
+    except OSError:
+        return ""
 
 
 def _incomplete(record: JobRecord) -> bool:

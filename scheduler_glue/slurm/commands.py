@@ -31,6 +31,7 @@ from datetime import datetime, timedelta
 from scheduler_glue.base import BatchJob
 from scheduler_glue.metadata import encode_metadata
 from scheduler_glue.slurm.parse import SACCT_FIELDS, SQUEUE_FORMAT
+from scheduler_glue.slurm.steps import SQUEUE_STEP_FORMAT
 
 # sacct -S is compared with the job's eligible/end times on the controller's clock.
 SACCT_SLACK = timedelta(minutes=5)
@@ -89,6 +90,35 @@ def sbatch_argv(job: BatchJob, extra_args: Sequence[str] = (), *,
     if job.workdir is not None:
         argv += ["--chdir", str(job.workdir)]
     return [*argv, *extra_args, str(job.script)]
+
+
+def srun_step_argv(job_id: str, step: BatchJob, *, environment: Mapping[str, str],
+                   srun: str = "srun") -> list[str]:
+    """``env -i VAR=VALUE... srun --jobid J --overlap ...``: ``step.script`` as one task
+    on ``step.node`` inside the caller's running job ``job_id``, beside whatever the job
+    runs (``--overlap``: it shares the job's CPUs, so it needs no CPU of its own and works
+    in a whole-node or ``--exclusive`` job). Its output goes to ``step.output_path``; the
+    step is named ``step.name`` (what status and reports find it by)."""
+    if any(not name.isidentifier() for name in environment):
+        raise ValueError(f"bad environment variable names: {sorted(environment)}")
+    argv = ["env", "-i", *(f"{k}={v}" for k, v in environment.items()), srun,
+            "--jobid", job_id, "--overlap", "--nodes", "1", "--ntasks", "1",
+            "--nodelist", step.node, "--job-name", step.name,
+            "--output", output_pattern(str(step.output_path)), "--export", "ALL",
+            "--quiet"]  # fmt: skip
+    if step.workdir is not None:
+        argv += ["--chdir", str(step.workdir)]
+    return [*argv, str(step.script)]
+
+
+def squeue_steps_argv(job_id: str) -> list[str]:
+    """``squeue --steps`` of one job: each running step's id, name, user and node."""
+    return ["squeue", "-h", "-s", "-j", job_id, "-o", SQUEUE_STEP_FORMAT]
+
+
+def squeue_step_status_argv(step_ids: Sequence[str]) -> list[str]:
+    """``squeue`` for the given steps (running ones only: squeue shows no other)."""
+    return ["squeue", "-h", "--steps", ",".join(step_ids), "-o", SQUEUE_STEP_FORMAT]
 
 
 def sacct_status_argv(job_ids: Sequence[str], since: datetime) -> list[str]:

@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import fields, replace
 from datetime import datetime, tzinfo
 
 import hostlist
 
 from core.errors import SchedulerError
-from scheduler_glue.base import JobRecord
+from scheduler_glue.base import SAVE_STEP_PREFIX, JobRecord
 from scheduler_glue.metadata import decode_metadata
 from scheduler_glue.states import JobState
 
@@ -70,10 +70,14 @@ _SACCT_COLUMNS = len(SACCT_FIELDS)
 _TOTAL_CPU = SACCT_FIELDS.index("TotalCPU")
 
 PARTIAL_RECORD_NAME = "allocation"
+# How a save run as a step of the user's own job is named: imgsave-save-USER-REQUEST.
+STEP_NAME_PREFIX = SAVE_STEP_PREFIX
+_REQUEST_ID = re.compile(r"[0-9a-f]{32}")
 _NO_TIME = frozenset({"", "Unknown", "None", "N/A", "(null)"})
 _NO_TEXT = frozenset({"", "None", "None assigned", "(null)", "N/A"})
-# The Slurm job-id grammar: 123, array task 123_4, het component 123+1.
-JOB_ID = re.compile(r"[0-9][0-9_+]*")
+# The Slurm job-id grammar: 123, array task 123_4, het component 123+1, and a numbered
+# step of one of them, 123.4 (a save run inside the user's own job, docs/install-slurm.md).
+JOB_ID = re.compile(r"[0-9][0-9_+]*(?:\.[0-9]+)?")
 
 
 def map_state(raw: str) -> JobState:
@@ -87,8 +91,25 @@ def map_state(raw: str) -> JobState:
 
 
 def is_job_id(text: str) -> bool:
-    """Whether ``text`` looks like a Slurm job id (digits, ``_`` array, ``+`` het job)."""
+    """Whether ``text`` looks like a Slurm job id (digits, ``_`` array, ``+`` het job,
+    ``.N`` a numbered step)."""
     return bool(JOB_ID.fullmatch(text))
+
+
+def step_metadata(name: str) -> dict[str, str]:
+    """What a step's name says (a step has no comment): the request id of a step named
+    ``imgsave-save-USER-REQUEST``, else nothing. Anyone can name a step so: it binds
+    the step to a request of its owner's, never to another user's."""
+    if not name.startswith(STEP_NAME_PREFIX):
+        return {}
+    request_id = name.rsplit("-", 1)[-1]
+    return {"request_id": request_id} if _REQUEST_ID.fullmatch(request_id) else {}
+
+
+def job_of_step(job_id: str) -> str:
+    """``123`` for the step ``123.4``; "" for an id that names no numbered step."""
+    job, dot, step = job_id.partition(".")
+    return job if dot and step.isdigit() else ""
 
 
 def parse_sbatch_parsable(stdout: str) -> str:
@@ -189,7 +210,8 @@ def first_node(nodelist: str) -> str:
 
 
 def parse_sacct_rows(
-    stdout: str, *, name_prefix: str = "", tz: tzinfo | None = None
+    stdout: str, *, name_prefix: str = "", tz: tzinfo | None = None,
+    steps: Collection[str] = (),
 ) -> list[JobRecord]:
     """One record per job from ``sacct --parsable2 --noheader --format=<SACCT_FIELDS>``.
 
@@ -201,9 +223,15 @@ def parse_sacct_rows(
     its own row's. Rows whose name lacks ``name_prefix`` are skipped before any other
     parsing (their steps with them). Rows with too few fields (a foreign comment with a
     newline) are skipped with one warning.
+
+    A step named in ``steps`` (``123.4``, a save run as a step of the user's job), and
+    in a listing (``name_prefix``) a numbered step named :data:`STEP_NAME_PREFIX`, is a
+    record of its own: sacct prints no user, account or comment on a step's row
+    (46_*, 60_*), so those come from its job's row, printed before it.
     """
     jobs: list[list[str]] = []
     step_cpu: dict[str, list[str]] = {}  # job id -> its steps' TotalCPU, parsed if kept
+    owners: dict[str, list[str]] = {}  # job id -> its row (a step's owner)
     bad = 0
     last = _SACCT_COLUMNS - 1
     for line in stdout.splitlines():
@@ -211,15 +239,25 @@ def parse_sacct_rows(
         if len(cols) != _SACCT_COLUMNS:
             bad += line != ""
             continue
-        job_id, step, _ = cols[0].partition(".")
-        if step:
-            step_cpu.setdefault(job_id, []).append(cols[_TOTAL_CPU])
-        elif not name_prefix or cols[1].startswith(name_prefix):
+        job_id, dot, step = cols[0].partition(".")
+        if not dot:
+            owners[job_id] = cols
+            if not name_prefix or cols[1].startswith(name_prefix):
+                jobs.append(cols)
+            continue
+        if cols[0] in steps or (name_prefix and step.isdigit()
+                                and cols[1].startswith(STEP_NAME_PREFIX)):
+            owner = owners.get(job_id)
+            if owner is not None:  # a step's row has no user, account or comment
+                cols[2], cols[3], cols[4] = owner[2], owner[3], cols[4] or owner[4]
+            cols[-1] = ""
             jobs.append(cols)
+        step_cpu.setdefault(job_id, []).append(cols[_TOTAL_CPU])
     if bad:
         log.warning("skipped %d sacct line(s) without %d fields", bad, _SACCT_COLUMNS)
     when = _TimeParser(tz)
-    return [_sacct_record(cols, when, _steps_cpu(step_cpu.get(cols[0]))) for cols in jobs]
+    return [_sacct_record(cols, when, None if "." in cols[0]
+                          else _steps_cpu(step_cpu.get(cols[0]))) for cols in jobs]
 
 
 def _steps_cpu(totals: list[str] | None) -> float | None:
@@ -270,7 +308,7 @@ def _sacct_record(cols: list[str], when: _TimeParser, steps_cpu: float | None) -
         account=account,
         partition=partition,
         reason="" if reason in _NO_TEXT else reason,
-        metadata=decode_metadata(comment),
+        metadata=step_metadata(name) if "." in job_id else decode_metadata(comment),
     )
 
 

@@ -69,7 +69,8 @@ def test_strict_undefined_fails_on_missing_variable() -> None:
     template = make_environment().get_template(SAVE_JOB_TEMPLATE)
     with pytest.raises(jinja2.UndefinedError, match="python"):
         template.render(spec_path="/spool/x/spec.json", request_id="abc", job_id_variable="J",
-                        node_variable="", neutral_job_id="I", neutral_node="N")
+                        node_variable="", step_variable="", neutral_job_id="I",
+                        neutral_node="N")
 
 
 @pytest.mark.parametrize(
