@@ -15,7 +15,7 @@ import re
 import subprocess
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -99,13 +99,15 @@ def _report_site(tmp_path: Path) -> Site:
 def test_a_save_inside_an_exclusive_job_completes_as_its_step(  # type: ignore[no-untyped-def]
         users_job, tmp_path: Path) -> None:
     s = site()
-    since = (datetime.now(UTC) - timedelta(seconds=5)).isoformat(timespec="seconds")
     repo = unique("alice/injob")
     with session_container("n1", "alice") as name:
         job = users_job("alice", "n1", "--exclusive")
         # the partition route cannot start on a node an --exclusive job holds
         blocked = submit_as("alice", name, f"{repo}:blocked", node="n1")
         try:
+            # the report below counts from here: alice's saves of earlier tests were
+            # submitted before (a session and a job take seconds to start)
+            since = datetime.now(UTC).isoformat(timespec="seconds")
             done = _submit_in_job("alice", name, f"{repo}:v1", job)
             assert done.returncode == 0, done.stderr
             step = json.loads(done.stdout)["job_id"]
