@@ -94,30 +94,30 @@ class Session:
     extra: dict[str, str] = field(default_factory=dict)
 
 
-def start_podman() -> Session:
+def start_podman(tls_verify: bool) -> Session:
     name = f"imgsave-bench-{uuid.uuid4().hex[:8]}"
     run([*PODMAN, "run", "-d", *ULIMITS, "--name", name, PODMAN_BASE, "sleep", "infinity"])
     upper = run([*PODMAN, "container", "inspect", "-f", "{{.GraphDriver.Data.UpperDir}}", name])
-    return Session(Podman(command=tuple(PODMAN), tls_verify=False), name,
+    return Session(Podman(command=tuple(PODMAN), tls_verify=tls_verify), name,
                    Path(run([*PODMAN, "mount", name])), upper,
                    lambda: _quiet([*PODMAN, "rm", "-f", "-t", "0", name]))
 
 
-def start_docker() -> Session:
+def start_docker(tls_verify: bool) -> Session:
     name = f"imgsave-bench-{uuid.uuid4().hex[:8]}"
     run([*DOCKER, "run", "-d", "--network", "none", "--name", name, NODE_BASE, "sleep",
          "infinity"])
     data = json.loads(run([*DOCKER, "inspect", name]))[0]["GraphDriver"]["Data"]
-    return Session(Docker(command=tuple(DOCKER), tls_verify=False), name,
+    return Session(Docker(command=tuple(DOCKER), tls_verify=tls_verify), name,
                    Path(data["MergedDir"]), data["UpperDir"],
                    lambda: _quiet([*DOCKER, "rm", "-f", name]))
 
 
-def start_containerd() -> Session:
+def start_containerd(tls_verify: bool) -> Session:
     name = f"imgsave-bench-{uuid.uuid4().hex[:8]}"
     run([*CTR, "run", "-d", NODE_BASE, name, "sleep", "infinity"])
     mounts = run([*CTR, "snapshots", "--snapshotter", "overlayfs", "mounts", "/mnt", name])
-    twin = start_docker()
+    twin = start_docker(tls_verify)
 
     def remove() -> None:
         _quiet([*CTR, "tasks", "kill", "-s", "KILL", name])
@@ -129,11 +129,13 @@ def start_containerd() -> Session:
         _quiet([*CTR, "containers", "delete", name])
         twin.remove()
 
-    return Session(Containerd(command=("ctr",)), name, Path(TASK_ROOT, "k8s.io", name, "rootfs"),
+    return Session(Containerd(command=("ctr",), tls_verify=tls_verify), name,
+                   Path(TASK_ROOT, "k8s.io", name, "rootfs"),
                    parse_snapshot_mounts(mounts)["upperdir"], remove, twin=twin)
 
 
-STARTERS: dict[str, Callable[[], Session]] = {
+# each takes whether the engine verifies the registry's TLS (the bench's registry says)
+STARTERS: dict[str, Callable[[bool], Session]] = {
     "podman": start_podman, "docker": start_docker, "containerd": start_containerd,
 }
 
