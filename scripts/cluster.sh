@@ -15,14 +15,12 @@
 #
 # Everything binds to 127.0.0.1. See docs/local-cluster.md.
 set -euo pipefail
-# Whoever runs this may hold a lock (flock LOCK scripts/...): no daemon started here may
-# inherit it and hold it forever. Close every inherited descriptor but 0-2 (and bash's 255).
-for fd in /proc/$$/fd/*; do
-    fd=${fd##*/}
-    if ((fd > 2 && fd != 255)); then eval "exec $fd>&-"; fi
-done
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+SAY_AS=cluster
+# shellcheck source=scripts/lib.sh
+source "$HERE/lib.sh"
+close_inherited_descriptors
 TEMPLATES="$HERE/../site_configs/local"
 STATE=/var/lib/imgsave-cluster
 RUN=/run/imgsave-cluster
@@ -39,34 +37,7 @@ SERVICE_ACCOUNT=imgsave
 ENTRY=/usr/local/sbin/imgsave-node-save
 NODE_CONFIG=/etc/imgsave/site.toml
 
-say() { printf '[cluster] %s\n' "$*" >&2; }
-
-wait_for() {  # wait_for SECONDS DESCRIPTION CMD...
-    local limit=$1 what=$2; shift 2
-    local i
-    for ((i = 0; i < limit * 10; i++)); do
-        if "$@" >/dev/null 2>&1; then return 0; fi
-        sleep 0.1
-    done
-    say "timed out after ${limit}s waiting for $what"
-    return 1
-}
-
 running() { pgrep -x "$1" >/dev/null 2>&1; }
-
-install_packages() {
-    local missing=()
-    for p in "${PACKAGES[@]}"; do
-        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-    done
-    if ((${#missing[@]})); then
-        say "installing ${missing[*]}"
-        export DEBIAN_FRONTEND=noninteractive
-        apt-get update -q >/dev/null
-        apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
-    fi
-    # The Debian packages enable systemd units we do not use; nothing to undo without systemd.
-}
 
 install_users() {
     local u
@@ -310,7 +281,7 @@ cmd_up() {
     # one at a time: parallel runs (two test sessions) must not install the runtime at once
     exec 9>/run/imgsave-cluster-up.lock
     flock 9
-    install_packages
+    install_packages "${PACKAGES[@]}"
     install_users
     install_configs
     install_runtime
@@ -371,7 +342,7 @@ cmd_status() {
 }
 
 case "${1:-}" in
-    install) install_packages; install_users; install_configs; install_runtime; install_entry ;;
+    install) install_packages "${PACKAGES[@]}"; install_users; install_configs; install_runtime; install_entry ;;
     up) cmd_up ;;
     down) cmd_down ;;
     status) cmd_status ;;

@@ -20,14 +20,12 @@
 # Inside a node: `ctr -n k8s.io ...` and `docker -H unix:///run/docker/docker.sock ...`.
 # Needs the cluster up (scripts/cluster.sh up) for the node namespaces and base image.
 set -euo pipefail
-# Whoever runs this may hold a lock (flock LOCK scripts/...): no daemon started here may
-# inherit it and hold it forever. Close every inherited descriptor but 0-2 (and bash's 255).
-for fd in /proc/$$/fd/*; do
-    fd=${fd##*/}
-    if ((fd > 2 && fd != 255)); then eval "exec $fd>&-"; fi
-done
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+SAY_AS=engines
+# shellcheck source=scripts/lib.sh
+source "$HERE/lib.sh"
+close_inherited_descriptors
 CLUSTER="$HERE/cluster.sh"
 STATE=/var/lib/imgsave-cluster
 LOGS=/var/log/imgsave-cluster
@@ -41,30 +39,7 @@ PACKAGES=(containerd docker.io)
 BINDS=(/var/lib/containerd:containerd-root /run/containerd:run-containerd
        /var/lib/docker:docker-root /run/docker:run-docker)
 
-say() { printf '[engines] %s\n' "$*" >&2; }
 in_node() { "$CLUSTER" node-exec "$@"; }
-
-wait_for() {  # wait_for SECONDS DESCRIPTION CMD...
-    local seconds=$1 what=$2; shift 2
-    local deadline=$((SECONDS + seconds))
-    until "$@" >/dev/null 2>&1; do
-        if ((SECONDS >= deadline)); then say "timed out waiting for $what"; return 1; fi
-        sleep 0.5
-    done
-}
-
-install_packages() {
-    local missing=() p
-    for p in "${PACKAGES[@]}"; do
-        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-    done
-    if ((${#missing[@]})); then
-        say "installing ${missing[*]}"
-        export DEBIAN_FRONTEND=noninteractive
-        apt-get update -q >/dev/null
-        apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
-    fi
-}
 
 bind_node_dirs() {  # the node's own engine directories, bound once into its namespace
     local n=$1 pair target source
@@ -133,7 +108,7 @@ load_base_image() {  # podman's base image, saved as archives, into both engines
 }
 
 cmd_up() {
-    install_packages
+    install_packages "${PACKAGES[@]}"
     mkdir -p "$LOGS"
     local n
     for n in "${NODES[@]}"; do

@@ -13,14 +13,12 @@
 # here, for the tests and the demo) are /etc/imgsave-site/passwords/USER (root's, 0600).
 # See docs/install-portal.md.
 set -euo pipefail
-# Whoever runs this may hold a lock (flock LOCK scripts/...): no daemon started here may
-# inherit it and hold it forever. Close every inherited descriptor but 0-2 (and bash's 255).
-for fd in /proc/$$/fd/*; do
-    fd=${fd##*/}
-    if ((fd > 2 && fd != 255)); then eval "exec $fd>&-"; fi
-done
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+SAY_AS=site
+# shellcheck source=scripts/lib.sh
+source "$HERE/lib.sh"
+close_inherited_descriptors
 TOP="$HERE/.."
 ETC=/etc/imgsave-site
 SOCKETS=/run/imgsave-portal
@@ -34,32 +32,6 @@ DATABASE=imgsave
 DATABASE_URL="postgresql+psycopg://$SERVICE_ACCOUNT@/$DATABASE?host=/var/run/postgresql"
 USERS=(alice bob dana ops)  # ops: the sign-on's imgsave admin (not a Unix account)
 PACKAGES=(nginx postgresql openssl apache2-utils)
-
-say() { printf '[site] %s\n' "$*" >&2; }
-
-wait_for() {  # wait_for SECONDS DESCRIPTION CMD...
-    local limit=$1 what=$2; shift 2
-    local i
-    for ((i = 0; i < limit * 10; i++)); do
-        if "$@" >/dev/null 2>&1; then return 0; fi
-        sleep 0.1
-    done
-    say "timed out after ${limit}s waiting for $what"
-    return 1
-}
-
-install_packages() {
-    local missing=() p
-    for p in "${PACKAGES[@]}"; do
-        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-    done
-    if ((${#missing[@]})); then
-        say "installing ${missing[*]}"
-        export DEBIAN_FRONTEND=noninteractive
-        apt-get update -q >/dev/null
-        apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
-    fi
-}
 
 make_ca() {  # a CA of our own and the proxy's certificate for 127.0.0.1 and localhost
     mkdir -p "$ETC/passwords"
@@ -212,7 +184,7 @@ EOF
 
 cmd_up() {
     [ -x "$IMGSAVE" ] || { say "run scripts/cluster.sh up first"; exit 1; }
-    install_packages
+    install_packages "${PACKAGES[@]}"
     make_ca
     make_users
     start_postgres
@@ -241,7 +213,7 @@ cmd_status() {
         if server_running "$n"; then echo "server $n: running (pid $(server_pid "$n"))"
         else echo "server $n: stopped"; fi
     done
-    curl -s --cacert "$ETC/ca.crt" -o /dev/null -w 'proxy: https://%{url.host}:%{url.port}/healthz %{http_code}\n' \
+    curl -s --cacert "$ETC/ca.crt" -o /dev/null -w "proxy: https://$LISTEN/healthz %{http_code}\n" \
         "https://$LISTEN/healthz" || echo "proxy: not answering"
 }
 
