@@ -24,22 +24,20 @@ import shutil
 import subprocess
 import tempfile
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import requests
 
-from builder_jobs.events import FailureKind, SaveResult
-from builder_jobs.spec import RESULT_FILE, SPEC_FILE, SaveSpec
+from builder_jobs.events import FailureKind
 from scheduler_glue.states import JobState
-from site_configs.schema import ImageFormat
 from tests.support.cluster_helpers import (
     REGISTRY,
     TOP,
     node_exec,
     require_cluster,
+    save_on_n1,
     site,
     submit_as,
     unique,
@@ -167,21 +165,6 @@ def docker_site() -> Iterator[Path]:
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
-
-def save_on_n1(work: Path, method: str, user: str, container: str, target: str) -> SaveResult:
-    """``python -m builder_jobs.node_save`` as root inside n1 (what the privileged entry
-    runs after its checks), for ``user``'s request, with the ``method`` config."""
-    spec = SaveSpec(request_id=uuid.uuid4().hex, user=user, container=container,
-                    target=f"{REGISTRY}/{user}/{target}", formats=(ImageFormat.OCI,),
-                    category="cpu", node="n1", site_config=str(work / f"{method}.toml"),
-                    created="2026-11-30T06:00:00+00:00")
-    directory = work / spec.request_id
-    directory.mkdir()
-    (directory / SPEC_FILE).write_text(spec.to_json())
-    node_exec("n1", "env", "IMGSAVE_NODE=n1", "IMGSAVE_JOB_ID=0",
-              "/opt/imgsave/venv/bin/python", "-I", "-m", "builder_jobs.node_save",
-              str(directory / SPEC_FILE), check=False)
-    return SaveResult.from_json((directory / RESULT_FILE).read_text())
 
 
 # an afternoon's changes: new files with their own owners and modes, a deleted base file

@@ -27,15 +27,13 @@ from typing import Any
 import pytest
 import requests
 
-from builder_jobs.events import SaveResult
-from builder_jobs.spec import RESULT_FILE, SPEC_FILE, SaveSpec
-from site_configs.schema import ImageFormat
 from tests.support.cluster_helpers import (
     CLUSTER,
     REGISTRY,
     TOP,
     node_exec,
     require_cluster,
+    save_on_n1,
     site,
     submit_as,
     unique,
@@ -75,21 +73,6 @@ def work() -> Iterator[Path]:
     finally:
         shutil.rmtree(directory, ignore_errors=True)
 
-
-def save_on_n1(work: Path, config: str, container: str, target: str) -> SaveResult:
-    """The node-side save as root inside n1 for alice (what the privileged entry runs
-    after its checks) with the site config ``config``."""
-    spec = SaveSpec(request_id=uuid.uuid4().hex, user="alice", container=container,
-                    target=f"{REGISTRY}/alice/{target}", formats=(ImageFormat.OCI,),
-                    category="cpu", node="n1", site_config=str(work / f"{config}.toml"),
-                    created="2026-11-30T06:00:00+00:00")
-    directory = work / spec.request_id
-    directory.mkdir()
-    (directory / SPEC_FILE).write_text(spec.to_json())
-    node_exec("n1", "env", "IMGSAVE_NODE=n1", "IMGSAVE_JOB_ID=0",
-              "/opt/imgsave/venv/bin/python", "-I", "-m", "builder_jobs.node_save",
-              str(directory / SPEC_FILE), check=False)
-    return SaveResult.from_json((directory / RESULT_FILE).read_text())
 
 
 def pushed_config(repository: str, tag: str) -> tuple[dict[str, Any], bytes]:
@@ -133,7 +116,7 @@ def test_a_podman_container_saved_both_ways_gets_one_config(work: Path) -> None:
     try:
         job = submit_as("alice", name, f"{repo}:streamed")
         status = wait_final(site(), job, "alice")
-        committed = save_on_n1(work, "podman-engine", name, f"{repo}:committed")
+        committed = save_on_n1(work, "podman-engine", "alice", name, f"{repo}:committed")
         podman = node_exec("n1", *PODMAN, "commit", "--format", "oci", name,
                            f"localhost/{repo}:podman").stdout
         kept = json.loads(node_exec("n1", *PODMAN, "image", "inspect", podman.strip()).stdout
@@ -183,8 +166,8 @@ def test_a_docker_container_saved_both_ways_gets_one_config(work: Path, docker_u
               "localhost/imgsave-base:latest", "sleep", "infinity")
     repo = unique("docker-config")
     try:
-        streamed = save_on_n1(work, "docker-streaming", name, f"{repo}:streamed")
-        committed = save_on_n1(work, "docker-engine", name, f"{repo}:committed")
+        streamed = save_on_n1(work, "docker-streaming", "alice", name, f"{repo}:streamed")
+        committed = save_on_n1(work, "docker-engine", "alice", name, f"{repo}:committed")
     finally:
         node_exec("n1", *DOCKER, "rm", "-f", name, check=False)
     assert streamed.ok and streamed.commit_method == "streaming", streamed

@@ -16,8 +16,10 @@ import requests
 
 from api.service.progress import SaveStatus
 from api.service.site import Site
+from builder_jobs.events import SaveResult
+from builder_jobs.spec import RESULT_FILE, SPEC_FILE, SaveSpec
 from core.errors import NotFound
-from site_configs.schema import get_site_config
+from site_configs.schema import ImageFormat, get_site_config
 
 TOP = Path(__file__).resolve().parents[2]
 CLUSTER = TOP / "scripts" / "cluster.sh"
@@ -170,3 +172,20 @@ def centre_user(prefix: str) -> Iterator[str]:
                        capture_output=True)
         subprocess.run(["userdel", "--remove", user], check=False, timeout=30,
                        capture_output=True)
+
+
+def save_on_n1(work: Path, config: str, user: str, container: str, target: str) -> SaveResult:
+    """``python -m builder_jobs.node_save`` as root inside n1 (what the privileged entry
+    runs after its checks), for ``user``'s request, with the site config
+    ``work/CONFIG.toml``; the result it wrote."""
+    spec = SaveSpec(request_id=uuid.uuid4().hex, user=user, container=container,
+                    target=f"{REGISTRY}/{user}/{target}", formats=(ImageFormat.OCI,),
+                    category="cpu", node="n1", site_config=str(work / f"{config}.toml"),
+                    created="2026-11-30T06:00:00+00:00")
+    directory = work / spec.request_id
+    directory.mkdir()
+    (directory / SPEC_FILE).write_text(spec.to_json())
+    node_exec("n1", "env", "IMGSAVE_NODE=n1", "IMGSAVE_JOB_ID=0",
+              "/opt/imgsave/venv/bin/python", "-I", "-m", "builder_jobs.node_save",
+              str(directory / SPEC_FILE), check=False)
+    return SaveResult.from_json((directory / RESULT_FILE).read_text())
