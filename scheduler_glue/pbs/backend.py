@@ -347,15 +347,7 @@ class PbsScheduler(Scheduler):
 
     def locate_job(self, job_id: str) -> tuple[str, str]:
         """(first exec host, owner) of a running job, from ``qstat -f -F json ID``."""
-        result = self.run(qstat_argv([job_id], history=False))
-        try:
-            answer = parse_qstat_json(result.stdout, result.stderr, result.returncode)
-        except SchedulerError as e:
-            raise SchedulerError(f"cannot read PBS job {job_id}: {e.message}") from e
-        attrs = answer.jobs.get(job_id) or _by_sequence(job_id, answer.jobs)
-        if attrs is None:
-            why = "has finished" if answer.finished else "is unknown to PBS"
-            raise NotFound(f"PBS job {job_id} {why}")
+        attrs = _running_attrs(self, job_id)
         record = record_from_qstat(job_id, attrs)
         # R only: a suspended job (S, U) also maps to RUNNING but its processes are stopped
         if attrs.get("job_state") != "R" or not record.node:
