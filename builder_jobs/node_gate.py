@@ -64,7 +64,7 @@ from site_configs.schema import ImageFormat, SiteConfig, load_site_config
 log = logging.getLogger("builder_jobs.node_gate")
 
 REFUSED = 2
-_REQUEST_ID = re.compile(r"[0-9a-f]{32}")
+REQUEST_ID = re.compile(r"[0-9a-f]{32}")
 _CONTAINER = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]{0,253}")
 PR_SET_PDEATHSIG = 1
 # every command the save runs dies with the thread that started it: a push must not
@@ -164,7 +164,7 @@ def admit(config: SiteConfig, args: Sequence[str], env: Mapping[str, str],
     if len(args) != 2:
         raise Refused("usage: imgsave-node-save JOBID REQUEST_ID")
     job_id, request_id = args
-    if not is_job_id(job_id) or not _REQUEST_ID.fullmatch(request_id):
+    if not is_job_id(job_id) or not REQUEST_ID.fullmatch(request_id):
         raise Refused("give a job id and an imgsave request id")
     caller = caller_name(env)
     spec = spec_from_job(config, look_up_job(job_id), caller, request_id)
@@ -172,7 +172,7 @@ def admit(config: SiteConfig, args: Sequence[str], env: Mapping[str, str],
     return spec
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """If sudo (and so the job) is killed outright, do not save on unattended."""
     try:
         libc = ctypes.CDLL(None, use_errno=True)
@@ -196,7 +196,7 @@ def main(argv: Sequence[str] | None,
         print("imgsave-node-save: no site config given by the wrapper", file=sys.stderr)
         return REFUSED
     os.umask(0o077)
-    _die_with_parent()
+    die_with_parent()
     signal.signal(signal.SIGTERM, cancel.on_signal)  # scancel/qdel: clean up, then fail
     try:
         config = load_site_config(args[0])

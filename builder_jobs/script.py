@@ -31,7 +31,7 @@ SAVE_JOB_TEMPLATE = "save_job.sh.j2"
 JOB_ID_VARIABLE = "IMGSAVE_JOB_ID"
 NODE_VARIABLE = "IMGSAVE_NODE"
 # A variable name spliced into ${...}: shell quoting cannot apply there, so only this.
-_VARIABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+VARIABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 def make_environment(template_dir: Path = TEMPLATE_DIR) -> jinja2.Environment:
@@ -75,7 +75,7 @@ def render_job_script(
         # absolute also means it cannot start with "-" and be read as an option
         raise InvalidRequest(f"the spec path must be absolute, not {str(spec_path)!r}")
     for name in (job_id_variable, node_variable or "_", step_variable or "_"):
-        if not _VARIABLE_NAME.fullmatch(name):
+        if not VARIABLE_NAME.fullmatch(name):
             raise InvalidRequest(f"bad environment variable name {name!r}")
     template = make_environment().get_template(SAVE_JOB_TEMPLATE)
     return template.render(

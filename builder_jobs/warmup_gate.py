@@ -34,14 +34,14 @@ from pathlib import Path
 from builder_jobs.engine_choice import engine_for
 from builder_jobs.engines import Podman
 from builder_jobs.node_gate import (
-    _REQUEST_ID,
     REFUSED,
+    REQUEST_ID,
     JobLookup,
     JobOnRecord,
     Refused,
-    _die_with_parent,
     caller_name,
     claim_once,
+    die_with_parent,
 )
 from builder_jobs.node_guard import is_job_id
 from builder_jobs.warmup_rules import allowed_image
@@ -212,7 +212,7 @@ def dispatch(argv: Sequence[str] | None, lookup_for: Callable[[SiteConfig], JobL
     (``save_main``, which makes every check of its own). The job's record is asked once."""
     args = list(sys.argv[1:] if argv is None else argv)
     if os.geteuid() != 0 or len(args) != 3 or not is_job_id(args[1]) \
-            or not _REQUEST_ID.fullmatch(args[2]):
+            or not REQUEST_ID.fullmatch(args[2]):
         return save_main(args, lookup_for)
     try:
         config = load_site_config(args[0])
@@ -228,5 +228,5 @@ def dispatch(argv: Sequence[str] | None, lookup_for: Callable[[SiteConfig], JobL
     logging.basicConfig(stream=sys.stderr, level=logging.INFO,
                         format="imgsave-node-save: %(levelname)s %(message)s")  # fmt: skip
     os.umask(0o077)
-    _die_with_parent()  # sudo (the job) killed outright: pull nothing more unattended
+    die_with_parent()  # sudo (the job) killed outright: pull nothing more unattended
     return warmup_main(args[1:], record, config)

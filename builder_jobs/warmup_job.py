@@ -19,9 +19,9 @@ from pathlib import Path
 from builder_jobs.events import FILE_MODE, read_spool_text
 from builder_jobs.job_side import job_id_from, say
 from builder_jobs.script import (
-    _VARIABLE_NAME,
     JOB_ID_VARIABLE,
     NODE_VARIABLE,
+    VARIABLE_NAME,
     make_environment,
 )
 from builder_jobs.warmup_spec import (
@@ -49,7 +49,7 @@ def render_warmup_script(spec_path: Path, python: str, request_id: str, *,
     if not python or python.startswith("-") or not spec_path.is_absolute():
         raise InvalidRequest("bad python interpreter or relative spec path")
     for name in (job_id_variable, node_variable or "_"):
-        if not _VARIABLE_NAME.fullmatch(name):
+        if not VARIABLE_NAME.fullmatch(name):
             raise InvalidRequest(f"bad environment variable name {name!r}")
     return make_environment().get_template(WARMUP_JOB_TEMPLATE).render(
         spec_path=str(spec_path), python=python, request_id=request_id,

@@ -72,7 +72,7 @@ _TOTAL_CPU = SACCT_FIELDS.index("TotalCPU")
 PARTIAL_RECORD_NAME = "allocation"
 # How a save run as a step of the user's own job is named: imgsave-save-USER-REQUEST.
 STEP_NAME_PREFIX = SAVE_STEP_PREFIX
-_REQUEST_ID = re.compile(r"[0-9a-f]{32}")
+REQUEST_ID = re.compile(r"[0-9a-f]{32}")
 _NO_TIME = frozenset({"", "Unknown", "None", "N/A", "(null)"})
 _NO_TEXT = frozenset({"", "None", "None assigned", "(null)", "N/A"})
 # The Slurm job-id grammar: 123, array task 123_4, het component 123+1, and a numbered
@@ -103,7 +103,7 @@ def step_metadata(name: str) -> dict[str, str]:
     if not name.startswith(STEP_NAME_PREFIX):
         return {}
     request_id = name.rsplit("-", 1)[-1]
-    return {"request_id": request_id} if _REQUEST_ID.fullmatch(request_id) else {}
+    return {"request_id": request_id} if REQUEST_ID.fullmatch(request_id) else {}
 
 
 def job_of_step(job_id: str) -> str:

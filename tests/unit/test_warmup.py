@@ -283,7 +283,7 @@ def test_the_entry_sends_only_warmup_jobs_to_the_warmup(monkeypatch: pytest.Monk
 
     request_id = "a" * 32
     monkeypatch.setattr(warmup_gate.os, "geteuid", lambda: 0)
-    monkeypatch.setattr(warmup_gate, "_die_with_parent", lambda: None)  # not pytest's
+    monkeypatch.setattr(warmup_gate, "die_with_parent", lambda: None)  # not pytest's
     monkeypatch.setattr(warmup_gate.os, "umask", lambda mask: 0o022)
     ran: list[str] = []
     monkeypatch.setattr(warmup_gate, "warmup_main",
